@@ -1,0 +1,160 @@
+//! One validated event and its de-duplication identity (DESIGN §1.1, §2.1).
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// The three kinds of event a producer sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    SessionStart,
+    SessionEnd,
+    Event,
+}
+
+impl EventKind {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "SESSION_START" => Some(Self::SessionStart),
+            "SESSION_END" => Some(Self::SessionEnd),
+            "EVENT" => Some(Self::Event),
+            _ => None,
+        }
+    }
+}
+
+/// A validated event: its kind and timestamp, and the whole object as sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// Finite and ≥ 0.
+    pub timestamp: f64,
+    /// The event object with every field, in the order sent.
+    pub body: Map<String, Value>,
+}
+
+impl Event {
+    /// The identity under which the event is de-duplicated within its
+    /// session: its `id` when present, else a digest of its canonical JSON
+    /// (keys sorted, no white space), so the same content always has the same
+    /// identity whatever its field order.
+    pub fn identity(&self) -> String {
+        if let Some(Value::String(id)) = self.body.get("id") {
+            return format!("id:{id}");
+        }
+        let mut canonical = String::new();
+        write_canonical(&mut canonical, &Value::Object(self.body.clone()));
+        let digest = Sha256::digest(canonical.as_bytes());
+        let mut identity = String::with_capacity(4 + 32);
+        identity.push_str("sha:");
+        for byte in &digest[..16] {
+            identity.push_str(&format!("{byte:02x}"));
+        }
+        identity
+    }
+
+    /// The event as JSON text, fields in the order sent.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.body).expect("a JSON object always serializes")
+    }
+}
+
+/// Writes `value` as canonical JSON: object keys sorted by their UTF-8 bytes,
+/// no insignificant white space, strings and numbers as serde_json writes them.
+pub fn write_canonical(out: &mut String, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(out, value);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(out, item);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// A timestamp as a JSON number that depends only on its value: integral
+/// values within ±2^53 are written as integers, everything else as the
+/// shortest float that reads back the same. `start` and `end` use it, so
+/// `1` and `1.0` give the same document.
+pub fn normalized_number(value: f64) -> serde_json::Number {
+    const EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0;
+    if value.fract() == 0.0 && value.abs() <= EXACT_INTEGER_LIMIT {
+        serde_json::Number::from(value as i64)
+    } else {
+        serde_json::Number::from_f64(value).expect("timestamps are finite")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(value: Value) -> Event {
+        let body = value.as_object().unwrap().clone();
+        let timestamp = body["timestamp"].as_f64().unwrap();
+        Event {
+            kind: EventKind::Event,
+            timestamp,
+            body,
+        }
+    }
+
+    #[test]
+    fn identity_ignores_field_order() {
+        let a: Value =
+            serde_json::from_str(r#"{"type":"EVENT","timestamp":1,"name":"x","p":{"b":1,"a":2}}"#)
+                .unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"name":"x","p":{"a":2,"b":1},"timestamp":1,"type":"EVENT"}"#)
+                .unwrap();
+        assert_eq!(event(a).identity(), event(b).identity());
+    }
+
+    #[test]
+    fn identity_distinguishes_content() {
+        let a = event(json!({"type":"EVENT","timestamp":1,"name":"x"}));
+        let b = event(json!({"type":"EVENT","timestamp":1,"name":"y"}));
+        assert_ne!(a.identity(), b.identity());
+    }
+
+    #[test]
+    fn identity_prefers_the_id_field() {
+        let a = event(json!({"type":"EVENT","timestamp":1,"id":"e1"}));
+        let b = event(json!({"type":"EVENT","timestamp":2,"id":"e1","name":"other"}));
+        assert_eq!(a.identity(), "id:e1");
+        assert_eq!(a.identity(), b.identity());
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_recursively() {
+        let mut out = String::new();
+        write_canonical(&mut out, &json!({"b":[{"d":1,"c":"é"}],"a":null}));
+        assert_eq!(out, r#"{"a":null,"b":[{"c":"é","d":1}]}"#);
+    }
+
+    #[test]
+    fn normalized_numbers_depend_on_value_only() {
+        assert_eq!(normalized_number(1569972082.0).to_string(), "1569972082");
+        assert_eq!(normalized_number(1.5).to_string(), "1.5");
+        assert_eq!(normalized_number(1e300).to_string(), "1e+300");
+    }
+}

@@ -1,0 +1,25 @@
+//! The sessionfold domain, shared by every service: what a session is, what a
+//! frame may contain, and how a session's events fold into one document.
+//!
+//! - [`session`]: [`SessionId`], the validated session identifier, and the
+//!   injective token that names its NATS subject and Redis keys.
+//! - [`frame`]: parsing and validating one WebSocket text frame ([`Frame::parse`]).
+//! - [`event`]: one validated event and its de-duplication identity.
+//! - [`protocol`]: the reply frames sent back to producers and their error codes.
+//! - [`fold`]: the fold rules (DESIGN §2.1): a batch reference fold and the
+//!   incremental fold that the processor's Redis step implements.
+//! - [`limits`]: the configurable input limits.
+
+pub mod event;
+pub mod fold;
+pub mod frame;
+pub mod limits;
+pub mod protocol;
+pub mod session;
+
+pub use event::{Event, EventKind};
+pub use fold::{Delivery, IncrementalFold, fold};
+pub use frame::Frame;
+pub use limits::Limits;
+pub use protocol::{ErrorCode, FrameError, Reply};
+pub use session::{Names, SessionId, SessionIdError, SessionKeys};

@@ -1,0 +1,216 @@
+//! What travels back to producers: one reply frame per client frame
+//! (DESIGN §1.2), with stable machine-readable error codes.
+
+use serde::{Deserialize, Serialize};
+
+/// Stable error codes of rejected frames. The string forms are the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not JSON, or not text.
+    InvalidJson,
+    /// The frame is JSON but neither an array of events nor one event object.
+    InvalidFrame,
+    /// An event breaks a field rule; `index` names it.
+    InvalidEvent,
+    /// An event names another session than the connection's.
+    SessionMismatch,
+    FrameTooLarge,
+    TooManyEvents,
+    EventTooLarge,
+    RateLimited,
+    /// The frame could not be stored durably; it was not accepted. Send it again.
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidFrame => "invalid_frame",
+            Self::InvalidEvent => "invalid_event",
+            Self::SessionMismatch => "session_mismatch",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::TooManyEvents => "too_many_events",
+            Self::EventTooLarge => "event_too_large",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// Every code, for metrics labels and documentation.
+    pub const ALL: [ErrorCode; 9] = [
+        Self::InvalidJson,
+        Self::InvalidFrame,
+        Self::InvalidEvent,
+        Self::SessionMismatch,
+        Self::FrameTooLarge,
+        Self::TooManyEvents,
+        Self::EventTooLarge,
+        Self::RateLimited,
+        Self::Unavailable,
+    ];
+}
+
+/// Why a frame was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The offending event's position in the frame, for event errors.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub index: Option<usize>,
+}
+
+impl FrameError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            index: None,
+        }
+    }
+
+    pub fn at(code: ErrorCode, index: usize, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            index: Some(index),
+        }
+    }
+}
+
+/// The reply to the `frame`-th frame of a connection (counted from 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Accepted {
+        ok: monostate::True,
+        frame: u64,
+        accepted: usize,
+    },
+    Rejected {
+        ok: monostate::False,
+        frame: u64,
+        error: FrameError,
+    },
+}
+
+impl Reply {
+    pub fn accepted(frame: u64, accepted: usize) -> Self {
+        Self::Accepted {
+            ok: monostate::True,
+            frame,
+            accepted,
+        }
+    }
+
+    pub fn rejected(frame: u64, error: FrameError) -> Self {
+        Self::Rejected {
+            ok: monostate::False,
+            frame,
+            error,
+        }
+    }
+
+    pub fn frame(&self) -> u64 {
+        match self {
+            Self::Accepted { frame, .. } | Self::Rejected { frame, .. } => *frame,
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::Accepted { .. })
+    }
+
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Accepted { .. } => None,
+            Self::Rejected { error, .. } => Some(error.code),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a reply always serializes")
+    }
+}
+
+/// `true` and `false` as types, so that `ok` is serialized as a literal and
+/// a reply deserializes into the right variant.
+pub mod monostate {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+
+    macro_rules! literal_bool {
+        ($name:ident, $value:expr) => {
+            #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+            pub struct $name;
+
+            impl Serialize for $name {
+                fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    serializer.serialize_bool($value)
+                }
+            }
+
+            impl<'de> Deserialize<'de> for $name {
+                fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    if bool::deserialize(deserializer)? == $value {
+                        Ok($name)
+                    } else {
+                        Err(D::Error::custom(concat!("expected ", stringify!($value))))
+                    }
+                }
+            }
+        };
+    }
+
+    literal_bool!(True, true);
+    literal_bool!(False, false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_have_the_contract_shape() {
+        assert_eq!(
+            Reply::accepted(3, 2).to_json(),
+            r#"{"ok":true,"frame":3,"accepted":2}"#
+        );
+        let rejected = Reply::rejected(
+            4,
+            FrameError::at(ErrorCode::InvalidEvent, 1, "timestamp must be a number"),
+        );
+        assert_eq!(
+            rejected.to_json(),
+            r#"{"ok":false,"frame":4,"error":{"code":"invalid_event","message":"timestamp must be a number","index":1}}"#
+        );
+        let without_index = Reply::rejected(5, FrameError::new(ErrorCode::InvalidJson, "x"));
+        assert_eq!(
+            without_index.to_json(),
+            r#"{"ok":false,"frame":5,"error":{"code":"invalid_json","message":"x"}}"#
+        );
+    }
+
+    #[test]
+    fn replies_parse_back() {
+        for reply in [
+            Reply::accepted(1, 10),
+            Reply::rejected(2, FrameError::new(ErrorCode::Unavailable, "later")),
+        ] {
+            let parsed: Reply = serde_json::from_str(&reply.to_json()).unwrap();
+            assert_eq!(parsed, reply);
+        }
+    }
+
+    #[test]
+    fn code_strings_match_serde() {
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::from(code.as_str())
+            );
+        }
+    }
+}
