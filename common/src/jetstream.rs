@@ -1,0 +1,73 @@
+//! Connecting to NATS and bringing the event stream to its configured
+//! settings at start-up (DESIGN §3).
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, stream};
+
+use crate::settings::NatsSettings;
+
+/// Connects to the configured NATS server(s). A comma-separated URL list
+/// names the members of a cluster.
+pub async fn connect(settings: &NatsSettings, name: &str) -> anyhow::Result<async_nats::Client> {
+    let servers: Vec<async_nats::ServerAddr> = settings
+        .nats_url
+        .split(',')
+        .map(|url| url.trim().parse())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("invalid NATS_URL {:?}", settings.nats_url))?;
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connect(servers)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", settings.nats_url))
+}
+
+/// The stream configuration sessionfold wants.
+pub fn stream_config(settings: &NatsSettings) -> stream::Config {
+    stream::Config {
+        name: settings.stream_name.clone(),
+        subjects: vec![format!("{}.*", settings.subject_prefix)],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: settings.stream_max_age(),
+        max_bytes: settings.stream_max_bytes,
+        num_replicas: settings.stream_replicas,
+        duplicate_window: settings.duplicate_window(),
+        ..Default::default()
+    }
+}
+
+/// Creates the event stream, or updates it when its settings drifted from
+/// the configured ones.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    settings: &NatsSettings,
+) -> anyhow::Result<stream::Stream> {
+    ensure_stream_config(js, stream_config(settings)).await
+}
+
+/// Creates a stream with `wanted`, or updates an existing one whose
+/// sessionfold-owned settings differ.
+pub async fn ensure_stream_config(
+    js: &jetstream::Context,
+    wanted: stream::Config,
+) -> anyhow::Result<stream::Stream> {
+    let mut stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .with_context(|| format!("creating stream {}", wanted.name))?;
+    let current = stream.info().await?.config.clone();
+    let drifted = current.subjects != wanted.subjects
+        || current.max_age != wanted.max_age
+        || current.max_bytes != wanted.max_bytes
+        || current.num_replicas != wanted.num_replicas
+        || current.duplicate_window != wanted.duplicate_window;
+    if drifted {
+        tracing::info!(stream = %wanted.name, "updating stream settings");
+        js.update_stream(wanted.clone())
+            .await
+            .with_context(|| format!("updating stream {}", wanted.name))?;
+        stream = js.get_stream(&wanted.name).await?;
+    }
+    Ok(stream)
+}

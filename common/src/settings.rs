@@ -1,0 +1,125 @@
+//! Configuration groups, each settable by flag or environment variable, with
+//! defaults that run against local servers.
+
+use std::time::Duration;
+
+use sessionfold_core::session::Names;
+use sessionfold_core::{Limits, session::MAX_SESSION_ID_BYTES};
+
+/// Where NATS is and how the event stream is laid out.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsSettings {
+    /// NATS server URL(s), comma-separated for a cluster.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// JetStream stream holding accepted frames.
+    #[arg(long, env = "STREAM_NAME", default_value = "SESSIONFOLD_EVENTS")]
+    pub stream_name: String,
+    /// Subject prefix of accepted frames; a session's subject is `<prefix>.<token>`.
+    #[arg(long, env = "SUBJECT_PREFIX", default_value = "sessionfold.events")]
+    pub subject_prefix: String,
+    /// Oldest message the stream keeps, in seconds; 0 keeps messages forever.
+    #[arg(long, env = "STREAM_MAX_AGE_SECS", default_value_t = 0)]
+    pub stream_max_age_secs: u64,
+    /// Most bytes the stream keeps; -1 for no limit.
+    #[arg(long, env = "STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub stream_max_bytes: i64,
+    /// Stream replicas (3 on a NATS cluster).
+    #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// Window in which JetStream drops a re-published frame with the same `Nats-Msg-Id`, in seconds.
+    #[arg(long, env = "STREAM_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
+    pub stream_duplicate_window_secs: u64,
+}
+
+impl NatsSettings {
+    pub fn stream_max_age(&self) -> Duration {
+        Duration::from_secs(self.stream_max_age_secs)
+    }
+
+    pub fn duplicate_window(&self) -> Duration {
+        Duration::from_secs(self.stream_duplicate_window_secs)
+    }
+}
+
+/// Where Redis is and how keys are named.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisSettings {
+    /// Redis URL (Redis ≥ 7 with RedisJSON).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "KEY_PREFIX", default_value = "sf:")]
+    pub key_prefix: String,
+}
+
+/// Input limits (DESIGN §6).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitSettings {
+    /// Largest accepted frame, in bytes.
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = Limits::default().max_frame_bytes)]
+    pub max_frame_bytes: usize,
+    /// Most events in one frame.
+    #[arg(long, env = "MAX_EVENTS_PER_FRAME", default_value_t = Limits::default().max_events_per_frame)]
+    pub max_events_per_frame: usize,
+    /// Largest single event, in bytes.
+    #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = Limits::default().max_event_bytes)]
+    pub max_event_bytes: usize,
+    /// Longest session_id, in bytes.
+    #[arg(long, env = "MAX_SESSION_ID_BYTES", default_value_t = MAX_SESSION_ID_BYTES)]
+    pub max_session_id_bytes: usize,
+}
+
+impl LimitSettings {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_events_per_frame: self.max_events_per_frame,
+            max_event_bytes: self.max_event_bytes,
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            max_frame_bytes: limits.max_frame_bytes,
+            max_events_per_frame: limits.max_events_per_frame,
+            max_event_bytes: limits.max_event_bytes,
+            max_session_id_bytes: MAX_SESSION_ID_BYTES,
+        }
+    }
+}
+
+/// The subject and key names for a NATS + Redis settings pair.
+pub fn names(nats: &NatsSettings, key_prefix: &str) -> Names {
+    Names {
+        events_subject_prefix: nats.subject_prefix.clone(),
+        key_prefix: key_prefix.to_owned(),
+    }
+}
+
+impl NatsSettings {
+    /// Settings for a local server at `url` with default names.
+    pub fn local(url: impl Into<String>) -> Self {
+        Self {
+            nats_url: url.into(),
+            stream_name: "SESSIONFOLD_EVENTS".to_owned(),
+            subject_prefix: "sessionfold.events".to_owned(),
+            stream_max_age_secs: 0,
+            stream_max_bytes: -1,
+            stream_replicas: 1,
+            stream_duplicate_window_secs: 120,
+        }
+    }
+}
+
+impl RedisSettings {
+    pub fn local(url: impl Into<String>) -> Self {
+        Self {
+            redis_url: url.into(),
+            key_prefix: "sf:".to_owned(),
+        }
+    }
+}

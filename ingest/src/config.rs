@@ -1,0 +1,59 @@
+//! Ingest settings, from flags or the environment.
+
+use std::net::SocketAddr;
+
+use sessionfold_common::settings::{LimitSettings, NatsSettings};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "sessionfold-ingest", about = "WebSocket ingest of session events")]
+pub struct Config {
+    /// Address the WebSocket listener binds.
+    #[arg(long, env = "INGEST_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub limits: LimitSettings,
+    #[command(flatten)]
+    pub connection: ConnectionSettings,
+}
+
+/// How connections behave.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionSettings {
+    /// Frames of one connection that may wait for their PubAck at once.
+    #[arg(long, env = "MAX_IN_FLIGHT_PER_CONNECTION", default_value_t = 32)]
+    pub max_in_flight_per_connection: usize,
+    /// Frames of all connections that may wait for their PubAck at once; past it frames get `unavailable`.
+    #[arg(long, env = "MAX_IN_FLIGHT_TOTAL", default_value_t = 8192)]
+    pub max_in_flight_total: usize,
+    /// How long a frame may wait for JetStream before it is answered `unavailable`, in milliseconds.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    pub publish_timeout_ms: u64,
+    /// Close the socket with 1000 once a frame with SESSION_END is acknowledged.
+    #[arg(long, env = "CLOSE_ON_SESSION_END", default_value_t = true, action = clap::ArgAction::Set)]
+    pub close_on_session_end: bool,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            max_in_flight_per_connection: 32,
+            max_in_flight_total: 8192,
+            publish_timeout_ms: 5000,
+            close_on_session_end: true,
+        }
+    }
+}
+
+impl Config {
+    /// Settings for a local NATS at `nats_url`, listening on an ephemeral port.
+    pub fn local(nats_url: impl Into<String>) -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("a valid address"),
+            nats: NatsSettings::local(nats_url),
+            limits: LimitSettings::default(),
+            connection: ConnectionSettings::default(),
+        }
+    }
+}

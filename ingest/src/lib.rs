@@ -1,0 +1,17 @@
+//! sessionfold ingest: accepts producers' WebSocket connections, validates
+//! each frame, publishes it to JetStream and acknowledges it once durable.
+//!
+//! - [`config`]: the service's settings.
+//! - [`server`]: [`serve`], the shared state and the HTTP routes.
+//! - [`connection`]: one producer connection, frame by frame, replies in order.
+//! - [`publisher`]: publishing a frame and waiting for its PubAck.
+//! - [`http_error`]: JSON errors for refused HTTP requests.
+
+pub mod config;
+pub mod connection;
+pub mod http_error;
+pub mod publisher;
+pub mod server;
+
+pub use config::Config;
+pub use server::{Ingest, serve};

@@ -1,0 +1,226 @@
+//! The ingest service: shared state, routes and [`serve`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State, ws::rejection::WebSocketUpgradeRejection};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sessionfold_common::{jetstream as js_setup, settings};
+use sessionfold_core::session::Names;
+use sessionfold_core::{Limits, SessionId};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::{Config, ConnectionSettings};
+use crate::connection::{self, Connection};
+use crate::http_error::HttpError;
+use crate::publisher::Publisher;
+
+/// Largest WebSocket message read at all. Frames between the configured
+/// frame limit and this size get a `frame_too_large` reply; larger ones
+/// close the connection with 1009, so memory per connection stays bounded.
+fn hard_message_cap(limits: &Limits) -> usize {
+    limits.max_frame_bytes.saturating_mul(4).max(64 * 1024)
+}
+
+pub(crate) struct Shared {
+    pub(crate) publisher: Publisher,
+    pub(crate) names: Names,
+    pub(crate) limits: Limits,
+    pub(crate) max_session_id_bytes: usize,
+    pub(crate) connection: ConnectionSettings,
+    pub(crate) in_flight_total: Arc<Semaphore>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) connections: TaskTracker,
+    nats: async_nats::Client,
+}
+
+/// A built ingest service, ready to route.
+#[derive(Clone)]
+pub struct Ingest {
+    shared: Arc<Shared>,
+}
+
+impl Ingest {
+    /// Connects to NATS and brings the stream to the configured settings.
+    pub async fn build(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let nats = js_setup::connect(&config.nats, "sessionfold-ingest").await?;
+        let js = async_nats::jetstream::new(nats.clone());
+        js_setup::ensure_stream(&js, &config.nats)
+            .await
+            .context("setting up the event stream")?;
+        let publisher = Publisher::new(
+            js,
+            Duration::from_millis(config.connection.publish_timeout_ms),
+        );
+        Ok(Self {
+            shared: Arc::new(Shared {
+                publisher,
+                names: settings::names(&config.nats, ""),
+                limits: config.limits.limits(),
+                max_session_id_bytes: config.limits.max_session_id_bytes,
+                connection: config.connection.clone(),
+                in_flight_total: Arc::new(Semaphore::new(config.connection.max_in_flight_total)),
+                shutdown,
+                shutting_down: AtomicBool::new(false),
+                connections: TaskTracker::new(),
+                nats,
+            }),
+        })
+    }
+
+    /// The producer-facing routes (`/websocket`), without health checks, so
+    /// that the all-in-one mode can merge them with the api's.
+    pub fn routes(&self) -> Router {
+        Router::new()
+            .route("/websocket", get(websocket))
+            .with_state(self.shared.clone())
+    }
+
+    /// Whether this service can take traffic: NATS connected and no shutdown
+    /// under way.
+    pub fn is_ready(&self) -> bool {
+        !self.shared.shutting_down.load(Ordering::Relaxed)
+            && self.shared.nats.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Marks the service as stopping: readiness fails from now on.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits until every connection has answered its frames and closed.
+    pub async fn drain(&self) {
+        self.shared.connections.close();
+        self.shared.connections.wait().await;
+        if let Err(err) = self.shared.nats.flush().await {
+            tracing::warn!(error = %err, "flushing NATS at shutdown");
+        }
+    }
+}
+
+/// Health routes for a service whose readiness is `is_ready`.
+pub fn health_routes(is_ready: impl Fn() -> bool + Clone + Send + Sync + 'static) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = is_ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        )
+}
+
+/// Runs ingest on `listener` until `shutdown` is cancelled, then answers
+/// every in-flight frame, closes sockets with 1001 and returns.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ingest = Ingest::build(&config, shutdown.clone()).await?;
+    let ready = ingest.clone();
+    let app = ingest
+        .routes()
+        .merge(health_routes(move || ready.is_ready()));
+    tracing::info!(addr = %listener.local_addr()?, "ingest listening");
+    let stopping = ingest.clone();
+    let signal = shutdown.clone();
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        signal.cancelled().await;
+        stopping.begin_shutdown();
+    })
+    .await?;
+    ingest.drain().await;
+    tracing::info!("ingest stopped");
+    Ok(())
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SessionQuery {
+    session_id: Option<String>,
+}
+
+/// The request id of an HTTP request: the client's `X-Request-Id` when it is
+/// short printable ASCII, else a new one.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+async fn websocket(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<SessionQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let request_id = request_id(&headers);
+    let mut response = accept(shared, query, upgrade, request_id.clone())
+        .unwrap_or_else(|err| {
+            tracing::info!(%request_id, error = %err, "refused a connection");
+            err.into_response()
+        });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn accept(
+    shared: Arc<Shared>,
+    query: Result<Query<SessionQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request_id: String,
+) -> Result<Response, HttpError> {
+    let raw = query
+        .map_err(|err| HttpError::InvalidSessionId(err.body_text()))?
+        .0
+        .session_id
+        .ok_or_else(|| HttpError::InvalidSessionId("session_id is missing".to_owned()))?;
+    let session = SessionId::parse_with_max(&raw, shared.max_session_id_bytes)
+        .map_err(|err| HttpError::InvalidSessionId(err.to_string()))?;
+    let upgrade = upgrade.map_err(|err| HttpError::NotAWebSocket(err.body_text()))?;
+    if shared.shutting_down.load(Ordering::Relaxed) {
+        return Err(HttpError::ShuttingDown);
+    }
+    let cap = hard_message_cap(&shared.limits);
+    let tracking = shared.connections.token();
+    let span = tracing::info_span!("connection", session_id = %session, %request_id);
+    Ok(upgrade
+        .max_message_size(cap)
+        .max_frame_size(cap)
+        .on_upgrade(move |socket| {
+            async move {
+                let _tracking = tracking;
+                connection::run(socket, Connection::new(shared, session, request_id)).await;
+            }
+            .instrument(span)
+        }))
+}

@@ -1,0 +1,104 @@
+-- Applies one batch of a session's events to its document, atomically.
+--
+-- KEYS[1] document (RedisJSON), KEYS[2] identity -> position hash,
+-- KEYS[3] position sorted set scored by timestamp (its order is the order of
+-- $.children).
+-- ARGV[1] the empty document (JSON text), ARGV[2] the batch's smallest
+-- SESSION_START timestamp or '', ARGV[3] its largest SESSION_END timestamp or
+-- '', ARGV[4] the most children a session may hold (0: no limit), then four
+-- values per EVENT: identity, position, timestamp, event JSON.
+--
+-- Idempotent: an event is written only when its identity is new, or when this
+-- position is earlier in the stream than the one kept, so applying the same
+-- batch again, or batches in any order, gives the same document.
+--
+-- Per event, in timestamp order: HGET, HSET, ZADD, ZRANK, ZCARD and
+-- JSON.ARRAPPEND, none of which grows with the session beyond O(log n).
+-- JSON.ARRINSERT (O(n)) runs only for an event older than the newest child.
+--
+-- Every check that can refuse the batch runs before the first write, so a
+-- refused batch leaves nothing half-written.
+
+local doc, ids, order = KEYS[1], KEYS[2], KEYS[3]
+local empty, start_candidate, end_candidate = ARGV[1], ARGV[2], ARGV[3]
+local max_children = tonumber(ARGV[4])
+
+local function fail(code, message)
+  return redis.error_reply('SESSIONFOLD_' .. code .. ' ' .. message)
+end
+
+-- Pass 1: which events are new or earlier arrivals, without writing.
+local writes = {}
+local new_identities = 0
+local planned = {}
+for i = 5, #ARGV, 4 do
+  local identity, position = ARGV[i], ARGV[i + 1]
+  local kept = planned[identity]
+  if kept == nil then
+    kept = redis.call('HGET', ids, identity)
+    if kept == false then
+      new_identities = new_identities + 1
+    end
+  end
+  if kept == false or position < kept then
+    planned[identity] = position
+    writes[#writes + 1] = i
+  end
+end
+local existing = redis.call('ZCARD', order)
+if max_children > 0 and existing + new_identities > max_children then
+  return fail('FULL', 'the session would hold ' .. (existing + new_identities)
+    .. ' children; the limit is ' .. max_children)
+end
+
+if redis.call('EXISTS', doc) == 0 then
+  redis.call('JSON.SET', doc, '$', empty)
+end
+
+local function bound(path, candidate, replaces)
+  if candidate == '' then
+    return
+  end
+  local current = cjson.decode(redis.call('JSON.GET', doc, path))[1]
+  if current == nil then
+    return fail('CORRUPT', doc .. ' has no ' .. path)
+  end
+  if current == cjson.null or replaces(tonumber(candidate), current) then
+    redis.call('JSON.SET', doc, path, candidate)
+  end
+end
+local err = bound('$.start', start_candidate, function(new, cur) return new < cur end)
+  or bound('$.end', end_candidate, function(new, cur) return new > cur end)
+if err then
+  return err
+end
+
+-- Pass 2: write. An identity may occur more than once in the batch; each
+-- write re-checks against what is stored by then.
+local written = 0
+for _, i in ipairs(writes) do
+  local identity, position, score, child = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local kept = redis.call('HGET', ids, identity)
+  if kept == false or position < kept then
+    if kept then
+      local old_rank = redis.call('ZRANK', order, kept)
+      redis.call('JSON.ARRPOP', doc, '$.children', old_rank)
+      redis.call('ZREM', order, kept)
+    end
+    redis.call('HSET', ids, identity, position)
+    redis.call('ZADD', order, score, position)
+    local rank = redis.call('ZRANK', order, position)
+    local count = redis.call('ZCARD', order)
+    local reply
+    if rank == count - 1 then
+      reply = redis.call('JSON.ARRAPPEND', doc, '$.children', child)
+    else
+      reply = redis.call('JSON.ARRINSERT', doc, '$.children', rank, child)
+    end
+    if type(reply) ~= 'table' or reply[1] ~= count then
+      return fail('CORRUPT', doc .. ' children do not match ' .. order)
+    end
+    written = written + 1
+  end
+end
+return written

@@ -1,0 +1,83 @@
+//! Processor settings, from flags or the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sessionfold_common::settings::{NatsSettings, RedisSettings};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "sessionfold-processor", about = "Folds session events into RedisJSON documents")]
+pub struct Config {
+    /// Address of the health endpoints.
+    #[arg(long, env = "PROCESSOR_LISTEN", default_value = "0.0.0.0:8082")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub redis: RedisSettings,
+    #[command(flatten)]
+    pub worker: WorkerSettings,
+}
+
+/// How the processor consumes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerSettings {
+    /// Durable consumer shared by every processor replica.
+    #[arg(long, env = "CONSUMER_NAME", default_value = "sessionfold-processor")]
+    pub consumer_name: String,
+    /// Most messages applied in one batch.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 512)]
+    pub batch_size: usize,
+    /// How long JetStream waits for an ack before redelivering, in seconds.
+    #[arg(long, env = "ACK_WAIT_SECS", default_value_t = 30)]
+    pub ack_wait_secs: u64,
+    /// Unacked messages across all replicas.
+    #[arg(long, env = "MAX_ACK_PENDING", default_value_t = 20_000)]
+    pub max_ack_pending: i64,
+    /// Deliveries of a message that Redis refuses before it goes to the dead-letter stream.
+    /// Outages (Redis or NATS unreachable) never count: the processor waits them out.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: i64,
+    /// Stream that keeps dead letters.
+    #[arg(long, env = "DEAD_LETTER_STREAM", default_value = "SESSIONFOLD_DEAD")]
+    pub dead_letter_stream: String,
+    /// Subject prefix of dead letters; a letter's subject is `<prefix>.<token>`.
+    #[arg(long, env = "DEAD_LETTER_SUBJECT_PREFIX", default_value = "sessionfold.dead")]
+    pub dead_letter_subject_prefix: String,
+    /// Most children one session may hold; 0 for no limit. Past it the frame goes to the dead-letter stream.
+    #[arg(long, env = "MAX_CHILDREN_PER_SESSION", default_value_t = 0)]
+    pub max_children_per_session: u64,
+}
+
+impl WorkerSettings {
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs)
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            consumer_name: "sessionfold-processor".to_owned(),
+            batch_size: 512,
+            ack_wait_secs: 30,
+            max_ack_pending: 20_000,
+            max_attempts: 5,
+            dead_letter_stream: "SESSIONFOLD_DEAD".to_owned(),
+            dead_letter_subject_prefix: "sessionfold.dead".to_owned(),
+            max_children_per_session: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Settings for local servers, health endpoints on an ephemeral port.
+    pub fn local(nats_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("a valid address"),
+            nats: NatsSettings::local(nats_url),
+            redis: RedisSettings::local(redis_url),
+            worker: WorkerSettings::default(),
+        }
+    }
+}

