@@ -103,7 +103,10 @@ async fn data(
         .map_err(ApiError::Unavailable)?;
     let document = document.ok_or(ApiError::NotFound)?;
     Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         document,
     )
         .into_response())

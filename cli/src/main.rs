@@ -1,1 +1,52 @@
-fn main() {}
+//! The `sessionfold` command line: flags and tracing; the work is in the
+//! service libraries and [`sessionfold::dev`].
+
+use clap::{Parser, Subcommand};
+use sessionfold_common::{shutdown, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sessionfold",
+    version,
+    about = "Session events over WebSockets, folded into one JSON document per session"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ingest, processor and api in one process, `/websocket` and `/data` on one port.
+    Dev(sessionfold::dev::DevConfig),
+    /// The ingest service alone.
+    Ingest(sessionfold_ingest::Config),
+    /// The processor service alone.
+    Processor(sessionfold_processor::Config),
+    /// The api service alone.
+    Api(sessionfold_api::Config),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let shutdown = shutdown::token_on_signal();
+    match Cli::parse().command {
+        Command::Dev(config) => {
+            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            sessionfold::dev::serve(config, listener, shutdown).await
+        }
+        Command::Ingest(config) => {
+            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            sessionfold_ingest::serve(config, listener, shutdown).await
+        }
+        Command::Processor(config) => {
+            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            sessionfold_processor::serve(config, listener, shutdown).await
+        }
+        Command::Api(config) => {
+            let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            sessionfold_api::serve(config, listener, shutdown).await
+        }
+    }
+}

@@ -165,6 +165,7 @@ impl IncrementalFold {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::strategies::{any_schedule, any_stream};
     use crate::{Frame, Limits, SessionId};
     use proptest::prelude::*;
 
@@ -268,54 +269,6 @@ mod tests {
         ];
         let doc = fold("s", &deliveries);
         assert_eq!(doc["children"].as_array().unwrap().len(), 1);
-    }
-
-    fn any_event() -> impl Strategy<Value = String> {
-        let kind = prop_oneof![
-            1 => Just("SESSION_START"),
-            1 => Just("SESSION_END"),
-            6 => Just("EVENT"),
-        ];
-        // Few distinct timestamps, names and ids, so ties and duplicates are common.
-        (kind, 0u8..6, prop::option::of(0u8..4), prop::option::of(0u8..3), any::<bool>())
-            .prop_map(|(kind, ts, name, id, fractional)| {
-                let timestamp = if fractional { format!("{ts}.5") } else { ts.to_string() };
-                let mut event = format!(r#"{{"type":"{kind}","timestamp":{timestamp}"#);
-                if let Some(name) = name {
-                    event.push_str(&format!(r#","name":"n{name}""#));
-                }
-                if let Some(id) = id {
-                    event.push_str(&format!(r#","id":"i{id}""#));
-                }
-                event.push('}');
-                event
-            })
-    }
-
-    fn any_stream() -> impl Strategy<Value = Vec<Delivery>> {
-        prop::collection::vec(prop::collection::vec(any_event(), 0..6), 0..8).prop_map(|frames| {
-            frames
-                .into_iter()
-                .enumerate()
-                .map(|(i, events)| delivery(i as u64 + 1, &format!("[{}]", events.join(","))))
-                .collect()
-        })
-    }
-
-    /// A delivery schedule: any order, any number of redeliveries, every
-    /// accepted frame at least once.
-    fn any_schedule() -> impl Strategy<Value = (Vec<Delivery>, Vec<usize>)> {
-        any_stream().prop_flat_map(|stream| {
-            let n = stream.len();
-            let redeliveries = prop::collection::vec(0..n.max(1), 0..n * 2 + 1);
-            (Just(stream), redeliveries).prop_flat_map(move |(stream, extra)| {
-                let mut schedule: Vec<usize> = (0..n).collect();
-                if n > 0 {
-                    schedule.extend(extra);
-                }
-                (Just(stream), Just(schedule).prop_shuffle())
-            })
-        })
     }
 
     proptest! {

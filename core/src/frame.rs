@@ -99,9 +99,8 @@ fn parse_event(
     };
     let kind = match body.get("type") {
         None => return Err(invalid("type is required")),
-        Some(Value::String(kind)) => EventKind::parse(kind).ok_or_else(|| {
-            invalid("type must be one of SESSION_START, SESSION_END, EVENT")
-        })?,
+        Some(Value::String(kind)) => EventKind::parse(kind)
+            .ok_or_else(|| invalid("type must be one of SESSION_START, SESSION_END, EVENT"))?,
         Some(_) => return Err(invalid("type must be a string")),
     };
     let timestamp = match body.get("timestamp") {

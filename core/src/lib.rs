@@ -9,6 +9,8 @@
 //! - [`fold`]: the fold rules (DESIGN §2.1): a batch reference fold and the
 //!   incremental fold that the processor's Redis step implements.
 //! - [`limits`]: the configurable input limits.
+//! - `strategies` (feature `proptest`): generators of frame streams and
+//!   delivery schedules for property tests.
 
 pub mod event;
 pub mod fold;
@@ -16,6 +18,8 @@ pub mod frame;
 pub mod limits;
 pub mod protocol;
 pub mod session;
+#[cfg(any(test, feature = "proptest"))]
+pub mod strategies;
 
 pub use event::{Event, EventKind};
 pub use fold::{Delivery, IncrementalFold, fold};

@@ -215,19 +215,19 @@ mod tests {
 
     #[test]
     fn non_canonical_tokens_are_refused() {
-        assert_eq!(SessionId::from_token("_61"), None, "'a' need not be escaped");
+        assert_eq!(
+            SessionId::from_token("_61"),
+            None,
+            "'a' need not be escaped"
+        );
         assert_eq!(SessionId::from_token("a.b"), None);
         assert_eq!(SessionId::from_token("_2"), None);
         assert_eq!(SessionId::from_token("_0a"), None, "control character");
     }
 
     fn any_session_id() -> impl Strategy<Value = SessionId> {
-        prop_oneof![
-            "[ -~]{1,128}",
-            "[a-z.*> {}_-]{1,40}",
-            "\\PC{1,32}",
-        ]
-        .prop_filter_map("valid session ids only", |raw| SessionId::parse(&raw).ok())
+        prop_oneof!["[ -~]{1,128}", "[a-z.*> {}_-]{1,40}", "\\PC{1,32}",]
+            .prop_filter_map("valid session ids only", |raw| SessionId::parse(&raw).ok())
     }
 
     proptest! {

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use sessionfold_common::settings::{LimitSettings, NatsSettings};
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "sessionfold-ingest", about = "WebSocket ingest of session events")]
+#[command(
+    name = "sessionfold-ingest",
+    about = "WebSocket ingest of session events"
+)]
 pub struct Config {
     /// Address the WebSocket listener binds.
     #[arg(long, env = "INGEST_LISTEN", default_value = "0.0.0.0:8080")]

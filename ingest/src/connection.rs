@@ -182,6 +182,11 @@ pub(crate) async fn run(socket: WebSocket, mut connection: Connection) {
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None => client_gone = true,
+                Some(Err(err)) if is_message_too_big(&err) => {
+                    tracing::info!(error = %err, "message over the hard size cap");
+                    stopping = true;
+                    close = Some(CloseFrame { code: close_code::SIZE, reason: "message too big".into() });
+                }
                 Some(Err(err)) => {
                     tracing::info!(error = %err, "connection failed");
                     client_gone = true;
@@ -197,4 +202,11 @@ pub(crate) async fn run(socket: WebSocket, mut connection: Connection) {
         replies = replies_sent,
         "connection closed"
     );
+}
+
+/// A message over the hard cap is refused by the WebSocket layer with a
+/// capacity error, which axum only exposes as text.
+fn is_message_too_big(err: &axum::Error) -> bool {
+    let text = err.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long")
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State, ws::rejection::WebSocketUpgradeRejection};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -182,11 +182,10 @@ async fn websocket(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let request_id = request_id(&headers);
-    let mut response = accept(shared, query, upgrade, request_id.clone())
-        .unwrap_or_else(|err| {
-            tracing::info!(%request_id, error = %err, "refused a connection");
-            err.into_response()
-        });
+    let mut response = accept(shared, query, upgrade, request_id.clone()).unwrap_or_else(|err| {
+        tracing::info!(%request_id, error = %err, "refused a connection");
+        err.into_response()
+    });
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }

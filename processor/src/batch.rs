@@ -110,7 +110,10 @@ mod tests {
             })
             .collect();
         let sessions = group(decoded);
-        assert_eq!(sessions[&SessionId::parse("a").unwrap()].messages, vec![0, 2]);
+        assert_eq!(
+            sessions[&SessionId::parse("a").unwrap()].messages,
+            vec![0, 2]
+        );
         assert_eq!(sessions[&SessionId::parse("b").unwrap()].messages, vec![1]);
     }
 }

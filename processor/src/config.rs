@@ -6,7 +6,10 @@ use std::time::Duration;
 use sessionfold_common::settings::{NatsSettings, RedisSettings};
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "sessionfold-processor", about = "Folds session events into RedisJSON documents")]
+#[command(
+    name = "sessionfold-processor",
+    about = "Folds session events into RedisJSON documents"
+)]
 pub struct Config {
     /// Address of the health endpoints.
     #[arg(long, env = "PROCESSOR_LISTEN", default_value = "0.0.0.0:8082")]
@@ -42,7 +45,11 @@ pub struct WorkerSettings {
     #[arg(long, env = "DEAD_LETTER_STREAM", default_value = "SESSIONFOLD_DEAD")]
     pub dead_letter_stream: String,
     /// Subject prefix of dead letters; a letter's subject is `<prefix>.<token>`.
-    #[arg(long, env = "DEAD_LETTER_SUBJECT_PREFIX", default_value = "sessionfold.dead")]
+    #[arg(
+        long,
+        env = "DEAD_LETTER_SUBJECT_PREFIX",
+        default_value = "sessionfold.dead"
+    )]
     pub dead_letter_subject_prefix: String,
     /// Most children one session may hold; 0 for no limit. Past it the frame goes to the dead-letter stream.
     #[arg(long, env = "MAX_CHILDREN_PER_SESSION", default_value_t = 0)]

@@ -62,7 +62,11 @@ impl DeadLetters {
             .send_publish(format!("{}.{token}", self.subject_prefix), publish)
             .await?
             .await?;
-        tracing::warn!(stream_sequence, reason, "message moved to the dead-letter stream");
+        tracing::warn!(
+            stream_sequence,
+            reason,
+            "message moved to the dead-letter stream"
+        );
         Ok(())
     }
 }

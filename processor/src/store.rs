@@ -52,7 +52,8 @@ impl Invocation {
             }
         }
         children.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        let bound = |value: Option<f64>| value.map_or(String::new(), |t| normalized_number(t).to_string());
+        let bound =
+            |value: Option<f64>| value.map_or(String::new(), |t| normalized_number(t).to_string());
         let mut args = Vec::with_capacity(4 + children.len() * 4);
         args.push(empty_document(session.as_str()).to_string());
         args.push(bound(start));
@@ -184,7 +185,11 @@ mod tests {
     #[test]
     fn arguments_carry_bounds_and_children_in_timestamp_order() {
         let session = SessionId::parse("s").unwrap();
-        let frame = |text: &str| Frame::parse(text, &session, &Limits::default()).unwrap().events;
+        let frame = |text: &str| {
+            Frame::parse(text, &session, &Limits::default())
+                .unwrap()
+                .events
+        };
         let deliveries = [
             Delivery {
                 stream_sequence: 7,
@@ -194,14 +199,22 @@ mod tests {
             },
             Delivery {
                 stream_sequence: 2,
-                events: frame(r#"[{"type":"EVENT","timestamp":5,"name":"a"},{"type":"SESSION_END","timestamp":9.5}]"#),
+                events: frame(
+                    r#"[{"type":"EVENT","timestamp":5,"name":"a"},{"type":"SESSION_END","timestamp":9.5}]"#,
+                ),
             },
         ];
         let invocation = Invocation::new(&Names::default(), &session, &deliveries, 0);
         assert_eq!(invocation.keys.doc, "sf:doc:{s}");
         let args = &invocation.args;
-        assert_eq!(args[0], r#"{"session_id":"s","type":"SESSION","start":null,"end":null,"children":[]}"#);
-        assert_eq!((args[1].as_str(), args[2].as_str(), args[3].as_str()), ("1", "9.5", "0"));
+        assert_eq!(
+            args[0],
+            r#"{"session_id":"s","type":"SESSION","start":null,"end":null,"children":[]}"#
+        );
+        assert_eq!(
+            (args[1].as_str(), args[2].as_str(), args[3].as_str()),
+            ("1", "9.5", "0")
+        );
         assert_eq!(args.len(), 4 + 2 * 4);
         assert_eq!(args[5], "00000000000000000002:0000000000");
         assert_eq!(args[6], "5");

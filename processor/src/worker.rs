@@ -192,10 +192,15 @@ impl Processor {
         let max_children = self.config.worker.max_children_per_session;
         let invocations: Vec<Invocation> = sessions
             .iter()
-            .map(|(session, part)| Invocation::new(&self.names, session, &part.deliveries, max_children))
+            .map(|(session, part)| {
+                Invocation::new(&self.names, session, &part.deliveries, max_children)
+            })
             .collect();
 
-        let Some(results) = self.apply_until_stored(&invocations, &messages, shutdown).await else {
+        let Some(results) = self
+            .apply_until_stored(&invocations, &messages, shutdown)
+            .await
+        else {
             // Stopping during an outage: hand the batch back at once.
             for message in &messages {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
@@ -229,7 +234,9 @@ impl Processor {
                     let delay = Duration::from_millis(200 * deliveries[index].clamp(1, 10) as u64);
                     let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                 }
-                Fate::Refused(reason) if self.config.worker.attempts_exhausted(deliveries[index]) => {
+                Fate::Refused(reason)
+                    if self.config.worker.attempts_exhausted(deliveries[index]) =>
+                {
                     self.dead_letter(message, sequence, &reason).await;
                 }
                 Fate::Refused(_) => {
@@ -259,7 +266,14 @@ impl Processor {
         let single: Vec<Invocation> = part
             .deliveries
             .iter()
-            .map(|delivery| Invocation::new(&self.names, session, std::slice::from_ref(delivery), max_children))
+            .map(|delivery| {
+                Invocation::new(
+                    &self.names,
+                    session,
+                    std::slice::from_ref(delivery),
+                    max_children,
+                )
+            })
             .collect();
         let outcome = if part.messages.len() > 1 {
             // In stream order, so that a frame that fits is not displaced by a later one.
@@ -321,7 +335,9 @@ impl Processor {
             }
             Err(err) => {
                 tracing::warn!(stream_sequence = sequence, error = %err, "dead letter not stored; the message will be redelivered");
-                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
             }
         }
     }
@@ -376,9 +392,12 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "processor health listening");
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listener, health.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await
+        axum::serve(
+            listener,
+            health.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(http_shutdown.cancelled_owned())
+        .await
     });
     let stopping = processor.stopping.clone();
     let stop_flag = shutdown.clone();

@@ -1,0 +1,123 @@
+//! The all-in-one development mode. Each service keeps its own library and
+//! `serve`; this composes their routes on one listener and runs the processor
+//! beside them, so the client contract (`/websocket` and `/data` on one port)
+//! holds without a reverse proxy.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use sessionfold_api::Api;
+use sessionfold_common::settings::{LimitSettings, NatsSettings, RedisSettings};
+use sessionfold_ingest::Ingest;
+use sessionfold_ingest::config::ConnectionSettings;
+use sessionfold_processor::Processor;
+use sessionfold_processor::config::WorkerSettings;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevConfig {
+    /// Address serving `/websocket` and `/data`.
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub nats: NatsSettings,
+    #[command(flatten)]
+    pub redis: RedisSettings,
+    #[command(flatten)]
+    pub limits: LimitSettings,
+    #[command(flatten)]
+    pub connection: ConnectionSettings,
+    #[command(flatten)]
+    pub worker: WorkerSettings,
+}
+
+impl DevConfig {
+    /// Settings for local servers, listening on an ephemeral port.
+    pub fn local(nats_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("a valid address"),
+            nats: NatsSettings::local(nats_url),
+            redis: RedisSettings::local(redis_url),
+            limits: LimitSettings::default(),
+            connection: ConnectionSettings::default(),
+            worker: WorkerSettings::default(),
+        }
+    }
+
+    fn ingest(&self) -> sessionfold_ingest::Config {
+        sessionfold_ingest::Config {
+            listen: self.listen,
+            nats: self.nats.clone(),
+            limits: self.limits.clone(),
+            connection: self.connection.clone(),
+        }
+    }
+
+    fn processor(&self) -> sessionfold_processor::Config {
+        sessionfold_processor::Config {
+            listen: self.listen,
+            nats: self.nats.clone(),
+            redis: self.redis.clone(),
+            worker: self.worker.clone(),
+        }
+    }
+
+    fn api(&self) -> sessionfold_api::Config {
+        sessionfold_api::Config {
+            listen: self.listen,
+            redis: self.redis.clone(),
+            max_session_id_bytes: self.limits.max_session_id_bytes,
+        }
+    }
+}
+
+/// Runs ingest, processor and api on `listener` until `shutdown`.
+pub async fn serve(
+    config: DevConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ingest = Ingest::build(&config.ingest(), shutdown.clone()).await?;
+    let api = Api::build(&config.api()).await?;
+    let processor = Processor::build(config.processor()).await?;
+
+    let ready = (ingest.clone(), api.clone(), processor.clone());
+    let app = Router::new()
+        .merge(ingest.routes())
+        .merge(api.routes())
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let (ingest, api, processor) = ready.clone();
+                async move {
+                    if ingest.is_ready() && processor.is_ready() && api.is_ready().await {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        );
+
+    let processing = tokio::spawn(processor.run(shutdown.clone()));
+    tracing::info!(addr = %listener.local_addr()?, "sessionfold dev mode listening");
+    let stopping = (ingest.clone(), api.clone());
+    let signal = shutdown.clone();
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        signal.cancelled().await;
+        stopping.0.begin_shutdown();
+        stopping.1.begin_shutdown();
+    })
+    .await?;
+    ingest.drain().await;
+    processing.await??;
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: real WebSocket clients against ingest, a real
+//! nats-server with JetStream, processors, a real redis-server with RedisJSON,
+//! and `GET /data`. Every test starts its own servers on free ports.
+
+mod duplicates;
+mod helpers;
+mod invalid_input;
+mod pipeline;
+mod processor_faults;

@@ -1,0 +1,175 @@
+//! The Redis apply step against a real redis-server with RedisJSON: any
+//! order of batches and any redelivery gives the reference fold, byte for
+//! byte, and refused batches write nothing.
+
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use sessionfold_common::settings::RedisSettings;
+use sessionfold_core::session::Names;
+use sessionfold_core::strategies::any_schedule;
+use sessionfold_core::{Delivery, Frame, Limits, SessionId, fold};
+use sessionfold_processor::store::{Applied, Invocation, Store};
+use sessionfold_testkit::{RedisServer, init_test_tracing, unique_name};
+
+fn names() -> Names {
+    Names {
+        key_prefix: format!("{}:", unique_name("t")),
+        ..Names::default()
+    }
+}
+
+async fn stored_document(redis_url: &str, key: &str) -> Option<String> {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("JSON.GET")
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+#[test]
+fn any_delivery_schedule_stores_the_reference_document() {
+    init_test_tracing();
+    let redis = RedisServer::start().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = runtime
+        .block_on(Store::connect(&RedisSettings::local(redis.url())))
+        .unwrap();
+    let session = SessionId::parse("s").unwrap();
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(96));
+    runner
+        .run(&any_schedule(), |(stream, schedule)| {
+            let names = names();
+            let mut store = store.clone();
+            runtime.block_on(async {
+                // Deliveries in schedule order, batched two at a time, as a
+                // processor receiving redeliveries would see them.
+                for batch in schedule.chunks(2) {
+                    let deliveries: Vec<Delivery> =
+                        batch.iter().map(|&i| stream[i].clone()).collect();
+                    let invocation = Invocation::new(&names, &session, &deliveries, 0);
+                    let applied = store.apply(&[invocation]).await.unwrap();
+                    assert!(matches!(applied[..], [Applied::Stored(_)]), "{applied:?}");
+                }
+                let expected = serde_json::to_string(&fold("s", &stream)).unwrap();
+                let stored = stored_document(&redis.url(), &names.keys(&session).doc).await;
+                if stream.is_empty() {
+                    assert_eq!(stored, None);
+                } else {
+                    assert_eq!(stored.as_deref(), Some(expected.as_str()));
+                }
+            });
+            Ok(())
+        })
+        .unwrap();
+}
+
+fn frame(session: &SessionId, sequence: u64, text: &str) -> Delivery {
+    Delivery {
+        stream_sequence: sequence,
+        events: Frame::parse(text, session, &Limits::default())
+            .unwrap()
+            .events,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_past_the_children_limit_is_refused_and_writes_nothing() {
+    init_test_tracing();
+    let redis = RedisServer::start().unwrap();
+    let mut store = Store::connect(&RedisSettings::local(redis.url()))
+        .await
+        .unwrap();
+    let names = names();
+    let session = SessionId::parse("full").unwrap();
+    let first = frame(
+        &session,
+        1,
+        r#"[{"type":"SESSION_START","timestamp":1},{"type":"EVENT","timestamp":2,"name":"a"},{"type":"EVENT","timestamp":3,"name":"b"}]"#,
+    );
+    let over = frame(
+        &session,
+        2,
+        r#"[{"type":"SESSION_END","timestamp":9},{"type":"EVENT","timestamp":4,"name":"c"},{"type":"EVENT","timestamp":5,"name":"d"}]"#,
+    );
+    let applied = store
+        .apply(&[Invocation::new(
+            &names,
+            &session,
+            std::slice::from_ref(&first),
+            3,
+        )])
+        .await
+        .unwrap();
+    assert!(matches!(applied[..], [Applied::Stored(2)]), "{applied:?}");
+    let before = stored_document(&redis.url(), &names.keys(&session).doc).await;
+
+    let applied = store
+        .apply(&[Invocation::new(&names, &session, &[over], 3)])
+        .await
+        .unwrap();
+    match &applied[..] {
+        [Applied::Refused(reason)] => assert!(reason.contains("SESSIONFOLD_FULL"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        stored_document(&redis.url(), &names.keys(&session).doc).await,
+        before,
+        "a refused batch left a trace"
+    );
+
+    // Re-applying what is already stored is still fine at the limit.
+    let applied = store
+        .apply(&[Invocation::new(&names, &session, &[first], 2)])
+        .await
+        .unwrap();
+    assert!(matches!(applied[..], [Applied::Stored(0)]), "{applied:?}");
+}
+
+#[tokio::test]
+async fn a_restarted_redis_gets_the_script_again() {
+    init_test_tracing();
+    let mut redis = RedisServer::start().unwrap();
+    let mut store = Store::connect(&RedisSettings::local(redis.url()))
+        .await
+        .unwrap();
+    let names = names();
+    let session = SessionId::parse("restart").unwrap();
+    let one = frame(
+        &session,
+        1,
+        r#"[{"type":"EVENT","timestamp":1,"name":"a"}]"#,
+    );
+    let two = frame(
+        &session,
+        2,
+        r#"[{"type":"EVENT","timestamp":2,"name":"b"}]"#,
+    );
+    store
+        .apply(&[Invocation::new(
+            &names,
+            &session,
+            std::slice::from_ref(&one),
+            0,
+        )])
+        .await
+        .unwrap();
+    redis.restart().unwrap();
+    let invocation = Invocation::new(&names, &session, std::slice::from_ref(&two), 0);
+    let applied = sessionfold_testkit::eventually_ok(
+        "the store works again after a restart",
+        std::time::Duration::from_secs(10),
+        || {
+            let mut store = store.clone();
+            let invocation = invocation.clone();
+            async move { store.apply(&[invocation]).await }
+        },
+    )
+    .await;
+    assert!(matches!(applied[..], [Applied::Stored(1)]), "{applied:?}");
+    let expected = serde_json::to_string(&fold("restart", &[one, two])).unwrap();
+    assert_eq!(
+        stored_document(&redis.url(), &names.keys(&session).doc).await,
+        Some(expected)
+    );
+}
