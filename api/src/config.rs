@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use sessionfold_common::settings::RedisSettings;
+use sessionfold_common::settings::{RedisSettings, ShutdownSettings};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "sessionfold-api", about = "Read API of session documents")]
@@ -15,6 +15,8 @@ pub struct Config {
     /// Longest session_id accepted, in bytes.
     #[arg(long, env = "MAX_SESSION_ID_BYTES", default_value_t = sessionfold_core::session::MAX_SESSION_ID_BYTES)]
     pub max_session_id_bytes: usize,
+    #[command(flatten)]
+    pub shutdown: ShutdownSettings,
 }
 
 impl Config {
@@ -23,6 +25,7 @@ impl Config {
             listen: "127.0.0.1:0".parse().expect("a valid address"),
             redis: RedisSettings::local(redis_url),
             max_session_id_bytes: sessionfold_core::session::MAX_SESSION_ID_BYTES,
+            shutdown: ShutdownSettings::default(),
         }
     }
 }

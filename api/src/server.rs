@@ -146,8 +146,8 @@ pub async fn serve(
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
-        shutdown.cancelled().await;
-        api.begin_shutdown();
+        let grace = config.shutdown.grace();
+        sessionfold_common::shutdown::after_grace(shutdown, grace, || api.begin_shutdown()).await;
     })
     .await?;
     tracing::info!("api stopped");

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use sessionfold_api::Api;
-use sessionfold_common::settings::{LimitSettings, NatsSettings, RedisSettings};
+use sessionfold_common::settings::{LimitSettings, NatsSettings, RedisSettings, ShutdownSettings};
 use sessionfold_ingest::Ingest;
 use sessionfold_ingest::config::ConnectionSettings;
 use sessionfold_processor::Processor;
@@ -32,6 +32,8 @@ pub struct DevConfig {
     pub connection: ConnectionSettings,
     #[command(flatten)]
     pub worker: WorkerSettings,
+    #[command(flatten)]
+    pub shutdown: ShutdownSettings,
 }
 
 impl DevConfig {
@@ -44,6 +46,7 @@ impl DevConfig {
             limits: LimitSettings::default(),
             connection: ConnectionSettings::default(),
             worker: WorkerSettings::default(),
+            shutdown: ShutdownSettings::default(),
         }
     }
 
@@ -53,6 +56,7 @@ impl DevConfig {
             nats: self.nats.clone(),
             limits: self.limits.clone(),
             connection: self.connection.clone(),
+            shutdown: self.shutdown.clone(),
         }
     }
 
@@ -62,6 +66,7 @@ impl DevConfig {
             nats: self.nats.clone(),
             redis: self.redis.clone(),
             worker: self.worker.clone(),
+            shutdown: self.shutdown.clone(),
         }
     }
 
@@ -70,6 +75,7 @@ impl DevConfig {
             listen: self.listen,
             redis: self.redis.clone(),
             max_session_id_bytes: self.limits.max_session_id_bytes,
+            shutdown: self.shutdown.clone(),
         }
     }
 }
@@ -80,7 +86,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ingest = Ingest::build(&config.ingest(), shutdown.clone()).await?;
+    let drain = CancellationToken::new();
+    let ingest = Ingest::build(&config.ingest(), drain.clone()).await?;
     let api = Api::build(&config.api()).await?;
     let processor = Processor::build(config.processor()).await?;
 
@@ -103,18 +110,22 @@ pub async fn serve(
             }),
         );
 
-    let processing = tokio::spawn(processor.run(shutdown.clone()));
+    let processing = tokio::spawn(processor.run(drain.clone()));
     tracing::info!(addr = %listener.local_addr()?, "sessionfold dev mode listening");
     let stopping = (ingest.clone(), api.clone());
-    let signal = shutdown.clone();
+    let grace = config.shutdown.grace();
+    let drain_all = drain.clone();
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
-        signal.cancelled().await;
-        stopping.0.begin_shutdown();
-        stopping.1.begin_shutdown();
+        sessionfold_common::shutdown::after_grace(shutdown, grace, || {
+            stopping.0.begin_shutdown();
+            stopping.1.begin_shutdown();
+        })
+        .await;
+        drain_all.cancel();
     })
     .await?;
     ingest.drain().await;

@@ -3,5 +3,13 @@
 //!
 //! - [`dev`]: the all-in-one mode: ingest, processor and api in one process,
 //!   `/websocket` and `/data` on one listener (default `:8080`).
+//! - [`dead_letters`]: listing and replaying messages that could not be applied.
+//! - [`client`]: a producer client that sends a session's frames and resends
+//!   what was not acknowledged.
+//! - [`loadgen`]: a seeded workload generator that runs sessions concurrently
+//!   through the client.
 
+pub mod client;
+pub mod dead_letters;
 pub mod dev;
+pub mod loadgen;

@@ -25,13 +25,20 @@ enum Command {
     Processor(sessionfold_processor::Config),
     /// The api service alone.
     Api(sessionfold_api::Config),
+    /// List or replay dead letters.
+    DeadLetters(sessionfold::dead_letters::DeadLetterArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
+    let command = Cli::parse().command;
+    if matches!(command, Command::DeadLetters(_)) {
+        telemetry::init_for_tool();
+    } else {
+        telemetry::init();
+    }
     let shutdown = shutdown::token_on_signal();
-    match Cli::parse().command {
+    match command {
         Command::Dev(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             sessionfold::dev::serve(config, listener, shutdown).await
@@ -44,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             sessionfold_processor::serve(config, listener, shutdown).await
         }
+        Command::DeadLetters(args) => sessionfold::dead_letters::run(args).await,
         Command::Api(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             sessionfold_api::serve(config, listener, shutdown).await

@@ -123,3 +123,18 @@ impl RedisSettings {
         }
     }
 }
+
+/// How a service stops.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ShutdownSettings {
+    /// After SIGTERM, how long readiness reports 503 while traffic is still
+    /// served, so load balancers stop sending new work, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 0)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl ShutdownSettings {
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}

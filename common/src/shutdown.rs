@@ -28,3 +28,21 @@ pub fn token_on_signal() -> tokio_util::sync::CancellationToken {
     });
     token
 }
+
+/// Waits for `signal`, turns readiness off with `begin`, then waits out the
+/// grace period. Services stop taking work when this returns.
+pub async fn after_grace(
+    signal: tokio_util::sync::CancellationToken,
+    grace: std::time::Duration,
+    begin: impl FnOnce(),
+) {
+    signal.cancelled().await;
+    begin();
+    if !grace.is_zero() {
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "readiness off; draining after the grace period"
+        );
+        tokio::time::sleep(grace).await;
+    }
+}

@@ -20,3 +20,13 @@ pub fn init() {
     // A second initialisation (tests, dev mode) keeps the first subscriber.
     let _ = result;
 }
+
+/// Logging for command-line tools: warnings and errors only (unless
+/// `RUST_LOG` says otherwise), on stderr so that stdout stays the tool's output.
+pub fn init_for_tool() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use sessionfold_common::settings::{LimitSettings, NatsSettings};
+use sessionfold_common::settings::{LimitSettings, NatsSettings, ShutdownSettings};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -19,6 +19,8 @@ pub struct Config {
     pub limits: LimitSettings,
     #[command(flatten)]
     pub connection: ConnectionSettings,
+    #[command(flatten)]
+    pub shutdown: ShutdownSettings,
 }
 
 /// How connections behave.
@@ -57,6 +59,7 @@ impl Config {
             nats: NatsSettings::local(nats_url),
             limits: LimitSettings::default(),
             connection: ConnectionSettings::default(),
+            shutdown: ShutdownSettings::default(),
         }
     }
 }

@@ -91,13 +91,17 @@ impl Connection {
                 }
                 Err(err) => {
                     tracing::warn!(frame = frame_number, error = %err, "frame not stored");
-                    rejection(
+                    let mut outcome = rejection(
                         frame_number,
                         FrameError::new(
                             ErrorCode::Unavailable,
                             format!("{err}; send the frame again"),
                         ),
-                    )
+                    );
+                    // A SESSION_END frame stops reading until it is answered:
+                    // its reply, stored or not, must resume it.
+                    outcome.ends_session = ends_session;
+                    outcome
                 }
             }
         };

@@ -13,7 +13,7 @@ use axum::extract::{Query, State, ws::rejection::WebSocketUpgradeRejection};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use sessionfold_common::{jetstream as js_setup, settings};
+use sessionfold_common::{jetstream as js_setup, settings, shutdown};
 use sessionfold_core::session::Names;
 use sessionfold_core::{Limits, SessionId};
 use tokio::net::TcpListener;
@@ -55,15 +55,18 @@ pub struct Ingest {
 
 impl Ingest {
     /// Connects to NATS and brings the stream to the configured settings.
-    pub async fn build(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    /// Cancelling `drain` makes every connection answer its in-flight frames
+    /// and close with 1001.
+    pub async fn build(config: &Config, drain: CancellationToken) -> anyhow::Result<Self> {
         let nats = js_setup::connect(&config.nats, "sessionfold-ingest").await?;
         let js = async_nats::jetstream::new(nats.clone());
         js_setup::ensure_stream(&js, &config.nats)
             .await
             .context("setting up the event stream")?;
         let publisher = Publisher::new(
-            js,
+            nats.clone(),
             Duration::from_millis(config.connection.publish_timeout_ms),
+            config.nats.clone(),
         );
         Ok(Self {
             shared: Arc::new(Shared {
@@ -73,7 +76,7 @@ impl Ingest {
                 max_session_id_bytes: config.limits.max_session_id_bytes,
                 connection: config.connection.clone(),
                 in_flight_total: Arc::new(Semaphore::new(config.connection.max_in_flight_total)),
-                shutdown,
+                shutdown: drain,
                 shutting_down: AtomicBool::new(false),
                 connections: TaskTracker::new(),
                 nats,
@@ -137,21 +140,22 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ingest = Ingest::build(&config, shutdown.clone()).await?;
+    let drain = CancellationToken::new();
+    let ingest = Ingest::build(&config, drain.clone()).await?;
     let ready = ingest.clone();
     let app = ingest
         .routes()
         .merge(health_routes(move || ready.is_ready()));
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");
     let stopping = ingest.clone();
-    let signal = shutdown.clone();
+    let grace = config.shutdown.grace();
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
-        signal.cancelled().await;
-        stopping.begin_shutdown();
+        shutdown::after_grace(shutdown, grace, || stopping.begin_shutdown()).await;
+        drain.cancel();
     })
     .await?;
     ingest.drain().await;

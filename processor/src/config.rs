@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sessionfold_common::settings::{NatsSettings, RedisSettings};
+use sessionfold_common::settings::{NatsSettings, RedisSettings, ShutdownSettings};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -20,6 +20,8 @@ pub struct Config {
     pub redis: RedisSettings,
     #[command(flatten)]
     pub worker: WorkerSettings,
+    #[command(flatten)]
+    pub shutdown: ShutdownSettings,
 }
 
 /// How the processor consumes.
@@ -54,11 +56,18 @@ pub struct WorkerSettings {
     /// Most children one session may hold; 0 for no limit. Past it the frame goes to the dead-letter stream.
     #[arg(long, env = "MAX_CHILDREN_PER_SESSION", default_value_t = 0)]
     pub max_children_per_session: u64,
+    /// Idle heartbeat of the pull subscription, in milliseconds; three missed in a row re-create the consumer.
+    #[arg(long, env = "PULL_HEARTBEAT_MS", default_value_t = 5000)]
+    pub pull_heartbeat_ms: u64,
 }
 
 impl WorkerSettings {
     pub fn ack_wait(&self) -> Duration {
         Duration::from_secs(self.ack_wait_secs)
+    }
+
+    pub fn pull_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.pull_heartbeat_ms.max(500))
     }
 }
 
@@ -73,6 +82,7 @@ impl Default for WorkerSettings {
             dead_letter_stream: "SESSIONFOLD_DEAD".to_owned(),
             dead_letter_subject_prefix: "sessionfold.dead".to_owned(),
             max_children_per_session: 0,
+            pull_heartbeat_ms: 5000,
         }
     }
 }
@@ -85,6 +95,7 @@ impl Config {
             nats: NatsSettings::local(nats_url),
             redis: RedisSettings::local(redis_url),
             worker: WorkerSettings::default(),
+            shutdown: ShutdownSettings::default(),
         }
     }
 }

@@ -75,3 +75,75 @@ impl DeadLetters {
 fn one_line(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
 }
+
+/// A stored dead letter.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    /// Its sequence in the dead-letter stream.
+    pub sequence: u64,
+    pub reason: String,
+    pub original_subject: String,
+    pub original_sequence: Option<u64>,
+    /// The payload as stored, as text when it is UTF-8.
+    pub payload: String,
+}
+
+/// Every dead letter in `stream_name`, oldest first.
+pub async fn list(js: &jetstream::Context, stream_name: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    let mut stream = js
+        .get_stream(stream_name)
+        .await
+        .with_context(|| format!("opening the dead-letter stream {stream_name}"))?;
+    let state = stream.info().await?.state.clone();
+    let mut letters = Vec::new();
+    if state.messages == 0 {
+        return Ok(letters);
+    }
+    for sequence in state.first_sequence..=state.last_sequence {
+        // Replayed letters are deleted, leaving gaps.
+        let Ok(message) = stream.get_raw_message(sequence).await else {
+            continue;
+        };
+        let header = |name: &str| {
+            message
+                .headers
+                .get(name)
+                .map(|value| value.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        letters.push(DeadLetter {
+            sequence,
+            reason: header(REASON_HEADER),
+            original_subject: header(SUBJECT_HEADER),
+            original_sequence: header(SEQUENCE_HEADER).parse().ok(),
+            payload: String::from_utf8_lossy(&message.payload).into_owned(),
+        });
+    }
+    Ok(letters)
+}
+
+/// Publishes a dead letter's payload again on its original subject and,
+/// once JetStream stored it, removes the letter. Returns the new sequence in
+/// the event stream.
+pub async fn replay(
+    js: &jetstream::Context,
+    stream_name: &str,
+    sequence: u64,
+) -> anyhow::Result<u64> {
+    let stream = js.get_stream(stream_name).await?;
+    let message = stream
+        .get_raw_message(sequence)
+        .await
+        .with_context(|| format!("dead letter {sequence} not found"))?;
+    let subject = message
+        .headers
+        .get(SUBJECT_HEADER)
+        .map(|value| value.as_str().to_owned())
+        .with_context(|| format!("dead letter {sequence} has no {SUBJECT_HEADER}"))?;
+    let publish = PublishMessage::build()
+        .payload(message.payload.clone())
+        .message_id(format!("replay:{stream_name}:{sequence}"));
+    let ack = js.send_publish(subject, publish).await?.await?;
+    stream.delete_message(sequence).await?;
+    Ok(ack.sequence)
+}

@@ -130,14 +130,21 @@ impl Processor {
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(batch_size)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            .heartbeat(self.config.worker.pull_heartbeat())
+            .expires(self.config.worker.pull_heartbeat() * 6)
             .messages()
             .await?;
         let mut consecutive_errors = 0;
         loop {
             let first = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {
+                    // Hand back what was pulled but not started, so other
+                    // replicas get it now rather than after the ack wait.
+                    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                    }
+                    return Ok(());
+                }
                 next = messages.next() => next,
             };
             let mut batch = match first {
@@ -145,7 +152,12 @@ impl Processor {
                 Some(Err(err)) => {
                     consecutive_errors += 1;
                     tracing::warn!(error = %err, consecutive_errors, "pull error");
-                    if consecutive_errors >= MAX_CONSECUTIVE_PULL_ERRORS {
+                    // A deleted consumer or stream never heals by itself;
+                    // repeated heartbeat errors after a reconnect may not
+                    // either (nats.rs issue 1584).
+                    if is_fatal_pull_error(&err)
+                        || consecutive_errors >= MAX_CONSECUTIVE_PULL_ERRORS
+                    {
                         anyhow::bail!("{consecutive_errors} pull errors in a row: {err}");
                     }
                     continue;
@@ -343,6 +355,17 @@ impl Processor {
     }
 }
 
+fn is_fatal_pull_error(err: &jetstream::consumer::pull::MessagesError) -> bool {
+    use jetstream::consumer::pull::MessagesErrorKind as Kind;
+    matches!(
+        err.kind(),
+        Kind::ConsumerDeleted
+            | Kind::NoResponders
+            | Kind::PushBasedConsumer
+            | Kind::RequestLimitExceeded
+    )
+}
+
 /// Exponential backoff, capped, interrupted by shutdown.
 #[derive(Default)]
 struct Backoff {
@@ -390,22 +413,31 @@ pub async fn serve(
             }),
         );
     tracing::info!(addr = %listener.local_addr()?, "processor health listening");
-    let http_shutdown = shutdown.clone();
+    // The health endpoints answer until consuming has stopped.
+    let http_shutdown = CancellationToken::new();
+    let http_stop = http_shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(
             listener,
             health.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(http_shutdown.cancelled_owned())
+        .with_graceful_shutdown(http_stop.cancelled_owned())
         .await
     });
+    // Readiness turns off first; consuming stops after the grace period.
     let stopping = processor.stopping.clone();
-    let stop_flag = shutdown.clone();
+    let grace = processor.config.shutdown.grace();
+    let stop_consuming = CancellationToken::new();
+    let stop = stop_consuming.clone();
     tokio::spawn(async move {
-        stop_flag.cancelled().await;
-        stopping.store(true, Ordering::Relaxed);
+        sessionfold_common::shutdown::after_grace(shutdown, grace, || {
+            stopping.store(true, Ordering::Relaxed)
+        })
+        .await;
+        stop.cancel();
     });
-    processor.run(shutdown).await?;
+    processor.run(stop_consuming).await?;
+    http_shutdown.cancel();
     http.await??;
     Ok(())
 }

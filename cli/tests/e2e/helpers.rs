@@ -94,11 +94,13 @@ pub async fn spawn_split_app() -> TestApp {
         nats: config.nats.clone(),
         limits: config.limits.clone(),
         connection: config.connection.clone(),
+        shutdown: config.shutdown.clone(),
     };
     let api_config = sessionfold_api::Config {
         listen: api_addr,
         redis: config.redis.clone(),
         max_session_id_bytes: config.limits.max_session_id_bytes,
+        shutdown: config.shutdown.clone(),
     };
     let tasks = vec![
         tokio::spawn(sessionfold_ingest::serve(
@@ -141,6 +143,16 @@ pub struct ProcessorProcess {
 }
 
 impl ProcessorProcess {
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM the processor");
+        self.child.wait().expect("reap the processor")
+    }
+
     /// Kills it with SIGKILL: no shutdown, no final acks.
     pub fn kill(mut self) {
         self.child.kill().expect("SIGKILL the processor");
@@ -171,6 +183,11 @@ impl TestApp {
     }
 
     pub fn start_processor(&self) -> ProcessorProcess {
+        self.start_processor_with(&[])
+    }
+
+    /// Starts `sessionfold processor` with extra environment variables.
+    pub fn start_processor_with(&self, env: &[(&str, &str)]) -> ProcessorProcess {
         let config = &self.config;
         let log = if std::env::var_os("TEST_LOG").is_some() {
             Stdio::inherit()
@@ -193,6 +210,7 @@ impl TestApp {
             )
             .env("ACK_WAIT_SECS", config.worker.ack_wait_secs.to_string())
             .env("BATCH_SIZE", "16")
+            .envs(env.iter().copied())
             .stdout(log)
             .stderr(Stdio::inherit())
             .spawn()
@@ -250,6 +268,29 @@ impl TestApp {
         if found.is_err() {
             panic!("document of {session_id} never became\n{expected:#}\nlast seen: {last:?}");
         }
+    }
+
+    /// The `sessionfold` command with this app's NATS settings in its environment.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sessionfold"));
+        command
+            .env("NATS_URL", self.nats.url())
+            .env("STREAM_NAME", &self.config.nats.stream_name)
+            .env("SUBJECT_PREFIX", &self.config.nats.subject_prefix)
+            .env("DEAD_LETTER_STREAM", &self.config.worker.dead_letter_stream);
+        command
+    }
+
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap())
+    }
+
+    pub fn subject(&self, session_id: &str) -> String {
+        let names = sessionfold_core::session::Names {
+            events_subject_prefix: self.config.nats.subject_prefix.clone(),
+            key_prefix: self.config.redis.key_prefix.clone(),
+        };
+        names.subject(&sessionfold_core::SessionId::parse(session_id).unwrap())
     }
 
     /// Messages the event stream holds for one session.
@@ -330,6 +371,26 @@ impl Producer {
     pub async fn send_accepted(&mut self, frame: &str) {
         let reply = self.send_and_reply(frame).await;
         assert!(reply.is_ok(), "frame {frame} was rejected: {reply:?}");
+    }
+
+    /// Sends a frame again and again, as a client does after `unavailable`,
+    /// until it is accepted.
+    pub async fn send_until_accepted(&mut self, frame: &str) {
+        let accepted = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let reply = self.send_and_reply(frame).await;
+                if reply.is_ok() {
+                    return;
+                }
+                assert_eq!(
+                    reply.error_code(),
+                    Some(sessionfold_core::ErrorCode::Unavailable)
+                );
+                tokio::time::sleep(sessionfold_testkit::POLL_INTERVAL).await;
+            }
+        })
+        .await;
+        assert!(accepted.is_ok(), "frame {frame} was never accepted");
     }
 
     /// Expects the server to close the connection with `code`.

@@ -2,8 +2,10 @@
 //! nats-server with JetStream, processors, a real redis-server with RedisJSON,
 //! and `GET /data`. Every test starts its own servers on free ports.
 
+mod dead_letters;
 mod duplicates;
 mod helpers;
 mod invalid_input;
 mod pipeline;
 mod processor_faults;
+mod resilience;

@@ -1,0 +1,408 @@
+//! Exactly-once under real faults (docs/faults.md).
+//!
+//! Every scenario sends ≥ 50 000 events over ≥ 500 sessions through a real
+//! ingest into a real nats-server, folds them with real processor processes
+//! into a real redis-server with RedisJSON, injects its faults while the
+//! load runs, waits until the consumer is drained, then reads every
+//! session's document and compares it with the reference fold of the
+//! frames the producer got acknowledged. It prints the counts and asserts
+//! that nothing was lost or duplicated.
+//!
+//! The scenarios are load tests for a 2-core machine: they take turns on a
+//! lock, so they run one after another whatever `--test-threads` says.
+//!
+//! Run: `cargo build -p sessionfold && cargo test -p sessionfold-faults --test faults -- --nocapture`
+//! (`FAULTS_SEED=<n>` repeats the fault timing of a run; `SESSIONFOLD_KEEP_TEST_DIRS=1`
+//! keeps the service logs; `FAULTS_CHILD_LOG` sets the services' `RUST_LOG`.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessionfold::loadgen::{self, LoadOptions, LoadReport, Workload, WorkloadSpec};
+use sessionfold_faults::verify::verify;
+use sessionfold_faults::{FaultRng, ScenarioReport, System, SystemOptions};
+use sessionfold_testkit::init_test_tracing;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// The scenarios take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const SESSIONS: usize = 500;
+const FRAMES_PER_SESSION: usize = 10;
+const EVENTS_PER_FRAME: usize = 10;
+const WORKLOAD_SEED: u64 = 0x005e_5510_f01d;
+/// How long the processors may take to catch up after the load.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long documents may take to equal the reference once drained.
+const DOCUMENTS_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn workload() -> Arc<Workload> {
+    let spec = WorkloadSpec::new(
+        WORKLOAD_SEED,
+        SESSIONS,
+        FRAMES_PER_SESSION,
+        EVENTS_PER_FRAME,
+    );
+    let workload = Workload::generate(&spec);
+    assert!(workload.events() >= 50_000 && workload.sessions.len() >= 500);
+    Arc::new(workload)
+}
+
+/// Spread each session's frames over a few seconds, so that faults land
+/// while the load runs.
+fn paced() -> LoadOptions {
+    LoadOptions {
+        concurrency: 500,
+        max_pause: Duration::from_millis(1500),
+        seed: 7,
+    }
+}
+
+fn fault_rng(scenario: &str) -> FaultRng {
+    let seed = FaultRng::seed_from_env();
+    println!("{scenario}: fault seed {seed} (FAULTS_SEED={seed} repeats the timing)");
+    FaultRng::new(seed)
+}
+
+/// A scenario in progress: the system, and the load running in the
+/// background.
+struct Run {
+    name: String,
+    system: System,
+    workload: Arc<Workload>,
+    started: Instant,
+    load_started: Instant,
+    load: JoinHandle<LoadReport>,
+    faults: Vec<String>,
+    notes: Vec<(String, String)>,
+}
+
+impl Run {
+    async fn begin(
+        name: &str,
+        options: SystemOptions,
+        workload: Arc<Workload>,
+        load: LoadOptions,
+    ) -> Self {
+        init_test_tracing();
+        let started = Instant::now();
+        let system = System::start(options).await.expect("starting the system");
+        let producer = system.producer();
+        let sent = workload.clone();
+        let load_started = Instant::now();
+        let load = tokio::spawn(async move { loadgen::run(&sent, &producer, &load).await });
+        Self {
+            name: name.to_owned(),
+            system,
+            workload,
+            started,
+            load_started,
+            load,
+            faults: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Records a fault at the current moment of the load.
+    fn fault(&mut self, what: String) {
+        let running = if self.load.is_finished() {
+            "load finished"
+        } else {
+            "load running"
+        };
+        self.faults.push(format!(
+            "t={:>5.1?} ({running}): {what}",
+            self.load_started.elapsed()
+        ));
+    }
+
+    /// Waits for the load and the processors, reads every document and
+    /// compares it with the reference. Returns the report (printed) and the
+    /// raw documents.
+    async fn finish(self) -> (ScenarioReport, Vec<Option<String>>) {
+        let Run {
+            name,
+            system,
+            workload,
+            started,
+            load,
+            faults,
+            notes,
+            ..
+        } = self;
+        let load_report = load.await.expect("the load task");
+        for failure in load_report.failures().take(5) {
+            println!(
+                "{name}: session {} failed: {:?}",
+                failure.session_id, failure.error
+            );
+        }
+        let silent: Vec<&str> = load_report
+            .sessions
+            .iter()
+            .filter(|s| s.counters.reply_timeouts > 0)
+            .map(|s| s.session_id.as_str())
+            .take(5)
+            .collect();
+        if !silent.is_empty() {
+            println!("{name}: sessions that met a reply timeout (first 5): {silent:?}");
+        }
+        let drain_duration = match system.wait_drained(DRAIN_TIMEOUT).await {
+            Ok(duration) => duration,
+            Err(err) => panic!("{name}: {err:#}\n{}", system.log_tails(25)),
+        };
+        let session_ids: Vec<String> = workload
+            .sessions
+            .iter()
+            .map(|s| s.session_id.clone())
+            .collect();
+        let deadline = Instant::now() + DOCUMENTS_TIMEOUT;
+        let (documents, verification) = loop {
+            let documents = system
+                .read_documents(&session_ids)
+                .await
+                .expect("reading the documents");
+            let verification = verify(&workload, &load_report, &documents);
+            if verification.is_exact() || Instant::now() >= deadline {
+                break (documents, verification);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let report = ScenarioReport {
+            name: name.clone(),
+            sessions: workload.sessions.len(),
+            frames: workload.frames(),
+            events_sent: workload.events(),
+            events_acked: load_report.events_acked,
+            producers: load_report.totals,
+            failed_sessions: load_report.failures().count(),
+            stream_messages: system.stream_messages().await.expect("stream info"),
+            dead_letters: system
+                .dead_letters()
+                .await
+                .expect("dead-letter stream info"),
+            processor_replicas: system.processor_slots(),
+            processors_killed: system.processors_killed,
+            faults,
+            notes,
+            load_duration: load_report.elapsed,
+            drain_duration,
+            duration: started.elapsed(),
+            verification,
+        };
+        println!("{report}");
+        if !report.verification.is_exact() || report.failed_sessions > 0 {
+            println!("{}", system.log_tails(25));
+        }
+        (report, documents)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processors_sigkilled_at_random_moments_and_restarted() {
+    let _serial = SERIAL.lock().await;
+    let name = "a: processor SIGKILLs";
+    let mut rng = fault_rng(name);
+    const KILLS: usize = 4;
+    let mut run = Run::begin(name, SystemOptions::default(), workload(), paced()).await;
+    for _ in 0..KILLS {
+        tokio::time::sleep(rng.millis(700, 1800)).await;
+        let slot = rng.below(run.system.processor_slots());
+        let (pending, ack_pending) = run.system.consumer_state().await.unwrap_or_default();
+        run.system
+            .kill_processor(slot)
+            .expect("killing a processor");
+        run.fault(format!(
+            "SIGKILL processor {slot} (consumer then: {pending} pending, {ack_pending} ack pending)"
+        ));
+        tokio::time::sleep(rng.millis(0, 500)).await;
+        run.system
+            .start_processor(slot)
+            .expect("restarting a processor");
+        run.fault(format!("processor {slot} restarted"));
+    }
+    let (report, _) = run.finish().await;
+    assert_eq!(report.processors_killed, KILLS);
+    report.assert_exact();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_nats_server_stopped_and_restarted_during_the_load() {
+    let _serial = SERIAL.lock().await;
+    let name = "b: nats-server restarts";
+    let mut rng = fault_rng(name);
+    let mut run = Run::begin(name, SystemOptions::default(), workload(), paced()).await;
+    for round in 0..2 {
+        tokio::time::sleep(rng.millis(1500, 2500)).await;
+        run.system.stop_nats().await.expect("stopping nats-server");
+        run.fault(format!(
+            "nats-server stopped (SIGTERM), outage {}",
+            round + 1
+        ));
+        tokio::time::sleep(rng.millis(1500, 2500)).await;
+        run.system
+            .start_nats()
+            .await
+            .expect("restarting nats-server");
+        run.fault("nats-server restarted (same port, same JetStream store)".to_owned());
+    }
+    let (report, _) = run.finish().await;
+    report.assert_exact();
+    assert!(
+        report.producers.unavailable > 0,
+        "the outages produced no `unavailable` reply: the fault did not hit the load"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_redis_server_restarted_during_the_load() {
+    let _serial = SERIAL.lock().await;
+    let name = "c: redis-server restarts";
+    let mut rng = fault_rng(name);
+    let mut run = Run::begin(name, SystemOptions { redis_args: vec!["--appendonly".into(), "no".into()], ..SystemOptions::default() }, workload(), paced()).await;
+
+    tokio::time::sleep(rng.millis(1500, 2500)).await;
+    run.system
+        .stop_redis()
+        .await
+        .expect("stopping redis-server");
+    run.fault("redis-server stopped (SIGTERM: final AOF write and fsync)".to_owned());
+    tokio::time::sleep(rng.millis(1000, 2000)).await;
+    run.system
+        .start_redis()
+        .await
+        .expect("restarting redis-server");
+    run.fault("redis-server restarted (AOF reloaded)".to_owned());
+
+    tokio::time::sleep(rng.millis(1500, 2500)).await;
+    let delayed = run
+        .system
+        .redis_info("aof_delayed_fsync")
+        .await
+        .unwrap_or_else(|e| e.to_string());
+    run.system.kill_redis().await.expect("killing redis-server");
+    run.fault(format!(
+        "redis-server SIGKILLed (aof_delayed_fsync was {delayed})"
+    ));
+    tokio::time::sleep(rng.millis(1000, 2000)).await;
+    run.system
+        .start_redis()
+        .await
+        .expect("restarting redis-server");
+    run.fault("redis-server restarted (AOF reloaded)".to_owned());
+
+    // Counted once both outages are over: the retries happened during them.
+    let retried = run
+        .system
+        .count_in_processor_logs("Redis unavailable; retrying the batch");
+    run.notes.push((
+        "processor batch retries (from their logs)".to_owned(),
+        retried.to_string(),
+    ));
+    let (report, _) = run.finish().await;
+    report.assert_exact();
+    assert!(
+        retried > 0,
+        "no processor met the Redis outages: the fault did not hit the load"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_one_two_and_four_replicas_give_byte_identical_documents() {
+    let _serial = SERIAL.lock().await;
+    let workload = workload();
+    let unpaced = LoadOptions {
+        concurrency: 500,
+        max_pause: Duration::ZERO,
+        seed: 7,
+    };
+    let mut runs = Vec::new();
+    for replicas in [1, 2, 4] {
+        let name = format!("d: {replicas} processor replica(s)");
+        let options = SystemOptions {
+            processors: replicas,
+            ..SystemOptions::default()
+        };
+        let run = Run::begin(&name, options, workload.clone(), unpaced.clone()).await;
+        let (report, documents) = run.finish().await;
+        report.assert_exact();
+        runs.push((replicas, documents));
+    }
+    let (_, first) = &runs[0];
+    for (replicas, documents) in &runs[1..] {
+        let differing = first.iter().zip(documents).filter(|(a, b)| a != b).count();
+        println!(
+            "d: raw JSON.GET documents differing between 1 and {replicas} replicas: {differing} of {}",
+            first.len()
+        );
+        assert_eq!(
+            differing, 0,
+            "documents with {replicas} replicas differ from those with 1"
+        );
+    }
+    assert!(first.iter().all(Option::is_some));
+}
+
+/// Beyond the brief's four: ingest itself dies with frames in flight. Every
+/// connection breaks; frames published but not yet acknowledged are stored
+/// without the producer knowing, and sent again once ingest is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e_ingest_sigkilled_and_restarted_during_the_load() {
+    let _serial = SERIAL.lock().await;
+    let name = "e: ingest SIGKILLs";
+    let mut rng = fault_rng(name);
+    let mut run = Run::begin(name, SystemOptions::default(), workload(), paced()).await;
+    for _ in 0..2 {
+        tokio::time::sleep(rng.millis(1500, 3000)).await;
+        run.system.kill_ingest().expect("killing ingest");
+        run.fault("ingest SIGKILLed".to_owned());
+        tokio::time::sleep(rng.millis(300, 1000)).await;
+        run.system.start_ingest().await.expect("restarting ingest");
+        run.fault("ingest restarted (same port)".to_owned());
+    }
+    let (report, _) = run.finish().await;
+    report.assert_exact();
+    assert!(
+        report.producers.reconnects > 0,
+        "no producer reconnected: the fault did not hit the load"
+    );
+}
+
+/// Regression: a frame holding `SESSION_END` that ingest answers
+/// `unavailable` must leave the connection readable, so that the producer
+/// can send it again on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_session_end_frame_answered_unavailable_can_be_sent_again() {
+    use futures::{SinkExt, StreamExt};
+    use sessionfold_core::{ErrorCode, Reply};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let _serial = SERIAL.lock().await;
+    let options = SystemOptions {
+        processors: 0,
+        ..SystemOptions::default()
+    };
+    let system = System::start(options).await.expect("starting the system");
+    let url = format!(
+        "ws://{}/websocket?session_id=ends-while-down",
+        system.ingest_addr
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connecting");
+    system.stop_nats().await.expect("stopping nats-server");
+    let frame = r#"[{"type":"EVENT","timestamp":1},{"type":"SESSION_END","timestamp":2}]"#;
+    let mut replies = Vec::new();
+    for attempt in 1..=2u64 {
+        socket.send(Message::text(frame)).await.expect("sending");
+        let reply = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+        let Ok(Some(Ok(Message::Text(text)))) = reply else {
+            panic!("attempt {attempt}: no reply within 5 s (after {replies:?}): {reply:?}");
+        };
+        let reply: Reply = serde_json::from_str(text.as_str()).expect("a reply");
+        assert_eq!(reply.frame(), attempt);
+        replies.push(reply.error_code());
+    }
+    assert_eq!(replies, [Some(ErrorCode::Unavailable); 2]);
+}
