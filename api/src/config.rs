@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use sessionfold_common::auth::AuthSettings;
+use sessionfold_common::rate_limit::ClientIpSettings;
 use sessionfold_common::settings::{RedisSettings, ShutdownSettings};
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -17,6 +19,20 @@ pub struct Config {
     pub max_session_id_bytes: usize,
     #[command(flatten)]
     pub shutdown: ShutdownSettings,
+    #[command(flatten)]
+    pub auth: AuthSettings,
+    #[command(flatten)]
+    pub client_ip: ClientIpSettings,
+    #[command(flatten)]
+    pub limits: ApiLimitSettings,
+}
+
+/// Request limits of the api; 0 turns a limit off.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ApiLimitSettings {
+    /// Requests per second one client IP may make to `/data`.
+    #[arg(long, env = "API_IP_REQUESTS_PER_SEC", default_value_t = 0)]
+    pub api_ip_requests_per_sec: u32,
 }
 
 impl Config {
@@ -26,6 +42,9 @@ impl Config {
             redis: RedisSettings::local(redis_url),
             max_session_id_bytes: sessionfold_core::session::MAX_SESSION_ID_BYTES,
             shutdown: ShutdownSettings::default(),
+            auth: AuthSettings::default(),
+            client_ip: ClientIpSettings::default(),
+            limits: ApiLimitSettings::default(),
         }
     }
 }

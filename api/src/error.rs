@@ -14,6 +14,10 @@ pub enum ApiError {
     NotFound,
     #[error("the document store is unavailable")]
     Unavailable(#[source] redis::RedisError),
+    #[error("{0}")]
+    Auth(#[from] sessionfold_common::auth::AuthError),
+    #[error("rate limit reached; retry after {0} s")]
+    RateLimited(u64),
 }
 
 impl ApiError {
@@ -22,6 +26,8 @@ impl ApiError {
             Self::InvalidSessionId(_) => (StatusCode::BAD_REQUEST, "invalid_session_id"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Auth(err) => (err.status(), err.code()),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 }
@@ -33,6 +39,13 @@ impl IntoResponse for ApiError {
             tracing::warn!(error = %err, "Redis read failed");
         }
         let body = json!({"error": {"code": code, "message": self.to_string()}});
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::RateLimited(seconds) = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }

@@ -4,9 +4,15 @@
 //! - [`config`]: the service's settings.
 //! - [`server`]: [`serve`], the routes and the document read.
 //! - [`error`]: JSON errors with their HTTP status.
+//! - [`conditional`]: `ETag` and `304` on a matching `If-None-Match`.
+//! - [`openapi`]: the OpenAPI document at `/openapi.json`.
+//! - [`readiness`]: what `/readyz` checks (Redis, shutdown).
 
+pub mod conditional;
 pub mod config;
 pub mod error;
+pub mod openapi;
+pub mod readiness;
 pub mod server;
 
 pub use config::Config;

@@ -1,17 +1,19 @@
 //! The api service: routes, the document read and [`serve`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::get;
 use redis::aio::ConnectionManager;
+use sessionfold_common::auth::{Access, Authenticator, bearer};
+use sessionfold_common::rate_limit::{ClientIpSettings, KeyedLimit, retry_after_secs};
 use sessionfold_core::SessionId;
 use sessionfold_core::session::Names;
 use tokio::net::TcpListener;
@@ -20,17 +22,20 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::error::ApiError;
 
-struct Shared {
-    redis: ConnectionManager,
+pub(crate) struct Shared {
+    pub(crate) redis: ConnectionManager,
     names: Names,
     max_session_id_bytes: usize,
-    stopping: AtomicBool,
+    pub(crate) stopping: AtomicBool,
+    authenticator: Authenticator,
+    client_ip: ClientIpSettings,
+    per_ip: KeyedLimit<IpAddr>,
 }
 
 /// A connected api, ready to route.
 #[derive(Clone)]
 pub struct Api {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Api {
@@ -49,6 +54,9 @@ impl Api {
                 },
                 max_session_id_bytes: config.max_session_id_bytes,
                 stopping: AtomicBool::new(false),
+                authenticator: Authenticator::new(&config.auth),
+                client_ip: config.client_ip.clone(),
+                per_ip: KeyedLimit::new(config.limits.api_ip_requests_per_sec, 0, 0),
             }),
         })
     }
@@ -81,19 +89,42 @@ impl Api {
 #[derive(Debug, serde::Deserialize)]
 struct SessionQuery {
     session_id: Option<String>,
+    /// A bearer token, for links and browsers.
+    token: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/data",
+    tag = "documents",
+    params(crate::openapi::DataQuery, crate::openapi::ConditionalHeaders),
+    responses(crate::openapi::DataResponses)
+)]
+/// A session's document; `ETag` and `If-None-Match` make reads conditional.
 async fn data(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     query: Result<Query<SessionQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let raw = query
+    let client_ip = shared.client_ip.client_ip(peer, &headers);
+    shared
+        .per_ip
+        .check(&client_ip, 0)
+        .map_err(|wait| ApiError::RateLimited(retry_after_secs(wait)))?;
+    let query = query
         .map_err(|err| ApiError::InvalidSessionId(err.body_text()))?
-        .0
+        .0;
+    let raw = query
         .session_id
         .ok_or_else(|| ApiError::InvalidSessionId("session_id is missing".to_owned()))?;
     let session = SessionId::parse_with_max(&raw, shared.max_session_id_bytes)
         .map_err(|err| ApiError::InvalidSessionId(err.to_string()))?;
+    shared.authenticator.authorize(
+        bearer(&headers, query.token.as_deref()),
+        session.as_str(),
+        Access::Read,
+    )?;
     let key = shared.names.keys(&session).doc;
     let mut redis = shared.redis.clone();
     let document: Option<String> = redis::cmd("JSON.GET")
@@ -102,34 +133,7 @@ async fn data(
         .await
         .map_err(ApiError::Unavailable)?;
     let document = document.ok_or(ApiError::NotFound)?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        document,
-    )
-        .into_response())
-}
-
-/// Health routes: `/healthz` (alive) and `/readyz` (Redis answers, not
-/// stopping).
-fn health_routes(api: Api) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let api = api.clone();
-                async move {
-                    if api.is_ready().await {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                    }
-                }
-            }),
-        )
+    Ok(crate::conditional::document_response(&headers, document))
 }
 
 /// Runs the api on `listener` until `shutdown`.
@@ -139,7 +143,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let api = Api::build(&config).await?;
-    let app = api.routes().merge(health_routes(api.clone()));
+    let app = sessionfold_common::http::instrument(
+        api.routes()
+            .merge(sessionfold_common::health::routes(api.readiness()))
+            .merge(sessionfold_common::metrics::routes())
+            .merge(crate::openapi::routes()),
+    );
     tracing::info!(addr = %listener.local_addr()?, "api listening");
     axum::serve(
         listener,

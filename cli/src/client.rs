@@ -51,6 +51,9 @@ use futures::{SinkExt, StreamExt};
 use sessionfold_core::{ErrorCode, Frame, FrameError, Limits, Reply, SessionId, SessionIdError};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
@@ -79,6 +82,10 @@ pub struct ProducerConfig {
     /// Whether the server closes the socket after acknowledging a frame
     /// holding `SESSION_END` (ingest's `CLOSE_ON_SESSION_END`, on by default).
     pub close_on_session_end: bool,
+    /// `Authorization: Bearer …` sent with every connection; set it with
+    /// [`with_bearer_token`](Self::with_bearer_token). Marked sensitive, so
+    /// `Debug` does not show it.
+    authorization: Option<HeaderValue>,
 }
 
 impl ProducerConfig {
@@ -103,7 +110,18 @@ impl ProducerConfig {
             max_backoff: Duration::from_secs(1),
             deadline: Duration::from_secs(120),
             close_on_session_end: true,
+            authorization: None,
         })
+    }
+
+    /// Sends `token` (an API key or a session token) as
+    /// `Authorization: Bearer <token>` when connecting.
+    pub fn with_bearer_token(mut self, token: &str) -> Result<Self, ConfigError> {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ConfigError("the bearer token is not a valid header value".to_owned()))?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
     }
 
     /// The URL of one session's connection.
@@ -476,7 +494,16 @@ impl SessionSender {
             .config
             .connect_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
-        let attempt = tokio_tungstenite::connect_async_with_config(self.url.as_str(), None, true);
+        let mut request = match self.url.as_str().into_client_request() {
+            Ok(request) => request,
+            Err(err) => return Err(ConnectFailure::Transient(format!("request: {err}"))),
+        };
+        if let Some(authorization) = &self.config.authorization {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, authorization.clone());
+        }
+        let attempt = tokio_tungstenite::connect_async_with_config(request, None, true);
         let result = match tokio::time::timeout(wait, attempt).await {
             Err(_) => {
                 return Err(ConnectFailure::Transient(format!(
@@ -802,5 +829,54 @@ mod tests {
         );
         assert!(error.report.counters.connect_errors >= 2);
         assert_eq!(error.report.counters.connections, 0);
+    }
+
+    #[tokio::test]
+    async fn a_bearer_token_is_sent_and_hidden_from_debug() {
+        use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/websocket", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut seen = None;
+            // The handshake callback's signature is tungstenite's.
+            #[allow(clippy::result_large_err)]
+            let callback = |request: &Request, response: Response| {
+                seen = request
+                    .headers()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                Ok(response)
+            };
+            let mut socket = tokio_tungstenite::accept_hdr_async(tcp, callback)
+                .await
+                .unwrap();
+            let _ = socket.next().await;
+            socket
+                .send(Message::text(Reply::accepted(1, 1).to_json()))
+                .await
+                .unwrap();
+            let _ = socket.next().await;
+            seen
+        });
+        let config = ProducerConfig::new(&url)
+            .unwrap()
+            .with_bearer_token("secret-key")
+            .unwrap();
+        assert!(!format!("{config:?}").contains("secret-key"));
+        let mut sender = Producer::new(config).session("s").unwrap();
+        let outcome = sender
+            .send_frame(r#"{"type":"EVENT","timestamp":1}"#)
+            .await
+            .unwrap();
+        assert!(outcome.is_accepted());
+        sender.close().await;
+        assert_eq!(server.await.unwrap().as_deref(), Some("Bearer secret-key"));
+        assert!(
+            ProducerConfig::new(&url)
+                .unwrap()
+                .with_bearer_token("line\nbreak")
+                .is_err()
+        );
     }
 }

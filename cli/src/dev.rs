@@ -1,17 +1,19 @@
 //! The all-in-one development mode. Each service keeps its own library and
 //! `serve`; this composes their routes on one listener and runs the processor
 //! beside them, so the client contract (`/websocket` and `/data` on one port)
-//! holds without a reverse proxy.
+//! holds without a reverse proxy. `/healthz`, `/readyz` (all three services
+//! ready), `/metrics` and the api's `/openapi.json` are served there too.
 
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::get;
 use sessionfold_api::Api;
+use sessionfold_api::config::ApiLimitSettings;
+use sessionfold_common::auth::AuthSettings;
+use sessionfold_common::rate_limit::ClientIpSettings;
 use sessionfold_common::settings::{LimitSettings, NatsSettings, RedisSettings, ShutdownSettings};
 use sessionfold_ingest::Ingest;
-use sessionfold_ingest::config::ConnectionSettings;
+use sessionfold_ingest::config::{ConnectionSettings, GuardSettings};
 use sessionfold_processor::Processor;
 use sessionfold_processor::config::WorkerSettings;
 use tokio::net::TcpListener;
@@ -34,6 +36,14 @@ pub struct DevConfig {
     pub worker: WorkerSettings,
     #[command(flatten)]
     pub shutdown: ShutdownSettings,
+    #[command(flatten)]
+    pub auth: AuthSettings,
+    #[command(flatten)]
+    pub client_ip: ClientIpSettings,
+    #[command(flatten)]
+    pub guard: GuardSettings,
+    #[command(flatten)]
+    pub api_limits: ApiLimitSettings,
 }
 
 impl DevConfig {
@@ -47,6 +57,13 @@ impl DevConfig {
             connection: ConnectionSettings::default(),
             worker: WorkerSettings::default(),
             shutdown: ShutdownSettings::default(),
+            auth: AuthSettings::default(),
+            client_ip: ClientIpSettings::default(),
+            guard: GuardSettings {
+                idle_timeout_secs: 300,
+                ..GuardSettings::default()
+            },
+            api_limits: ApiLimitSettings::default(),
         }
     }
 
@@ -57,6 +74,9 @@ impl DevConfig {
             limits: self.limits.clone(),
             connection: self.connection.clone(),
             shutdown: self.shutdown.clone(),
+            auth: self.auth.clone(),
+            client_ip: self.client_ip.clone(),
+            guard: self.guard.clone(),
         }
     }
 
@@ -76,6 +96,9 @@ impl DevConfig {
             redis: self.redis.clone(),
             max_session_id_bytes: self.limits.max_session_id_bytes,
             shutdown: self.shutdown.clone(),
+            auth: self.auth.clone(),
+            client_ip: self.client_ip.clone(),
+            limits: self.api_limits.clone(),
         }
     }
 }
@@ -91,24 +114,19 @@ pub async fn serve(
     let api = Api::build(&config.api()).await?;
     let processor = Processor::build(config.processor()).await?;
 
-    let ready = (ingest.clone(), api.clone(), processor.clone());
-    let app = Router::new()
-        .merge(ingest.routes())
-        .merge(api.routes())
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let (ingest, api, processor) = ready.clone();
-                async move {
-                    if ingest.is_ready() && processor.is_ready() && api.is_ready().await {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                    }
-                }
-            }),
-        );
+    // Ready when all three are: their checks, and none is stopping.
+    let readiness = ingest
+        .readiness(&config.nats)
+        .and(api.readiness())
+        .and(processor.readiness());
+    let app = sessionfold_common::http::instrument(
+        Router::new()
+            .merge(ingest.routes())
+            .merge(api.routes())
+            .merge(sessionfold_common::health::routes(readiness))
+            .merge(sessionfold_common::metrics::routes())
+            .merge(sessionfold_api::openapi::routes()),
+    );
 
     let processing = tokio::spawn(processor.run(drain.clone()));
     tracing::info!(addr = %listener.local_addr()?, "sessionfold dev mode listening");

@@ -3,9 +3,12 @@
 //!
 //! - [`dev`]: the all-in-one mode: ingest, processor and api in one process,
 //!   `/websocket` and `/data` on one listener (default `:8080`).
+//! - [`token`]: issuing signed session tokens.
 //! - [`dead_letters`]: listing and replaying messages that could not be applied.
 //! - [`client`]: a producer client that sends a session's frames and resends
 //!   what was not acknowledged.
+//! - [`rebuild`]: rebuilding every document from the stream into a fresh
+//!   key prefix through a temporary durable consumer.
 //! - [`loadgen`]: a seeded workload generator that runs sessions concurrently
 //!   through the client.
 
@@ -13,3 +16,5 @@ pub mod client;
 pub mod dead_letters;
 pub mod dev;
 pub mod loadgen;
+pub mod rebuild;
+pub mod token;

@@ -27,12 +27,19 @@ enum Command {
     Api(sessionfold_api::Config),
     /// List or replay dead letters.
     DeadLetters(sessionfold::dead_letters::DeadLetterArgs),
+    /// Issue a signed token that opens a session (or a prefix) for writing or reading.
+    Token(sessionfold::token::TokenArgs),
+    /// Rebuild every document from the stream into a fresh key prefix.
+    Rebuild(sessionfold::rebuild::RebuildArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let command = Cli::parse().command;
-    if matches!(command, Command::DeadLetters(_)) {
+    if matches!(
+        command,
+        Command::DeadLetters(_) | Command::Rebuild(_) | Command::Token(_)
+    ) {
         telemetry::init_for_tool();
     } else {
         telemetry::init();
@@ -52,6 +59,8 @@ async fn main() -> anyhow::Result<()> {
             sessionfold_processor::serve(config, listener, shutdown).await
         }
         Command::DeadLetters(args) => sessionfold::dead_letters::run(args).await,
+        Command::Token(args) => sessionfold::token::run(args),
+        Command::Rebuild(args) => sessionfold::rebuild::run(args).await,
         Command::Api(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             sessionfold_api::serve(config, listener, shutdown).await

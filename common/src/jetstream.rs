@@ -14,12 +14,21 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> anyhow::Result<asyn
         .split(',')
         .map(|url| url.trim().parse())
         .collect::<Result<_, _>>()
-        .with_context(|| format!("invalid NATS_URL {:?}", settings.nats_url))?;
-    async_nats::ConnectOptions::new()
-        .name(name)
+        .with_context(|| format!("invalid NATS_URL {:?}", redacted(&settings.nats_url)))?;
+    let mut options = async_nats::ConnectOptions::new().name(name);
+    // Credentials ride in the URL (`nats://user:password@host`, or
+    // `nats://token@host`); the client does not read them from there itself.
+    if let Some(server) = servers.iter().find(|server| server.has_user_pass()) {
+        let user = server.username().map(percent_decoded).unwrap_or_default();
+        options = match server.password() {
+            Some(password) => options.user_and_password(user, percent_decoded(password)),
+            None => options.token(user),
+        };
+    }
+    options
         .connect(servers)
         .await
-        .with_context(|| format!("connecting to NATS at {}", settings.nats_url))
+        .with_context(|| format!("connecting to NATS at {}", redacted(&settings.nats_url)))
 }
 
 /// The stream configuration sessionfold wants.
@@ -70,4 +79,55 @@ pub async fn ensure_stream_config(
         stream = js.get_stream(&wanted.name).await?;
     }
     Ok(stream)
+}
+
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A server URL list with passwords replaced, for messages and logs.
+pub fn redacted(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+            }
+            _ => url.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_decoded_and_hidden() {
+        assert_eq!(percent_decoded("p%40ss%2Fword"), "p@ss/word");
+        assert_eq!(percent_decoded("plain%"), "plain%");
+        assert_eq!(
+            redacted("nats://u:p@a:4222,nats://b:4222"),
+            "nats://***@a:4222,nats://b:4222"
+        );
+    }
 }

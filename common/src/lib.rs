@@ -1,14 +1,24 @@
 //! Run-time pieces shared by the sessionfold services, so that no service
 //! copies them:
 //!
+//! - [`auth`]: API keys and signed session tokens, shared by ingest and api.
+//! - [`rate_limit`]: per-IP and per-session limits, and the client IP.
 //! - [`settings`]: the flag/environment groups every service composes its
 //!   configuration from (NATS, Redis, input limits).
 //! - [`jetstream`]: connecting to NATS and bringing the stream to the
 //!   configured settings.
 //! - [`telemetry`]: tracing set-up (`LOG_FORMAT`, `RUST_LOG`).
 //! - [`shutdown`]: the SIGINT/SIGTERM future that starts a graceful stop.
+//! - [`metrics`]: every metric name, the Prometheus recorder and `/metrics`.
+//! - [`http`]: request ids, the request span and HTTP metrics for every route.
+//! - [`health`]: `/healthz` and `/readyz` with cached dependency checks.
 
+pub mod auth;
+pub mod health;
+pub mod http;
 pub mod jetstream;
+pub mod metrics;
+pub mod rate_limit;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

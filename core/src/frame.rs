@@ -92,10 +92,12 @@ fn parse_event(
             ),
         ));
     }
-    let Value::Object(body) =
-        serde_json::from_str::<Value>(raw.get()).expect("a raw JSON value parses")
-    else {
-        return Err(invalid("an event must be a JSON object"));
+    // Splitting the frame only checked the syntax: nesting deeper than
+    // serde_json's recursion limit (128) and numbers beyond f64 fail here.
+    let body = match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::Object(body)) => body,
+        Ok(_) => return Err(invalid("an event must be a JSON object")),
+        Err(err) => return Err(invalid(&format!("event cannot be read: {err}"))),
     };
     let kind = match body.get("type") {
         None => return Err(invalid("type is required")),
@@ -108,6 +110,9 @@ fn parse_event(
         Some(Value::Number(number)) => number
             .as_f64()
             .filter(|t| t.is_finite() && *t >= 0.0)
+            // -0.0 orders as 0: Redis sorted-set scores do not tell them
+            // apart, so the fold must not either.
+            .map(|t| if t == 0.0 { 0.0 } else { t })
             .ok_or_else(|| invalid("timestamp must be a finite number >= 0"))?,
         Some(_) => return Err(invalid("timestamp must be a number")),
     };
@@ -217,6 +222,38 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn deep_nesting_and_numbers_beyond_f64_are_invalid_events() {
+        let deep = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        for bad in [
+            deep(10_000),
+            format!("[{}]", deep(10_000)),
+            format!(r#"[{{"type":"EVENT","timestamp":1,"x":{}}}]"#, deep(200)),
+            format!(r#"{{"type":"EVENT","timestamp":1,"x":{}}}"#, deep(200)),
+            r#"[{"type":"EVENT","timestamp":1e400}]"#.to_owned(),
+            r#"[{"type":"EVENT","timestamp":1,"x":-1e999}]"#.to_owned(),
+        ] {
+            assert_eq!(
+                code_and_index(&bad),
+                (ErrorCode::InvalidEvent, Some(0)),
+                "{bad:.60}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_negative_zero_timestamp_is_zero() {
+        let frame = parse(r#"[{"type":"EVENT","timestamp":-0.0},{"type":"EVENT","timestamp":-0}]"#)
+            .unwrap();
+        for event in &frame.events {
+            assert!(event.timestamp == 0.0 && event.timestamp.is_sign_positive());
+        }
+        assert_eq!(
+            frame.events[0].to_json(),
+            r#"{"type":"EVENT","timestamp":-0.0}"#
+        );
     }
 
     #[test]

@@ -225,9 +225,182 @@ mod tests {
         assert_eq!(SessionId::from_token("_0a"), None, "control character");
     }
 
+    /// Characters that break naive subject or key building: NATS separators
+    /// and wildcards, white space that is not a control character, Redis
+    /// hash-tag braces, the token's own escape character and hex digits,
+    /// glob, quoting and URL characters, and multi-byte UTF-8 (combining,
+    /// BOM, the last code point).
+    const DANGEROUS: &[char] = &[
+        '.',
+        '*',
+        '>',
+        ' ',
+        '\u{a0}',
+        '\u{2028}',
+        '\u{3000}',
+        '{',
+        '}',
+        '_',
+        '2',
+        'e',
+        'f',
+        'a',
+        'Z',
+        '-',
+        '%',
+        '?',
+        '[',
+        ']',
+        '\\',
+        '"',
+        '\'',
+        ':',
+        '/',
+        '#',
+        '$',
+        '+',
+        '&',
+        '=',
+        '~',
+        'é',
+        '☃',
+        '🦀',
+        '\u{301}',
+        '\u{feff}',
+        '\u{10ffff}',
+    ];
+
+    /// One-byte dangerous characters, to pad an id to exactly the limit.
+    const DANGEROUS_ASCII: &[char] = &['.', '*', '>', ' ', '{', '}', '_', '%', '-', 'a'];
+
+    /// Strings made mostly of dangerous characters, up to a little past the
+    /// length limit, so some are too long.
+    fn dangerous_raw() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(DANGEROUS), 1..140)
+            .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    /// Dangerous strings of exactly [`MAX_SESSION_ID_BYTES`] bytes.
+    fn maximal_raw() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop::sample::select(DANGEROUS), 0..60),
+            prop::sample::select(DANGEROUS_ASCII),
+        )
+            .prop_map(|(chars, pad)| {
+                let mut raw = String::new();
+                for c in chars {
+                    if raw.len() + c.len_utf8() > MAX_SESSION_ID_BYTES {
+                        break;
+                    }
+                    raw.push(c);
+                }
+                while raw.len() < MAX_SESSION_ID_BYTES {
+                    raw.push(pad);
+                }
+                raw
+            })
+    }
+
     fn any_session_id() -> impl Strategy<Value = SessionId> {
-        prop_oneof!["[ -~]{1,128}", "[a-z.*> {}_-]{1,40}", "\\PC{1,32}",]
-            .prop_filter_map("valid session ids only", |raw| SessionId::parse(&raw).ok())
+        prop_oneof![
+            "[ -~]{1,128}",
+            "[a-z.*> {}_-]{1,40}",
+            "\\PC{1,32}",
+            dangerous_raw(),
+            maximal_raw(),
+        ]
+        .prop_filter_map("valid session ids only", |raw| SessionId::parse(&raw).ok())
+    }
+
+    /// Subject prefixes as operators and the tests configure them.
+    fn any_subject_prefix() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("sessionfold.events".to_owned()),
+            "events_[0-9a-f]{16}",
+            "[a-z][a-z0-9_-]{0,8}(\\.[a-z][a-z0-9_-]{0,8}){0,3}",
+        ]
+    }
+
+    fn any_key_prefix() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("sf:".to_owned()),
+            Just(String::new()),
+            "sf_[0-9a-f]{16}:",
+        ]
+    }
+
+    /// A subject a client may publish to: non-empty tokens, no white space,
+    /// no wildcard, printable ASCII.
+    fn is_publishable_subject(subject: &str) -> bool {
+        subject.split('.').all(|token| {
+            !token.is_empty()
+                && token.bytes().all(|b| b.is_ascii_graphic())
+                && !token.contains(['*', '>'])
+        })
+    }
+
+    /// NATS subject matching of a filter with `*` and `>` wildcards.
+    fn subject_matches(filter: &str, subject: &str) -> bool {
+        let mut subject_tokens = subject.split('.');
+        for wanted in filter.split('.') {
+            match (wanted, subject_tokens.next()) {
+                (">", Some(_)) => return true,
+                ("*", Some(_)) => {}
+                (wanted, Some(token)) if wanted == token => {}
+                _ => return false,
+            }
+        }
+        subject_tokens.next().is_none()
+    }
+
+    /// The part of a key Redis Cluster hashes: between the first `{` and the
+    /// next `}` when that is not empty, else the whole key.
+    fn hash_tag(key: &str) -> &str {
+        let Some(open) = key.find('{') else {
+            return key;
+        };
+        match key[open + 1..].find('}') {
+            Some(0) | None => key,
+            Some(len) => &key[open + 1..open + 1 + len],
+        }
+    }
+
+    /// What `parse` must decide, written out independently.
+    fn is_valid_raw(raw: &str) -> bool {
+        !raw.is_empty() && raw.len() <= MAX_SESSION_ID_BYTES && !raw.chars().any(char::is_control)
+    }
+
+    /// Strings a producer may send as session_id that must be refused:
+    /// empty, one byte too long (also inside a multi-byte character), or
+    /// holding a C0/C1 control character.
+    fn refused_raw() -> impl Strategy<Value = String> {
+        let control = prop::sample::select(
+            &[
+                '\0', '\t', '\n', '\r', '\u{1b}', '\u{7f}', '\u{85}', '\u{9b}',
+            ][..],
+        );
+        prop_oneof![
+            Just(String::new()),
+            (dangerous_raw(), control, any::<prop::sample::Index>()).prop_map(
+                |(raw, control, at)| {
+                    let chars: Vec<char> = raw.chars().collect();
+                    let at = at.index(chars.len() + 1);
+                    chars[..at]
+                        .iter()
+                        .chain(std::iter::once(&control))
+                        .chain(&chars[at..])
+                        .collect()
+                }
+            ),
+            maximal_raw().prop_map(|raw| raw + "x"),
+            maximal_raw().prop_map(|raw| {
+                let mut raw: String = raw.chars().skip(1).collect();
+                while raw.len() <= MAX_SESSION_ID_BYTES {
+                    raw.push('é');
+                }
+                raw
+            }),
+        ]
     }
 
     proptest! {
@@ -236,8 +409,44 @@ mod tests {
             let token = id.token();
             prop_assert!(!token.is_empty());
             prop_assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            prop_assert!(token.len() <= 3 * id.as_str().len());
             let subject = Names::default().subject(&id);
             prop_assert_eq!(subject.split('.').count(), 3);
+        }
+
+        #[test]
+        fn every_subject_is_one_publishable_token_below_the_prefix(
+            id in any_session_id(),
+            prefix in any_subject_prefix(),
+        ) {
+            let names = Names { events_subject_prefix: prefix.clone(), key_prefix: "sf:".to_owned() };
+            let subject = names.subject(&id);
+            prop_assert!(is_publishable_subject(&subject), "{subject}");
+            let tokens: Vec<&str> = subject.split('.').collect();
+            prop_assert_eq!(tokens.len(), prefix.split('.').count() + 1);
+            prop_assert_eq!(tokens[tokens.len() - 1], id.token());
+            prop_assert!(subject_matches(&names.subject_filter(), &subject));
+            // Far below NATS's 4 KiB control line, even for 128 escaped bytes.
+            prop_assert!(subject.len() <= prefix.len() + 1 + 3 * MAX_SESSION_ID_BYTES);
+        }
+
+        #[test]
+        fn every_key_carries_exactly_the_token_as_hash_tag(
+            id in any_session_id(),
+            key_prefix in any_key_prefix(),
+        ) {
+            let names = Names { events_subject_prefix: "sessionfold.events".to_owned(), key_prefix: key_prefix.clone() };
+            let keys = names.keys(&id);
+            let token = id.token();
+            for key in [&keys.doc, &keys.ids, &keys.order] {
+                prop_assert_eq!(hash_tag(key), token.as_str(), "{}", key);
+                prop_assert!(key.starts_with(&key_prefix));
+                prop_assert!(key.ends_with('}'), "{}", key);
+                prop_assert!(key.bytes().all(|b| b.is_ascii_graphic()), "{}", key);
+            }
+            prop_assert_ne!(&keys.doc, &keys.ids);
+            prop_assert_ne!(&keys.doc, &keys.order);
+            prop_assert_ne!(&keys.ids, &keys.order);
         }
 
         #[test]
@@ -251,7 +460,78 @@ mod tests {
         fn distinct_ids_never_share_a_token_or_key(a in any_session_id(), b in any_session_id()) {
             let names = Names::default();
             prop_assert_eq!(a == b, a.token() == b.token());
+            prop_assert_eq!(a == b, names.subject(&a) == names.subject(&b));
             prop_assert_eq!(a == b, names.keys(&a).doc == names.keys(&b).doc);
+            prop_assert_eq!(a == b, names.keys(&a).ids == names.keys(&b).ids);
+            prop_assert_eq!(a == b, names.keys(&a).order == names.keys(&b).order);
         }
+
+        /// The collision a naive escape has: `a.b` and `a_2eb`. Writing any
+        /// character of an id as its own escape text gives another id with
+        /// another token.
+        #[test]
+        fn an_id_spelled_with_its_escape_text_is_another_session(
+            id in any_session_id(),
+            at in any::<prop::sample::Index>(),
+        ) {
+            let chars: Vec<char> = id.as_str().chars().collect();
+            let at = at.index(chars.len());
+            let spelled = SessionId(chars[at].to_string()).token();
+            let raw: String = chars[..at].iter().collect::<String>() + &spelled
+                + &chars[at + 1..].iter().collect::<String>();
+            if let Ok(other) = SessionId::parse(&raw) {
+                prop_assert_eq!(other == id, other.token() == id.token());
+                prop_assert_eq!(other == id, Names::default().keys(&other) == Names::default().keys(&id));
+            }
+        }
+
+        #[test]
+        fn parse_accepts_exactly_the_printable_ids_up_to_the_limit(
+            raw in prop_oneof![any::<String>(), dangerous_raw(), maximal_raw(), refused_raw()],
+        ) {
+            prop_assert_eq!(SessionId::parse(&raw).is_ok(), is_valid_raw(&raw), "{:?}", raw);
+        }
+
+        /// Nothing refused at the edge can get a name: even a subject built
+        /// by hand for a refused id is not decoded by the processor.
+        #[test]
+        fn refused_ids_have_no_subject_or_key(raw in refused_raw()) {
+            prop_assert!(SessionId::parse(&raw).is_err(), "{:?}", raw);
+            let forged = SessionId(raw).token();
+            prop_assert_eq!(SessionId::from_token(&forged), None);
+            let names = Names::default();
+            prop_assert_eq!(names.session_of_subject(&format!("sessionfold.events.{forged}")), None);
+        }
+
+        /// Every id has exactly one token: any string that decodes is the
+        /// token of what it decodes to.
+        #[test]
+        fn only_canonical_tokens_decode(
+            token in prop_oneof![
+                "[a-zA-Z0-9_-]{0,24}",
+                "(_[0-9a-fA-F]{2}|[a-z0-9.-]){0,24}",
+                any::<String>(),
+            ],
+        ) {
+            if let Some(id) = SessionId::from_token(&token) {
+                prop_assert_eq!(id.token(), token.clone());
+            }
+            let names = Names::default();
+            let subject = format!("sessionfold.events.{token}");
+            if let Some(id) = names.session_of_subject(&subject) {
+                prop_assert_eq!(names.subject(&id), subject);
+            }
+        }
+    }
+
+    #[test]
+    fn the_limit_is_exact_in_bytes() {
+        let maximal = "🦀".repeat(32);
+        assert_eq!(maximal.len(), MAX_SESSION_ID_BYTES);
+        let id = SessionId::parse(&maximal).unwrap();
+        assert_eq!(SessionId::from_token(&id.token()), Some(id));
+        assert!(SessionId::parse(&format!("{maximal}x")).is_err());
+        let escaped = SessionId::parse(&".".repeat(128)).unwrap();
+        assert_eq!(escaped.token(), "_2e".repeat(128));
     }
 }

@@ -260,7 +260,7 @@ async fn c_redis_server_restarted_during_the_load() {
     let _serial = SERIAL.lock().await;
     let name = "c: redis-server restarts";
     let mut rng = fault_rng(name);
-    let mut run = Run::begin(name, SystemOptions { redis_args: vec!["--appendonly".into(), "no".into()], ..SystemOptions::default() }, workload(), paced()).await;
+    let mut run = Run::begin(name, SystemOptions::default(), workload(), paced()).await;
 
     tokio::time::sleep(rng.millis(1500, 2500)).await;
     run.system

@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use sessionfold_common::auth::AuthSettings;
+use sessionfold_common::rate_limit::ClientIpSettings;
 use sessionfold_common::settings::{LimitSettings, NatsSettings, ShutdownSettings};
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -21,6 +23,41 @@ pub struct Config {
     pub connection: ConnectionSettings,
     #[command(flatten)]
     pub shutdown: ShutdownSettings,
+    #[command(flatten)]
+    pub auth: AuthSettings,
+    #[command(flatten)]
+    pub client_ip: ClientIpSettings,
+    #[command(flatten)]
+    pub guard: GuardSettings,
+}
+
+/// Abuse limits; 0 turns a limit off.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GuardSettings {
+    /// Frames per second one client IP may send.
+    #[arg(long, env = "IP_FRAMES_PER_SEC", default_value_t = 0)]
+    pub ip_frames_per_sec: u32,
+    /// Bytes per second one client IP may send.
+    #[arg(long, env = "IP_BYTES_PER_SEC", default_value_t = 0)]
+    pub ip_bytes_per_sec: u32,
+    /// Frames per second one session may receive.
+    #[arg(long, env = "SESSION_FRAMES_PER_SEC", default_value_t = 0)]
+    pub session_frames_per_sec: u32,
+    /// Bytes per second one session may receive.
+    #[arg(long, env = "SESSION_BYTES_PER_SEC", default_value_t = 0)]
+    pub session_bytes_per_sec: u32,
+    /// Open WebSocket connections in all.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// Open WebSocket connections per client IP.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    /// A connection that sends no frame for this long is closed, in seconds.
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+    /// Origins browsers may connect from, comma-separated; empty allows any.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 /// How connections behave.
@@ -60,6 +97,12 @@ impl Config {
             limits: LimitSettings::default(),
             connection: ConnectionSettings::default(),
             shutdown: ShutdownSettings::default(),
+            auth: AuthSettings::default(),
+            client_ip: ClientIpSettings::default(),
+            guard: GuardSettings {
+                idle_timeout_secs: 300,
+                ..GuardSettings::default()
+            },
         }
     }
 }

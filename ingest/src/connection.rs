@@ -3,13 +3,17 @@
 //! their PubAck at once. Replies leave in frame order, whatever order the
 //! PubAcks come back in.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
+use sessionfold_common::metrics;
+use sessionfold_common::rate_limit::retry_after_secs;
 use sessionfold_core::{ErrorCode, Frame, FrameError, Reply, SessionId};
 
 use crate::server::Shared;
@@ -20,6 +24,7 @@ pub struct Connection {
     session: SessionId,
     subject: String,
     request_id: String,
+    client_ip: IpAddr,
     frames_received: u64,
 }
 
@@ -30,13 +35,19 @@ struct Outcome {
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>, session: SessionId, request_id: String) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        session: SessionId,
+        request_id: String,
+        client_ip: IpAddr,
+    ) -> Self {
         let subject = shared.names.subject(&session);
         Self {
             shared,
             session,
             subject,
             request_id,
+            client_ip,
             frames_received: 0,
         }
     }
@@ -47,6 +58,20 @@ impl Connection {
     fn accept_frame(&mut self, text: Utf8Bytes) -> (BoxFuture<'static, Outcome>, bool) {
         self.frames_received += 1;
         let frame_number = self.frames_received;
+        if let Err(wait) =
+            self.shared
+                .frame_limits
+                .check(self.client_ip, self.session.as_str(), text.len())
+        {
+            let error = FrameError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "rate limit reached; retry after {} s",
+                    retry_after_secs(wait)
+                ),
+            );
+            return (ready_rejection(frame_number, error), false);
+        }
         let frame = match Frame::parse(text.as_str(), &self.session, &self.shared.limits) {
             Ok(frame) => frame,
             Err(error) => return (ready_rejection(frame_number, error), false),
@@ -54,6 +79,7 @@ impl Connection {
         let accepted = frame.events.len();
         let ends_session = frame.has_session_end();
         if accepted == 0 {
+            metrics::frame_accepted(0);
             let reply = Reply::accepted(frame_number, 0);
             return (
                 futures::future::ready(Outcome {
@@ -69,6 +95,7 @@ impl Connection {
                 ErrorCode::Unavailable,
                 "ingest is at capacity; send the frame again later",
             );
+            metrics::events_rejected(error.code.as_str(), accepted);
             return (ready_rejection(frame_number, error), false);
         };
         let publisher = self.shared.publisher.clone();
@@ -84,6 +111,7 @@ impl Connection {
             match result {
                 Ok(sequence) => {
                     tracing::debug!(frame = frame_number, sequence, "frame stored");
+                    metrics::frame_accepted(accepted);
                     Outcome {
                         reply: Reply::accepted(frame_number, accepted),
                         ends_session,
@@ -91,6 +119,7 @@ impl Connection {
                 }
                 Err(err) => {
                     tracing::warn!(frame = frame_number, error = %err, "frame not stored");
+                    metrics::events_rejected(ErrorCode::Unavailable.as_str(), accepted);
                     let mut outcome = rejection(
                         frame_number,
                         FrameError::new(
@@ -117,6 +146,7 @@ fn rejection(frame_number: u64, error: FrameError) -> Outcome {
         reason = %error.message,
         "rejected a frame"
     );
+    metrics::frame_rejected(error.code.as_str(), usize::from(error.index.is_some()));
     Outcome {
         reply: Reply::rejected(frame_number, error),
         ends_session: false,
@@ -131,6 +161,7 @@ fn ready_rejection(frame_number: u64, error: FrameError) -> BoxFuture<'static, O
 /// service shuts down.
 pub(crate) async fn run(socket: WebSocket, mut connection: Connection) {
     tracing::info!("connection opened");
+    let _open = metrics::OpenConnection::open();
     let shared = connection.shared.clone();
     let max_in_flight = shared.connection.max_in_flight_per_connection.max(1);
     let (mut sink, mut source) = socket.split();
@@ -142,6 +173,12 @@ pub(crate) async fn run(socket: WebSocket, mut connection: Connection) {
     let mut stopping = false;
     let mut close: Option<CloseFrame> = None;
     let mut replies_sent = 0u64;
+    let idle_timeout = match shared.guard.idle_timeout_secs {
+        0 => Duration::MAX,
+        secs => Duration::from_secs(secs),
+    };
+    let idle = tokio::time::sleep(idle_timeout.min(Duration::from_secs(u32::MAX.into())));
+    tokio::pin!(idle);
 
     loop {
         if (client_gone || stopping) && pending.is_empty() {
@@ -166,12 +203,18 @@ pub(crate) async fn run(socket: WebSocket, mut connection: Connection) {
                     }
                 }
             }
+            () = &mut idle, if !stopping && pending.is_empty() => {
+                tracing::info!("idle timeout");
+                stopping = true;
+                close = Some(CloseFrame { code: close_code::NORMAL, reason: "idle timeout".into() });
+            }
             _ = shared.shutdown.cancelled(), if !stopping => {
                 stopping = true;
                 close = Some(CloseFrame { code: close_code::AWAY, reason: "server shutting down".into() });
             }
             message = source.next(), if may_read => match message {
                 Some(Ok(Message::Text(text))) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.min(Duration::from_secs(u32::MAX.into())));
                     let (outcome, ends_session) = connection.accept_frame(text);
                     pending.push_back(outcome);
                     // Its own reply decides whether reading resumes.

@@ -14,6 +14,14 @@ pub enum HttpError {
     NotAWebSocket(String),
     #[error("the service is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    Auth(#[from] sessionfold_common::auth::AuthError),
+    #[error("connections from this origin are not allowed")]
+    OriginNotAllowed,
+    #[error("too many open connections")]
+    TooManyConnections,
+    #[error("too many open connections from this address")]
+    TooManyConnectionsFromIp,
 }
 
 impl HttpError {
@@ -22,6 +30,12 @@ impl HttpError {
             Self::InvalidSessionId(_) => (StatusCode::BAD_REQUEST, "invalid_session_id"),
             Self::NotAWebSocket(_) => (StatusCode::BAD_REQUEST, "not_a_websocket"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Auth(err) => (err.status(), err.code()),
+            Self::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+            Self::TooManyConnections => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
+            Self::TooManyConnectionsFromIp => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_connections")
+            }
         }
     }
 }

@@ -4,13 +4,17 @@
 //! - [`config`]: the service's settings.
 //! - [`server`]: [`serve`], the shared state and the HTTP routes.
 //! - [`connection`]: one producer connection, frame by frame, replies in order.
+//! - [`guard`]: connection limits, Origin checks, rate limits.
 //! - [`publisher`]: publishing a frame and waiting for its PubAck.
 //! - [`http_error`]: JSON errors for refused HTTP requests.
+//! - [`readiness`]: what `/readyz` checks (NATS, the stream, shutdown).
 
 pub mod config;
 pub mod connection;
+pub mod guard;
 pub mod http_error;
 pub mod publisher;
+pub mod readiness;
 pub mod server;
 
 pub use config::Config;

@@ -104,9 +104,13 @@ impl Publisher {
                 .map(|ack| ack.sequence)
                 .map_err(|err| self.refused(err))
         };
-        tokio::time::timeout(self.timeout, store)
+        let started = Instant::now();
+        let stored = tokio::time::timeout(self.timeout, store)
             .await
-            .map_err(|_| PublishError::Timeout(self.timeout))?
+            .map_err(|_| PublishError::Timeout(self.timeout))
+            .and_then(|stored| stored);
+        sessionfold_common::metrics::publish_acked(started.elapsed(), stored.is_ok());
+        stored
     }
 
     fn refused(&self, err: NatsPublishError) -> PublishError {

@@ -1,6 +1,6 @@
 //! The ingest service: shared state, routes and [`serve`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,11 +9,14 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State, ws::rejection::WebSocketUpgradeRejection};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, Query, State, ws::rejection::WebSocketUpgradeRejection};
+use axum::http::header::ORIGIN;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use sessionfold_common::{jetstream as js_setup, settings, shutdown};
+use sessionfold_common::auth::{Access, Authenticator, bearer};
+use sessionfold_common::rate_limit::ClientIpSettings;
+use sessionfold_common::{health, jetstream as js_setup, metrics, settings, shutdown};
 use sessionfold_core::session::Names;
 use sessionfold_core::{Limits, SessionId};
 use tokio::net::TcpListener;
@@ -22,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::{Config, ConnectionSettings};
+use crate::config::{Config, ConnectionSettings, GuardSettings};
 use crate::connection::{self, Connection};
+use crate::guard::{ConnectionLimits, Crossed, FrameLimits, origin_allowed};
 use crate::http_error::HttpError;
 use crate::publisher::Publisher;
 
@@ -44,13 +48,18 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) connections: TaskTracker,
-    nats: async_nats::Client,
+    pub(crate) authenticator: Authenticator,
+    pub(crate) client_ip: ClientIpSettings,
+    pub(crate) guard: GuardSettings,
+    pub(crate) connection_limits: Arc<ConnectionLimits>,
+    pub(crate) frame_limits: Arc<FrameLimits>,
+    pub(crate) nats: async_nats::Client,
 }
 
 /// A built ingest service, ready to route.
 #[derive(Clone)]
 pub struct Ingest {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Ingest {
@@ -79,6 +88,14 @@ impl Ingest {
                 shutdown: drain,
                 shutting_down: AtomicBool::new(false),
                 connections: TaskTracker::new(),
+                authenticator: Authenticator::new(&config.auth),
+                client_ip: config.client_ip.clone(),
+                guard: config.guard.clone(),
+                connection_limits: ConnectionLimits::new(
+                    config.guard.max_connections,
+                    config.guard.max_connections_per_ip,
+                ),
+                frame_limits: FrameLimits::new(&config.guard, config.limits.max_frame_bytes),
                 nats,
             }),
         })
@@ -114,25 +131,6 @@ impl Ingest {
     }
 }
 
-/// Health routes for a service whose readiness is `is_ready`.
-pub fn health_routes(is_ready: impl Fn() -> bool + Clone + Send + Sync + 'static) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = is_ready();
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                    }
-                }
-            }),
-        )
-}
-
 /// Runs ingest on `listener` until `shutdown` is cancelled, then answers
 /// every in-flight frame, closes sockets with 1001 and returns.
 pub async fn serve(
@@ -142,10 +140,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let drain = CancellationToken::new();
     let ingest = Ingest::build(&config, drain.clone()).await?;
-    let ready = ingest.clone();
-    let app = ingest
-        .routes()
-        .merge(health_routes(move || ready.is_ready()));
+    let app = sessionfold_common::http::instrument(
+        ingest
+            .routes()
+            .merge(health::routes(ingest.readiness(&config.nats)))
+            .merge(metrics::routes()),
+    );
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");
     let stopping = ingest.clone();
     let grace = config.shutdown.grace();
@@ -166,27 +166,36 @@ pub async fn serve(
 #[derive(Debug, serde::Deserialize)]
 struct SessionQuery {
     session_id: Option<String>,
+    /// A bearer token, for browsers that cannot set headers on a WebSocket.
+    token: Option<String>,
 }
 
 /// The request id of an HTTP request: the client's `X-Request-Id` when it is
 /// short printable ASCII, else a new one.
 pub fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()))
+    sessionfold_common::http::client_request_id(headers)
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+        .unwrap_or_else(sessionfold_common::http::new_request_id)
 }
 
 async fn websocket(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     query: Result<Query<SessionQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let request_id = request_id(&headers);
-    let mut response = accept(shared, query, upgrade, request_id.clone()).unwrap_or_else(|err| {
+    let client_ip = shared.client_ip.client_ip(peer, &headers);
+    let mut response = accept(
+        shared,
+        &headers,
+        client_ip,
+        query,
+        upgrade,
+        request_id.clone(),
+    )
+    .unwrap_or_else(|err| {
         tracing::info!(%request_id, error = %err, "refused a connection");
         err.into_response()
     });
@@ -198,21 +207,40 @@ async fn websocket(
 
 fn accept(
     shared: Arc<Shared>,
+    headers: &HeaderMap,
+    client_ip: IpAddr,
     query: Result<Query<SessionQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     request_id: String,
 ) -> Result<Response, HttpError> {
-    let raw = query
+    let query = query
         .map_err(|err| HttpError::InvalidSessionId(err.body_text()))?
-        .0
+        .0;
+    let raw = query
         .session_id
         .ok_or_else(|| HttpError::InvalidSessionId("session_id is missing".to_owned()))?;
     let session = SessionId::parse_with_max(&raw, shared.max_session_id_bytes)
         .map_err(|err| HttpError::InvalidSessionId(err.to_string()))?;
+    let origin = headers.get(ORIGIN).and_then(|value| value.to_str().ok());
+    if !origin_allowed(&shared.guard.allowed_origins, origin) {
+        return Err(HttpError::OriginNotAllowed);
+    }
+    shared.authenticator.authorize(
+        bearer(headers, query.token.as_deref()),
+        session.as_str(),
+        Access::Write,
+    )?;
     let upgrade = upgrade.map_err(|err| HttpError::NotAWebSocket(err.body_text()))?;
     if shared.shutting_down.load(Ordering::Relaxed) {
         return Err(HttpError::ShuttingDown);
     }
+    let slot = shared
+        .connection_limits
+        .try_open(client_ip)
+        .map_err(|crossed| match crossed {
+            Crossed::Total => HttpError::TooManyConnections,
+            Crossed::PerIp => HttpError::TooManyConnectionsFromIp,
+        })?;
     let cap = hard_message_cap(&shared.limits);
     let tracking = shared.connections.token();
     let span = tracing::info_span!("connection", session_id = %session, %request_id);
@@ -222,7 +250,12 @@ fn accept(
         .on_upgrade(move |socket| {
             async move {
                 let _tracking = tracking;
-                connection::run(socket, Connection::new(shared, session, request_id)).await;
+                let _slot = slot;
+                connection::run(
+                    socket,
+                    Connection::new(shared, session, request_id, client_ip),
+                )
+                .await;
             }
             .instrument(span)
         }))

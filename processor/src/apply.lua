@@ -5,8 +5,9 @@
 -- $.children).
 -- ARGV[1] the empty document (JSON text), ARGV[2] the batch's smallest
 -- SESSION_START timestamp or '', ARGV[3] its largest SESSION_END timestamp or
--- '', ARGV[4] the most children a session may hold (0: no limit), then four
--- values per EVENT: identity, position, timestamp, event JSON.
+-- '', ARGV[4] the most children a session may hold (0: no limit), ARGV[5]
+-- the document TTL in seconds (0: none), then four values per EVENT:
+-- identity, position, timestamp, event JSON.
 --
 -- Idempotent: an event is written only when its identity is new, or when this
 -- position is earlier in the stream than the one kept, so applying the same
@@ -18,10 +19,15 @@
 --
 -- Every check that can refuse the batch runs before the first write, so a
 -- refused batch leaves nothing half-written.
+--
+-- With a TTL, every successful apply (re)sets it on all three keys, so a
+-- session's keys vanish together TTL seconds after its last frame.
 
 local doc, ids, order = KEYS[1], KEYS[2], KEYS[3]
 local empty, start_candidate, end_candidate = ARGV[1], ARGV[2], ARGV[3]
 local max_children = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
+local FIRST_EVENT = 6
 
 local function fail(code, message)
   return redis.error_reply('SESSIONFOLD_' .. code .. ' ' .. message)
@@ -31,7 +37,7 @@ end
 local writes = {}
 local new_identities = 0
 local planned = {}
-for i = 5, #ARGV, 4 do
+for i = FIRST_EVENT, #ARGV, 4 do
   local identity, position = ARGV[i], ARGV[i + 1]
   local kept = planned[identity]
   if kept == nil then
@@ -99,6 +105,11 @@ for _, i in ipairs(writes) do
       return fail('CORRUPT', doc .. ' children do not match ' .. order)
     end
     written = written + 1
+  end
+end
+if ttl > 0 then
+  for _, key in ipairs({doc, ids, order}) do
+    redis.call('EXPIRE', key, ttl)
   end
 end
 return written

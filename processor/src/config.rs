@@ -59,6 +59,9 @@ pub struct WorkerSettings {
     /// Idle heartbeat of the pull subscription, in milliseconds; three missed in a row re-create the consumer.
     #[arg(long, env = "PULL_HEARTBEAT_MS", default_value_t = 5000)]
     pub pull_heartbeat_ms: u64,
+    /// Seconds a session's document (and its bookkeeping keys) lives after its last update; 0 keeps documents forever.
+    #[arg(long, env = "DOCUMENT_TTL_SECS", default_value_t = 0)]
+    pub document_ttl_secs: u64,
 }
 
 impl WorkerSettings {
@@ -83,6 +86,7 @@ impl Default for WorkerSettings {
             dead_letter_subject_prefix: "sessionfold.dead".to_owned(),
             max_children_per_session: 0,
             pull_heartbeat_ms: 5000,
+            document_ttl_secs: 0,
         }
     }
 }

@@ -9,11 +9,15 @@
 //! - [`consumer`]: creating (and re-creating) the durable pull consumer.
 //! - [`dead_letter`]: where messages that can never be applied go.
 //! - [`worker`]: the pull → apply → ack loop; [`serve`] adds health routes.
+//! - [`lag`]: polls the consumer's pending and ack-pending counts into gauges.
+//! - [`readiness`]: what `/readyz` checks (NATS, Redis, stream, consumer).
 
 pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;
+pub mod lag;
+pub mod readiness;
 pub mod store;
 pub mod worker;
 

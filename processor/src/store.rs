@@ -14,6 +14,11 @@ use sessionfold_core::{Delivery, EventKind, SessionId};
 /// The atomic, idempotent apply step.
 pub const APPLY_SCRIPT: &str = include_str!("apply.lua");
 
+/// Script arguments before the four per EVENT (see the top of `apply.lua`).
+const FIXED_ARGS: usize = 5;
+/// Index of the document TTL among the arguments.
+const TTL_ARG: usize = 4;
+
 /// One session's part of a batch, ready for the apply step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Invocation {
@@ -22,9 +27,10 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    /// Builds the script arguments for `deliveries` of `session`. Children go
-    /// in (timestamp, position) order so that in-order arrival takes the
-    /// append path.
+    /// Builds the script arguments for `deliveries` of `session`, without a
+    /// document TTL (see [`Invocation::with_document_ttl`]). Children go in
+    /// (timestamp, position) order so that in-order arrival takes the append
+    /// path.
     pub fn new(
         names: &Names,
         session: &SessionId,
@@ -54,11 +60,12 @@ impl Invocation {
         children.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         let bound =
             |value: Option<f64>| value.map_or(String::new(), |t| normalized_number(t).to_string());
-        let mut args = Vec::with_capacity(4 + children.len() * 4);
+        let mut args = Vec::with_capacity(FIXED_ARGS + children.len() * 4);
         args.push(empty_document(session.as_str()).to_string());
         args.push(bound(start));
         args.push(bound(end));
         args.push(max_children.to_string());
+        args.push("0".to_owned());
         for (timestamp, position, event) in children {
             args.push(event.identity());
             args.push(position);
@@ -69,6 +76,13 @@ impl Invocation {
             keys: names.keys(session),
             args,
         }
+    }
+
+    /// Sets the document TTL: after the apply, the session's three keys
+    /// expire `seconds` later (0: never).
+    pub fn with_document_ttl(mut self, seconds: u64) -> Self {
+        self.args[TTL_ARG] = seconds.to_string();
+        self
     }
 
     fn command(&self, script: &redis::Script) -> redis::Cmd {
@@ -168,7 +182,16 @@ impl Store {
         for invocation in invocations {
             pipe.add_command(invocation.command(&self.script));
         }
-        pipe.query_async(&mut self.connection).await
+        let started = std::time::Instant::now();
+        let results = pipe.query_async(&mut self.connection).await;
+        metrics::histogram!(sessionfold_common::metrics::APPLY_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        results
+    }
+
+    /// The Redis connection, for readiness checks.
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
     }
 
     /// Answers when Redis does.
@@ -212,13 +235,21 @@ mod tests {
             r#"{"session_id":"s","type":"SESSION","start":null,"end":null,"children":[]}"#
         );
         assert_eq!(
-            (args[1].as_str(), args[2].as_str(), args[3].as_str()),
-            ("1", "9.5", "0")
+            (
+                args[1].as_str(),
+                args[2].as_str(),
+                args[3].as_str(),
+                args[4].as_str()
+            ),
+            ("1", "9.5", "0", "0")
         );
-        assert_eq!(args.len(), 4 + 2 * 4);
-        assert_eq!(args[5], "00000000000000000002:0000000000");
-        assert_eq!(args[6], "5");
-        assert_eq!(args[7], r#"{"type":"EVENT","timestamp":5,"name":"a"}"#);
-        assert_eq!(args[9], "00000000000000000007:0000000000");
+        assert_eq!(args.len(), FIXED_ARGS + 2 * 4);
+        assert_eq!(args[6], "00000000000000000002:0000000000");
+        assert_eq!(args[7], "5");
+        assert_eq!(args[8], r#"{"type":"EVENT","timestamp":5,"name":"a"}"#);
+        assert_eq!(args[10], "00000000000000000007:0000000000");
+        let with_ttl = invocation.with_document_ttl(60);
+        assert_eq!(with_ttl.args[TTL_ARG], "60");
+        assert_eq!(with_ttl.args.len(), FIXED_ARGS + 2 * 4);
     }
 }

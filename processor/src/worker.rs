@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::get;
 use futures::{FutureExt, StreamExt};
+use sessionfold_common::metrics as names;
 use sessionfold_common::{jetstream as js_setup, settings};
 use sessionfold_core::session::Names;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::batch::{self, SessionBatch};
 use crate::config::{Config, WorkerSettings};
@@ -34,14 +33,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A connected processor.
 #[derive(Clone)]
 pub struct Processor {
-    config: Config,
+    pub(crate) config: Config,
     names: Names,
-    nats: async_nats::Client,
-    js: jetstream::Context,
-    store: Store,
+    pub(crate) nats: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) store: Store,
     dead_letters: DeadLetters,
-    consuming: Arc<AtomicBool>,
-    stopping: Arc<AtomicBool>,
+    pub(crate) consuming: Arc<AtomicBool>,
+    pub(crate) stopping: Arc<AtomicBool>,
 }
 
 /// What became of a message in a batch.
@@ -85,6 +84,12 @@ impl Processor {
     /// Consumes until `shutdown`; the batch in hand is finished and acked
     /// before it returns.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let lag = tokio::spawn(crate::lag::poll(
+            self.js.clone(),
+            self.config.nats.stream_name.clone(),
+            self.config.worker.consumer_name.clone(),
+            shutdown.clone(),
+        ));
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
             let consumer = match self.consumer().await {
@@ -107,6 +112,7 @@ impl Processor {
         }
         self.stopping.store(true, Ordering::Relaxed);
         self.consuming.store(false, Ordering::Relaxed);
+        lag.abort();
         if let Err(err) = self.nats.flush().await {
             tracing::warn!(error = %err, "flushing acks at shutdown");
         }
@@ -171,7 +177,8 @@ impl Processor {
                     _ => break,
                 }
             }
-            self.process(batch, shutdown).await;
+            let span = batch_span(&batch);
+            self.process(batch, shutdown).instrument(span).await;
         }
     }
 
@@ -182,6 +189,7 @@ impl Processor {
         let mut sequences = Vec::with_capacity(messages.len());
         let mut deliveries = Vec::with_capacity(messages.len());
         let mut decoded = Vec::with_capacity(messages.len());
+        metrics::histogram!(names::BATCH_MESSAGES).record(messages.len() as f64);
         for (index, message) in messages.iter().enumerate() {
             let (sequence, delivered) = match message.info() {
                 Ok(info) => (info.stream_sequence, info.delivered),
@@ -190,6 +198,9 @@ impl Processor {
                     (0, 1)
                 }
             };
+            if delivered > 1 {
+                metrics::counter!(names::REDELIVERIES_TOTAL).increment(1);
+            }
             sequences.push(sequence);
             deliveries.push(delivered);
             match batch::decode(&self.names, &message.subject, &message.payload, sequence) {
@@ -206,6 +217,7 @@ impl Processor {
             .iter()
             .map(|(session, part)| {
                 Invocation::new(&self.names, session, &part.deliveries, max_children)
+                    .with_document_ttl(self.config.worker.document_ttl_secs)
             })
             .collect();
 
@@ -238,25 +250,29 @@ impl Processor {
             let sequence = sequences[index];
             match fate {
                 Fate::Ack => {
+                    settled("acked");
                     if let Err(err) = message.ack().await {
                         tracing::warn!(stream_sequence = sequence, error = %err, "ack failed; the message will be redelivered");
                     }
                 }
                 Fate::Retry => {
+                    settled("retried");
                     let delay = Duration::from_millis(200 * deliveries[index].clamp(1, 10) as u64);
                     let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                 }
                 Fate::Refused(reason)
                     if self.config.worker.attempts_exhausted(deliveries[index]) =>
                 {
-                    self.dead_letter(message, sequence, &reason).await;
+                    self.dead_letter(message, sequence, &reason, "refused")
+                        .await;
                 }
                 Fate::Refused(_) => {
+                    settled("refused");
                     let delay = Duration::from_millis(500 * deliveries[index].clamp(1, 10) as u64);
                     let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                 }
                 Fate::DeadLetter(reason) => {
-                    self.dead_letter(message, sequence, &reason).await;
+                    self.dead_letter(message, sequence, &reason, "poison").await;
                 }
             }
         }
@@ -285,6 +301,7 @@ impl Processor {
                     std::slice::from_ref(delivery),
                     max_children,
                 )
+                .with_document_ttl(self.config.worker.document_ttl_secs)
             })
             .collect();
         let outcome = if part.messages.len() > 1 {
@@ -328,6 +345,7 @@ impl Processor {
             match self.store.apply(invocations).await {
                 Ok(results) => return Some(results),
                 Err(err) => {
+                    metrics::counter!(names::REDIS_OUTAGES_TOTAL).increment(1);
                     tracing::warn!(error = %err, frames = messages.len(), "Redis unavailable; retrying the batch");
                     for message in messages {
                         let _ = message.ack_with(AckKind::Progress).await;
@@ -340,9 +358,19 @@ impl Processor {
         }
     }
 
-    async fn dead_letter(&self, message: &jetstream::Message, sequence: u64, reason: &str) {
+    /// Moves a message to the dead-letter stream; `kind` (`poison`,
+    /// `refused`) labels the metric.
+    async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        sequence: u64,
+        reason: &str,
+        kind: &'static str,
+    ) {
         match self.dead_letters.send(message, sequence, reason).await {
             Ok(()) => {
+                settled("dead_lettered");
+                metrics::counter!(names::DEAD_LETTERS_TOTAL, "kind" => kind).increment(1);
                 let _ = message.ack_with(AckKind::Term).await;
             }
             Err(err) => {
@@ -353,6 +381,26 @@ impl Processor {
             }
         }
     }
+}
+
+/// Counts one settled message by its outcome.
+fn settled(outcome: &'static str) {
+    metrics::counter!(names::MESSAGES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// The span of one batch: every line logged while applying it carries the
+/// batch's first `stream_sequence` (lines about one message name their own).
+fn batch_span(batch: &[jetstream::Message]) -> tracing::Span {
+    let sequence =
+        |message: &jetstream::Message| message.info().map(|info| info.stream_sequence).ok();
+    let first = batch.iter().find_map(sequence);
+    let last = batch.iter().rev().find_map(sequence);
+    tracing::info_span!(
+        "batch",
+        stream_sequence = first,
+        last_stream_sequence = last,
+        messages = batch.len()
+    )
 }
 
 fn is_fatal_pull_error(err: &jetstream::consumer::pull::MessagesError) -> bool {
@@ -388,30 +436,18 @@ impl Backoff {
     }
 }
 
-/// Runs the processor with `/healthz` and `/readyz` on `listener` until
-/// `shutdown`.
+/// Runs the processor with `/healthz`, `/readyz` and `/metrics` on
+/// `listener` until `shutdown`.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let processor = Processor::build(config).await?;
-    let ready = processor.clone();
-    let health = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = ready.is_ready();
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                    }
-                }
-            }),
-        );
+    let health = sessionfold_common::http::instrument(
+        sessionfold_common::health::routes(processor.readiness())
+            .merge(sessionfold_common::metrics::routes()),
+    );
     tracing::info!(addr = %listener.local_addr()?, "processor health listening");
     // The health endpoints answer until consuming has stopped.
     let http_shutdown = CancellationToken::new();

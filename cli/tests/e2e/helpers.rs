@@ -32,7 +32,7 @@ pub struct TestApp {
 
 /// Settings every test gets: its own stream, consumer and key prefix, and a
 /// short ack wait so that redeliveries after a crash come quickly.
-fn test_config(nats: &NatsServer, redis: &RedisServer) -> DevConfig {
+pub fn test_config(nats: &NatsServer, redis: &RedisServer) -> DevConfig {
     let mut config = DevConfig::local(nats.url(), redis.url());
     config.nats.stream_name = unique_name("EVENTS");
     config.nats.subject_prefix = unique_name("events");
@@ -84,24 +84,42 @@ pub async fn spawn_split_app() -> TestApp {
     let nats = NatsServer::start().expect("starting nats-server");
     let redis = RedisServer::start().expect("starting redis-server");
     let config = test_config(&nats, &redis);
+    spawn_split_app_on(nats, redis, config, |_, _| {}).await
+}
+
+/// Ingest and api in-process on the given servers; `configure` may change
+/// each service's settings (its credentials, say) before it starts.
+pub async fn spawn_split_app_on(
+    nats: NatsServer,
+    redis: RedisServer,
+    config: DevConfig,
+    configure: impl FnOnce(&mut sessionfold_ingest::Config, &mut sessionfold_api::Config),
+) -> TestApp {
     let shutdown = CancellationToken::new();
     let ingest_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ingest_addr = ingest_listener.local_addr().unwrap();
     let api_addr = api_listener.local_addr().unwrap();
-    let ingest_config = sessionfold_ingest::Config {
+    let mut ingest_config = sessionfold_ingest::Config {
         listen: ingest_addr,
         nats: config.nats.clone(),
         limits: config.limits.clone(),
         connection: config.connection.clone(),
         shutdown: config.shutdown.clone(),
+        auth: config.auth.clone(),
+        client_ip: config.client_ip.clone(),
+        guard: config.guard.clone(),
     };
-    let api_config = sessionfold_api::Config {
+    let mut api_config = sessionfold_api::Config {
         listen: api_addr,
         redis: config.redis.clone(),
         max_session_id_bytes: config.limits.max_session_id_bytes,
         shutdown: config.shutdown.clone(),
+        auth: config.auth.clone(),
+        client_ip: config.client_ip.clone(),
+        limits: config.api_limits.clone(),
     };
+    configure(&mut ingest_config, &mut api_config);
     let tasks = vec![
         tokio::spawn(sessionfold_ingest::serve(
             ingest_config,

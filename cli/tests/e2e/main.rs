@@ -5,7 +5,11 @@
 mod dead_letters;
 mod duplicates;
 mod helpers;
+mod hostile_input;
+mod injection;
 mod invalid_input;
+mod least_privilege;
 mod pipeline;
 mod processor_faults;
 mod resilience;
+mod security;

@@ -1,0 +1,276 @@
+//! The api describes itself: an OpenAPI document generated from the code
+//! with utoipa, served at `GET /openapi.json`.
+//!
+//! `GET /data` is described by the `#[utoipa::path]` on its handler
+//! ([`crate::server`]) with the parameter and response types below. The
+//! health, readiness and metrics routes are shared by every service
+//! (`sessionfold_common::health`, `sessionfold_common::metrics`); the
+//! functions here describe them for this service's document.
+//!
+//! The suite runs schemathesis against a live api with this document
+//! (`cli/tests/e2e/openapi.rs`), so what it says is checked against what the
+//! service answers.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::Router;
+use axum::routing::get;
+use serde::Serialize;
+use utoipa::{IntoParams, IntoResponses, OpenApi, ToSchema};
+
+/// The OpenAPI document of the api.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sessionfold api",
+        description = "Reads the document sessionfold folds from a session's events. \
+            Every response carries `X-Request-Id` (the request's `X-Request-Id` when it is \
+            1–64 bytes of printable ASCII, else a new id).",
+    ),
+    paths(crate::server::data, healthz, readyz, metrics, openapi_json),
+    components(schemas(SessionDocument, Child, ErrorBody, ErrorDetail, ReadinessReport)),
+    tags(
+        (name = "documents", description = "Session documents"),
+        (name = "operations", description = "Health, readiness, metrics and this description"),
+    )
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`.
+pub fn routes() -> Router {
+    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+}
+
+/// The query of `GET /data`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DataQuery {
+    /// The session whose document to read: 1–128 bytes (`MAX_SESSION_ID_BYTES`)
+    /// of UTF-8 without control characters. The schema states the printable
+    /// ASCII subset, which UUIDs and most ids use; other valid ids are served
+    /// alike.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[ -~]+$",
+        example = "e6fa79ca-d142-4046-a134-5134f16a0b5e"
+    )]
+    session_id: String,
+    /// A bearer token, for links and browsers that cannot set
+    /// `Authorization: Bearer …` (needed only when the api requires
+    /// credentials, `AUTH_REQUIRED=true`).
+    token: Option<String>,
+}
+
+/// Conditional request headers of `GET /data`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct ConditionalHeaders {
+    /// Entity tags the client holds (or `*`): when one is the document's
+    /// current `ETag`, the answer is `304` without a body.
+    #[param(rename = "If-None-Match")]
+    if_none_match: Option<String>,
+}
+
+/// The answers of `GET /data`.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum DataResponses {
+    /// The session's document, exactly as stored.
+    #[response(
+        status = 200,
+        content_type = "application/json",
+        headers(
+            ("ETag" = String, description = "Strong entity tag: the quoted SHA-256 (hex) of the document's bytes"),
+            ("Cache-Control" = String, description = "`no-cache`: revalidate with `If-None-Match`"),
+            ("X-Request-Id" = String, description = "The request's id"),
+        )
+    )]
+    Document(SessionDocument),
+    /// The document has not changed since the `ETag` named in `If-None-Match`.
+    #[response(
+        status = 304,
+        headers(
+            ("ETag" = String, description = "The document's current entity tag"),
+            ("X-Request-Id" = String, description = "The request's id"),
+        )
+    )]
+    NotModified,
+    /// `invalid_session_id`: `session_id` is missing or not a valid session id.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// `unauthorized`, `invalid_token` or `token_expired`: a credential is
+    /// required (only with `AUTH_REQUIRED=true`).
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// `forbidden`: the credential does not grant reading this session.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// `not_found`: no document for this session (yet: documents appear
+    /// once the processor applied the session's first frame).
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// `rate_limited`: this client made too many requests; retry after
+    /// `Retry-After` seconds.
+    #[response(
+        status = 429,
+        headers(("Retry-After" = u64, description = "Seconds to wait"))
+    )]
+    RateLimited(ErrorBody),
+    /// `unavailable`: Redis cannot be read right now.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// A session's document (DESIGN §2): its bounds and its events in order.
+#[derive(ToSchema)]
+#[schema(example = json!({
+    "session_id": "e6fa79ca-d142-4046-a134-5134f16a0b5e",
+    "type": "SESSION",
+    "start": 1569972082,
+    "end": 1569972086,
+    "children": [
+        {"type": "EVENT", "timestamp": 1569972083, "name": "middle_event"},
+        {"type": "EVENT", "timestamp": 1569972085, "name": "last_event"}
+    ]
+}))]
+#[allow(dead_code)]
+pub struct SessionDocument {
+    /// The session.
+    session_id: String,
+    /// Always `SESSION`.
+    #[schema(rename = "type", value_type = String, pattern = "^SESSION$")]
+    kind: String,
+    /// The smallest `SESSION_START` timestamp; `null` while there is none.
+    #[schema(required = true)]
+    start: Option<f64>,
+    /// The largest `SESSION_END` timestamp; `null` while there is none.
+    #[schema(required = true)]
+    end: Option<f64>,
+    /// Every `EVENT` of the session exactly as sent, by timestamp; equal
+    /// timestamps keep arrival order.
+    children: Vec<Child>,
+}
+
+/// One event of a session, exactly as its producer sent it: the fields
+/// below and any others.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Child {
+    /// Always `EVENT`.
+    #[schema(rename = "type", value_type = String, pattern = "^EVENT$")]
+    kind: String,
+    /// When it happened (epoch; the examples use seconds).
+    #[schema(minimum = 0)]
+    timestamp: f64,
+    /// What happened.
+    name: Option<String>,
+    /// Its identity for de-duplication.
+    id: Option<String>,
+    /// The session, when the producer named it.
+    session_id: Option<String>,
+}
+
+/// An error answer.
+#[derive(ToSchema)]
+#[schema(example = json!({"error": {"code": "not_found", "message": "no document for this session_id"}}))]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `invalid_session_id`, `not_found`,
+    /// `unavailable`, `unauthorized`, `invalid_token`, `token_expired`,
+    /// `forbidden`, `rate_limited`.
+    code: String,
+    /// For people.
+    message: String,
+}
+
+/// The body of `/readyz`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "ready", "checks": {"redis": "ok"}}))]
+#[allow(dead_code)]
+pub struct ReadinessReport {
+    /// `ready` or `not_ready`.
+    status: String,
+    /// Each dependency check: `ok` or why it failed (`shutdown`: stopping).
+    checks: BTreeMap<String, String>,
+}
+
+/// Liveness: `ok` while the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain"))
+)]
+#[allow(dead_code)]
+fn healthz() {}
+
+/// Readiness: Redis answers and no shutdown is under way. Results are cached
+/// for one second.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve", body = ReadinessReport),
+        (status = 503, description = "Not ready: a check failed or the service is stopping", body = ReadinessReport),
+    )
+)]
+#[allow(dead_code)]
+fn readyz() {}
+
+/// Prometheus metrics of the process, in the text exposition format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
+)]
+#[allow(dead_code)]
+fn metrics() {}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI document of the api", body = Object, content_type = "application/json"))
+)]
+#[allow(dead_code)]
+fn openapi_json() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_describes_every_route_and_the_error_schema() {
+        let document = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = document["paths"].as_object().unwrap();
+        for path in ["/data", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
+            assert!(paths.contains_key(path), "{path} is not described");
+        }
+        let data = &paths["/data"]["get"];
+        for status in ["200", "304", "400", "404", "503"] {
+            assert!(data["responses"].get(status).is_some(), "{status}");
+        }
+        assert!(data["responses"]["200"]["headers"].get("ETag").is_some());
+        let schemas = document["components"]["schemas"].as_object().unwrap();
+        assert!(schemas.contains_key("ErrorBody"));
+        assert!(schemas.contains_key("SessionDocument"));
+        assert_eq!(
+            schemas["SessionDocument"]["properties"]["type"]["pattern"],
+            "^SESSION$"
+        );
+    }
+}

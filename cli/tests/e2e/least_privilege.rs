@@ -1,0 +1,138 @@
+//! The shipped ACLs (deploy/redis/users.acl, deploy/nats/accounts.conf):
+//! the pipeline works with them, and each service's credentials can do no
+//! more than its job.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sessionfold_testkit::{NatsServer, RedisServer, init_test_tracing};
+
+use crate::helpers::{expected_document, spawn_split_app_on, test_config};
+
+fn deploy_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path)
+}
+
+async fn connect_as(url: &str) -> async_nats::Client {
+    let settings = sessionfold_common::settings::NatsSettings::local(url);
+    sessionfold_common::jetstream::connect(&settings, "least-privilege-test")
+        .await
+        .unwrap()
+}
+
+fn with_credentials(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    format!("{scheme}://{user}:{password}@{rest}")
+}
+
+#[tokio::test]
+async fn each_service_can_do_its_job_and_nothing_more() {
+    init_test_tracing();
+    let accounts = std::fs::read_to_string(deploy_file("nats/accounts.conf")).unwrap();
+    let nats = NatsServer::start_with_config(&accounts).unwrap();
+    let acl = deploy_file("redis/users.acl");
+    let redis = RedisServer::start_with_args(&["--aclfile", acl.to_str().unwrap()]).unwrap();
+
+    // The ACLs name the default stream, consumer and key prefix.
+    let mut config = test_config(&nats, &redis);
+    config.nats = sessionfold_common::settings::NatsSettings::local(nats.url());
+    config.redis = sessionfold_common::settings::RedisSettings::local(redis.url());
+    config.worker = Default::default();
+    config.worker.ack_wait_secs = 2;
+    let nats_as = |user: &str, password: &str| with_credentials(&nats.url(), user, password);
+    let redis_as = |user: &str, password: &str| with_credentials(&redis.url(), user, password);
+    let ingest_nats = nats_as("ingest", "ingest-dev-password");
+    let processor_nats = nats_as("processor", "processor-dev-password");
+    let api_redis = redis_as("sessionfold-api", "api-dev-password");
+    let processor_redis = redis_as("sessionfold-processor", "processor-dev-password");
+
+    let app = spawn_split_app_on(nats, redis, config, |ingest, api| {
+        ingest.nats.nats_url = ingest_nats.clone();
+        api.redis.redis_url = api_redis.clone();
+    })
+    .await;
+    let _processor = app.start_processor_with(&[
+        ("NATS_URL", &processor_nats),
+        ("REDIS_URL", &processor_redis),
+    ]);
+
+    let frame =
+        r#"[{"type":"SESSION_START","timestamp":1},{"type":"EVENT","timestamp":2,"name":"a"}]"#;
+    let mut producer = app.connect("acl").await;
+    producer.send_accepted(frame).await;
+    app.wait_for_document("acl", &expected_document("acl", &[frame]))
+        .await;
+
+    // The api's Redis user reads documents and cannot write anything.
+    let api = redis::Client::open(api_redis.as_str()).unwrap();
+    let mut api = api.get_multiplexed_async_connection().await.unwrap();
+    let document: Option<String> = redis::cmd("JSON.GET")
+        .arg("sf:doc:{acl}")
+        .query_async(&mut api)
+        .await
+        .unwrap();
+    assert!(document.is_some());
+    for write in [
+        redis::cmd("JSON.SET")
+            .arg("sf:doc:{acl}")
+            .arg("$")
+            .arg("{}")
+            .clone(),
+        redis::cmd("DEL").arg("sf:doc:{acl}").clone(),
+        redis::cmd("SET").arg("sf:x").arg("1").clone(),
+        redis::cmd("FLUSHALL").clone(),
+    ] {
+        let err = write
+            .query_async::<redis::Value>(&mut api)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("noperm"), "{err}");
+    }
+
+    // The processor's Redis user has its apply step and nothing else.
+    let processor = redis::Client::open(processor_redis.as_str()).unwrap();
+    let mut processor = processor.get_multiplexed_async_connection().await.unwrap();
+    for command in [
+        redis::cmd("FLUSHALL").clone(),
+        redis::cmd("KEYS").arg("*").clone(),
+        redis::cmd("SET").arg("sf:x").arg("1").clone(),
+        redis::cmd("CONFIG").arg("GET").arg("*").clone(),
+    ] {
+        let err = command
+            .query_async::<redis::Value>(&mut processor)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().to_lowercase().contains("noperm"), "{err}");
+    }
+
+    // Ingest's NATS user publishes frames but cannot consume them.
+    let ingest = connect_as(&ingest_nats).await;
+    let mut js = async_nats::jetstream::new(ingest);
+    js.set_timeout(Duration::from_millis(500));
+    let stream = js.get_stream("SESSIONFOLD_EVENTS").await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("thief".into()),
+            ..Default::default()
+        })
+        .await;
+    assert!(consumer.is_err(), "ingest created a consumer");
+    let stolen = stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("sessionfold-processor")
+        .await;
+    assert!(stolen.is_err(), "ingest opened the processor's consumer");
+
+    // The processor's NATS user cannot publish frames.
+    let processor = connect_as(&processor_nats).await;
+    let mut js = async_nats::jetstream::new(processor);
+    js.set_timeout(Duration::from_millis(500));
+    let forged = async {
+        js.publish("sessionfold.events.acl", frame.into())
+            .await?
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    assert!(forged.await.is_err(), "the processor published a frame");
+}

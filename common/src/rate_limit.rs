@@ -1,0 +1,153 @@
+//! Rate limits keyed by client IP or session, on governor's GCRA limiters,
+//! and how a client's IP is found.
+
+use std::hash::Hash;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Where the client address comes from.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientIpSettings {
+    /// Take the client IP from the last `X-Forwarded-For` entry (set this only
+    /// behind a reverse proxy that writes it).
+    #[arg(long, env = "TRUST_PROXY_HEADERS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_proxy_headers: bool,
+}
+
+impl ClientIpSettings {
+    /// The client IP of a request.
+    pub fn client_ip(&self, peer: SocketAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        if self.trust_proxy_headers {
+            // The last entry is the one our own proxy appended.
+            let forwarded = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .next_back()
+                .and_then(|entry| entry.trim().parse::<IpAddr>().ok());
+            if let Some(ip) = forwarded {
+                return ip;
+            }
+        }
+        peer.ip()
+    }
+}
+
+/// Count and volume limits for one kind of key: `events` per second (frames
+/// or requests) and bytes per second; 0 turns a limit off.
+pub struct KeyedLimit<K: Hash + Eq + Clone> {
+    count: Option<DefaultKeyedRateLimiter<K>>,
+    bytes: Option<DefaultKeyedRateLimiter<K>>,
+}
+
+impl<K: Hash + Eq + Clone> KeyedLimit<K> {
+    /// `per_second` units per second with a burst of one second's worth;
+    /// `bytes_per_second` likewise, its burst at least `largest_unit` so that
+    /// one largest allowed frame always fits.
+    pub fn new(per_second: u32, bytes_per_second: u32, largest_unit: usize) -> Self {
+        let limiter = |rate: u32, burst: u32| {
+            NonZeroU32::new(rate).map(|rate| {
+                let burst = NonZeroU32::new(burst.max(rate.get())).expect("burst ≥ rate > 0");
+                RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+            })
+        };
+        let largest = u32::try_from(largest_unit).unwrap_or(u32::MAX);
+        Self {
+            count: limiter(per_second, per_second),
+            bytes: limiter(bytes_per_second, largest),
+        }
+    }
+
+    /// Takes one unit of `bytes` for `key`; `Err` carries how long to wait.
+    pub fn check(&self, key: &K, bytes: usize) -> Result<(), Duration> {
+        let clock = DefaultClock::default();
+        if let Some(count) = &self.count {
+            count
+                .check_key(key)
+                .map_err(|not_until| not_until.wait_time_from(clock.now()))?;
+        }
+        if let (Some(volume), Some(bytes)) = (&self.bytes, NonZeroU32::new(bytes as u32)) {
+            match volume.check_key_n(key, bytes) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => return Err(not_until.wait_time_from(clock.now())),
+                // Larger than the burst: never fits; ask for a full second.
+                Err(_) => return Err(Duration::from_secs(1)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets keys whose limits are back at full capacity, so memory
+    /// follows active clients only.
+    pub fn forget_idle(&self) {
+        for limiter in [&self.count, &self.bytes].into_iter().flatten() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+/// Seconds for a `Retry-After` header: at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs_f64().ceil() as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_limited_per_key() {
+        let limit = KeyedLimit::new(2, 0, 0);
+        assert!(limit.check(&"a", 10).is_ok());
+        assert!(limit.check(&"a", 10).is_ok());
+        assert!(limit.check(&"a", 10).is_err());
+        assert!(limit.check(&"b", 10).is_ok(), "keys are independent");
+    }
+
+    #[test]
+    fn bytes_are_limited_but_one_largest_unit_always_fits() {
+        let limit = KeyedLimit::new(0, 100, 1000);
+        assert!(limit.check(&"a", 1000).is_ok());
+        let wait = limit.check(&"a", 50).unwrap_err();
+        assert!(wait > Duration::ZERO);
+        assert!(limit.check(&"a", 5000).is_err());
+    }
+
+    #[test]
+    fn zero_turns_limits_off() {
+        let limit = KeyedLimit::new(0, 0, 0);
+        for _ in 0..10_000 {
+            assert!(limit.check(&"a", 1 << 20).is_ok());
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn proxy_headers_count_only_when_trusted() {
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
+        let untrusted = ClientIpSettings::default();
+        assert_eq!(untrusted.client_ip(peer, &headers), peer.ip());
+        let trusted = ClientIpSettings {
+            trust_proxy_headers: true,
+        };
+        assert_eq!(
+            trusted.client_ip(peer, &headers),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+    }
+}
