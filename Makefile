@@ -46,6 +46,7 @@ run: deps build ## Start NATS :14222 and Redis :16379 (or use NATS_URL/REDIS_URL
 		scripts/run-local.sh
 
 test: deps ## Every test (unit, integration against real servers, doc tests); checks compose.yaml
+	scripts/install-browser.sh
 	@if docker compose version >/dev/null 2>&1; then \
 		docker compose config -q && echo "compose.yaml: ok"; \
 	else \
@@ -66,3 +67,50 @@ fmt: ## Format the code
 clean: ## Remove build output and local server data (.data/)
 	$(CARGO) clean
 	rm -rf .data
+
+# cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 enables them on stable.
+# New inputs go to fuzz/target/corpus/ (ignored); fuzz/corpus/ holds the small
+# seed corpus and is only read. Crashes land in fuzz/artifacts/ and fail the run.
+# Our crates forbid unsafe code, so no sanitizer by default (8x the executions);
+# FUZZ_SANITIZER=address adds ASan.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= frame_parse fold_schedule
+FUZZ_SANITIZER ?= none
+
+.PHONY: fuzz
+
+fuzz: ## Run each cargo-fuzz target for FUZZ_SECONDS (default 60); installs cargo-fuzz if missing
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	for target in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/target/corpus/$$target; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir fuzz --sanitizer $(FUZZ_SANITIZER) $$target \
+			fuzz/target/corpus/$$target fuzz/corpus/$$target \
+			-- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
+	done
+
+# The benchmarks (not part of `make test`): a release build, nats-server and
+# redis-server on free ports, the services as child processes; prints the
+# table and records it in BENCHMARKS.md. The idle-connection run holds 10 000
+# sockets on each side, hence the raised `ulimit -n`. BENCH_ARGS go to
+# sessionfold-bench (`--help` lists them; `--quick` for a smoke test);
+# BENCH_PYTHON, a python3 with matplotlib, also redraws docs/bench-throughput.png.
+BENCH_ARGS ?=
+BENCH_PYTHON ?= python3
+
+.PHONY: bench
+
+bench: deps ## Benchmarks (release build, own servers; records BENCHMARKS.md)
+	$(CARGO) build --release -p sessionfold -p sessionfold-bench
+	ulimit -n "$$(ulimit -Hn)"; \
+	if [ "$$(ulimit -n)" != unlimited ] && [ "$$(ulimit -n)" -lt 10500 ]; then \
+		echo "bench: ulimit -n is $$(ulimit -n); 10 000 idle connections may not fit"; \
+	fi; \
+	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
+	SESSIONFOLD_REDIS_SERVER="$(SESSIONFOLD_REDIS_SERVER)" \
+	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
+		target/release/sessionfold-bench $(BENCH_ARGS)
+	@if $(BENCH_PYTHON) -c 'import matplotlib' 2>/dev/null; then \
+		$(BENCH_PYTHON) bench/plot.py target/bench/results.json docs/bench-throughput.png; \
+	else \
+		echo "bench: no matplotlib for $(BENCH_PYTHON); docs/bench-throughput.png not redrawn"; \
+	fi

@@ -25,6 +25,8 @@ pub struct Config {
     pub client_ip: ClientIpSettings,
     #[command(flatten)]
     pub limits: ApiLimitSettings,
+    #[command(flatten)]
+    pub live: crate::live::LiveSettings,
 }
 
 /// Request limits of the api; 0 turns a limit off.
@@ -45,6 +47,7 @@ impl Config {
             auth: AuthSettings::default(),
             client_ip: ClientIpSettings::default(),
             limits: ApiLimitSettings::default(),
+            live: crate::live::LiveSettings::default(),
         }
     }
 }

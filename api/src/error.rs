@@ -18,6 +18,8 @@ pub enum ApiError {
     Auth(#[from] sessionfold_common::auth::AuthError),
     #[error("rate limit reached; retry after {0} s")]
     RateLimited(u64),
+    #[error("live updates are not available: {0}")]
+    LiveUnavailable(String),
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Auth(err) => (err.status(), err.code()),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::LiveUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the service's settings.
 //! - [`server`]: [`serve`], the routes and the document read.
+//! - [`live`]: `GET /data/stream`, the document pushed as Server-Sent Events.
 //! - [`error`]: JSON errors with their HTTP status.
 //! - [`conditional`]: `ETag` and `304` on a matching `If-None-Match`.
 //! - [`openapi`]: the OpenAPI document at `/openapi.json`.
@@ -11,6 +12,7 @@
 pub mod conditional;
 pub mod config;
 pub mod error;
+pub mod live;
 pub mod openapi;
 pub mod readiness;
 pub mod server;

@@ -4,16 +4,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use redis::aio::ConnectionManager;
 use sessionfold_common::auth::{Access, Authenticator, bearer};
 use sessionfold_common::rate_limit::{ClientIpSettings, KeyedLimit, retry_after_secs};
+use sessionfold_common::redis_conn::{RedisConnection, RedisTimeouts};
 use sessionfold_core::SessionId;
 use sessionfold_core::session::Names;
 use tokio::net::TcpListener;
@@ -21,15 +20,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::live::Live;
 
 pub(crate) struct Shared {
-    pub(crate) redis: ConnectionManager,
+    /// One Redis server or a Redis Cluster (`REDIS_CLUSTER`).
+    pub(crate) redis: RedisConnection,
     names: Names,
     max_session_id_bytes: usize,
     pub(crate) stopping: AtomicBool,
     authenticator: Authenticator,
     client_ip: ClientIpSettings,
     per_ip: KeyedLimit<IpAddr>,
+    live: Option<Live>,
 }
 
 /// A connected api, ready to route.
@@ -40,11 +42,19 @@ pub struct Api {
 
 impl Api {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let client = redis::Client::open(config.redis.redis_url.as_str())
-            .with_context(|| format!("invalid REDIS_URL {:?}", config.redis.redis_url))?;
-        let redis = ConnectionManager::new(client)
-            .await
-            .with_context(|| format!("connecting to Redis at {}", config.redis.redis_url))?;
+        let redis = RedisConnection::connect(&config.redis, RedisTimeouts::default()).await?;
+        let live = match &config.live.nats_url {
+            Some(url) => {
+                let settings = sessionfold_common::settings::NatsSettings::local(url.as_str());
+                let client =
+                    sessionfold_common::jetstream::connect(&settings, "sessionfold-api").await?;
+                Some(Live {
+                    client,
+                    prefix: config.live.updates_subject_prefix.clone(),
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 redis,
@@ -57,6 +67,7 @@ impl Api {
                 authenticator: Authenticator::new(&config.auth),
                 client_ip: config.client_ip.clone(),
                 per_ip: KeyedLimit::new(config.limits.api_ip_requests_per_sec, 0, 0),
+                live,
             }),
         })
     }
@@ -66,6 +77,9 @@ impl Api {
     pub fn routes(&self) -> Router {
         Router::new()
             .route("/data", get(data))
+            .route("/data/stream", get(data_stream))
+            .route("/sessions", get(crate::live::timeline))
+            .route("/sessions/{session_id}", get(crate::live::timeline))
             .with_state(self.shared.clone())
     }
 
@@ -93,6 +107,52 @@ struct SessionQuery {
     token: Option<String>,
 }
 
+/// Rate limit, session_id and credential checks shared by the read routes.
+fn admit(
+    shared: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    query: Result<Query<SessionQuery>, QueryRejection>,
+) -> Result<SessionId, ApiError> {
+    let client_ip = shared.client_ip.client_ip(peer, headers);
+    shared
+        .per_ip
+        .check(&client_ip, 0)
+        .map_err(|wait| ApiError::RateLimited(retry_after_secs(wait)))?;
+    let query = query
+        .map_err(|err| ApiError::InvalidSessionId(err.body_text()))?
+        .0;
+    let raw = query
+        .session_id
+        .ok_or_else(|| ApiError::InvalidSessionId("session_id is missing".to_owned()))?;
+    let session = SessionId::parse_with_max(&raw, shared.max_session_id_bytes)
+        .map_err(|err| ApiError::InvalidSessionId(err.to_string()))?;
+    shared.authenticator.authorize(
+        bearer(headers, query.token.as_deref()),
+        session.as_str(),
+        Access::Read,
+    )?;
+    Ok(session)
+}
+
+async fn data_stream(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<SessionQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let session = admit(&shared, peer, &headers, query)?;
+    let live = shared
+        .live
+        .clone()
+        .ok_or_else(|| ApiError::LiveUnavailable("the api has no NATS_URL".to_owned()))?;
+    let key = shared.names.keys(&session).doc;
+    let stream = crate::live::document_stream(live, shared.redis.clone(), key, session)
+        .await
+        .map_err(|err| ApiError::LiveUnavailable(err.to_string()))?;
+    Ok(stream.into_response())
+}
+
 #[utoipa::path(
     get,
     path = "/data",
@@ -107,24 +167,7 @@ async fn data(
     headers: HeaderMap,
     query: Result<Query<SessionQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let client_ip = shared.client_ip.client_ip(peer, &headers);
-    shared
-        .per_ip
-        .check(&client_ip, 0)
-        .map_err(|wait| ApiError::RateLimited(retry_after_secs(wait)))?;
-    let query = query
-        .map_err(|err| ApiError::InvalidSessionId(err.body_text()))?
-        .0;
-    let raw = query
-        .session_id
-        .ok_or_else(|| ApiError::InvalidSessionId("session_id is missing".to_owned()))?;
-    let session = SessionId::parse_with_max(&raw, shared.max_session_id_bytes)
-        .map_err(|err| ApiError::InvalidSessionId(err.to_string()))?;
-    shared.authenticator.authorize(
-        bearer(&headers, query.token.as_deref()),
-        session.as_str(),
-        Access::Read,
-    )?;
+    let session = admit(&shared, peer, &headers, query)?;
     let key = shared.names.keys(&session).doc;
     let mut redis = shared.redis.clone();
     let document: Option<String> = redis::cmd("JSON.GET")

@@ -99,6 +99,10 @@ impl DevConfig {
             auth: self.auth.clone(),
             client_ip: self.client_ip.clone(),
             limits: self.api_limits.clone(),
+            live: sessionfold_api::live::LiveSettings {
+                nats_url: Some(self.nats.nats_url.clone()),
+                updates_subject_prefix: self.worker.updates_subject_prefix.clone(),
+            },
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`dev`]: the all-in-one mode: ingest, processor and api in one process,
 //!   `/websocket` and `/data` on one listener (default `:8080`).
+//! - [`send`]: `send` (files of events to a session) and `get` (a document).
 //! - [`token`]: issuing signed session tokens.
 //! - [`dead_letters`]: listing and replaying messages that could not be applied.
 //! - [`client`]: a producer client that sends a session's frames and resends
@@ -17,4 +18,5 @@ pub mod dead_letters;
 pub mod dev;
 pub mod loadgen;
 pub mod rebuild;
+pub mod send;
 pub mod token;

@@ -27,6 +27,12 @@ enum Command {
     Api(sessionfold_api::Config),
     /// List or replay dead letters.
     DeadLetters(sessionfold::dead_letters::DeadLetterArgs),
+    /// Send events from JSON-array or NDJSON files to a session, waiting for every ack.
+    Send(sessionfold::send::SendArgs),
+    /// Print a session's document.
+    Get(sessionfold::send::GetArgs),
+    /// Follow a session: print its document each time it changes.
+    Tail(sessionfold::send::TailArgs),
     /// Issue a signed token that opens a session (or a prefix) for writing or reading.
     Token(sessionfold::token::TokenArgs),
     /// Rebuild every document from the stream into a fresh key prefix.
@@ -38,7 +44,12 @@ async fn main() -> anyhow::Result<()> {
     let command = Cli::parse().command;
     if matches!(
         command,
-        Command::DeadLetters(_) | Command::Rebuild(_) | Command::Token(_)
+        Command::DeadLetters(_)
+            | Command::Rebuild(_)
+            | Command::Token(_)
+            | Command::Send(_)
+            | Command::Get(_)
+            | Command::Tail(_)
     ) {
         telemetry::init_for_tool();
     } else {
@@ -60,6 +71,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::DeadLetters(args) => sessionfold::dead_letters::run(args).await,
         Command::Token(args) => sessionfold::token::run(args),
+        Command::Send(args) => sessionfold::send::run(args).await,
+        Command::Get(args) => sessionfold::send::get(args).await,
+        Command::Tail(args) => sessionfold::send::tail(args).await,
         Command::Rebuild(args) => sessionfold::rebuild::run(args).await,
         Command::Api(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;

@@ -23,10 +23,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use sessionfold_common::jetstream as js_setup;
 use sessionfold_common::settings::{NatsSettings, RedisSettings, ShutdownSettings};
 use sessionfold_processor::Processor;
 use sessionfold_processor::config::WorkerSettings;
+use sessionfold_processor::consumer::consumer_config;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -47,9 +49,15 @@ pub struct RebuildArgs {
     #[arg(long)]
     pub consumer: String,
     /// Rebuild into a prefix that already holds keys (the apply step is
-    /// idempotent, so this resumes an interrupted rebuild).
+    /// idempotent, so this resumes an interrupted rebuild, or with
+    /// `--from-sequence` applies the frames stored after an earlier one).
     #[arg(long)]
     pub allow_existing_keys: bool,
+    /// Replay from this stream sequence on instead of from the start: after
+    /// a rebuild that reached sequence N, `--from-sequence N+1
+    /// --allow-existing-keys` adds only what came later.
+    #[arg(long)]
+    pub from_sequence: Option<u64>,
     /// Give up after this many seconds; 0 waits as long as it takes.
     #[arg(long, default_value_t = 0)]
     pub timeout_secs: u64,
@@ -153,6 +161,7 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<Rebuilt> {
         redis: RedisSettings {
             redis_url: args.redis_url.clone(),
             key_prefix: args.key_prefix.clone(),
+            redis_cluster: false,
         },
         worker: WorkerSettings {
             consumer_name: args.consumer.clone(),
@@ -166,7 +175,17 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<Rebuilt> {
         },
         shutdown: ShutdownSettings::default(),
     };
-    let processor = Processor::build(config).await?;
+    let processor = Processor::build(config.clone()).await?;
+    // Created here rather than by the processor, so that it can start at
+    // `--from-sequence`; the processor then finds and uses it.
+    let mut wanted = consumer_config(&config.worker);
+    if let Some(start_sequence) = args.from_sequence {
+        wanted.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence };
+    }
+    stream
+        .create_consumer(wanted)
+        .await
+        .with_context(|| format!("creating the consumer {}", args.consumer))?;
     let stop = CancellationToken::new();
     let mut running = tokio::spawn(processor.run(stop.clone()));
     tracing::info!(

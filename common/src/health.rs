@@ -168,8 +168,11 @@ impl Readiness {
         })
     }
 
-    /// Adds a check that Redis answers `PING`.
-    pub fn redis(self, connection: redis::aio::ConnectionManager) -> Self {
+    /// Adds a check that Redis answers `PING` (on a cluster: every primary).
+    pub fn redis<C>(self, connection: C) -> Self
+    where
+        C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+    {
         self.check("redis", move || {
             let mut connection = connection.clone();
             async move {

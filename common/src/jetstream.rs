@@ -55,9 +55,36 @@ pub async fn ensure_stream(
     ensure_stream_config(js, stream_config(settings)).await
 }
 
+/// Attempts of [`ensure_stream_config`] when JetStream does not answer.
+const SETUP_ATTEMPTS: u32 = 5;
+
 /// Creates a stream with `wanted`, or updates an existing one whose
-/// sessionfold-owned settings differ.
+/// sessionfold-owned settings differ. On a cluster, a request racing another
+/// replica's creation of the same stream, or arriving while the new stream
+/// elects its leader, can go unanswered: such time-outs are retried (the
+/// step is idempotent).
 pub async fn ensure_stream_config(
+    js: &jetstream::Context,
+    wanted: stream::Config,
+) -> anyhow::Result<stream::Stream> {
+    let mut attempt = 1;
+    loop {
+        match try_ensure_stream_config(js, wanted.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(err)
+                if attempt < SETUP_ATTEMPTS
+                    && err.chain().any(|cause| cause.to_string().contains("timed out")) =>
+            {
+                tracing::warn!(stream = %wanted.name, attempt, error = %format!("{err:#}"), "stream set-up timed out; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+async fn try_ensure_stream_config(
     js: &jetstream::Context,
     wanted: stream::Config,
 ) -> anyhow::Result<stream::Stream> {

@@ -12,6 +12,8 @@
 //! - [`metrics`]: every metric name, the Prometheus recorder and `/metrics`.
 //! - [`http`]: request ids, the request span and HTTP metrics for every route.
 //! - [`health`]: `/healthz` and `/readyz` with cached dependency checks.
+//! - [`redis_conn`]: one Redis connection type for a single server or a
+//!   Redis Cluster (`REDIS_CLUSTER`).
 
 pub mod auth;
 pub mod health;
@@ -19,6 +21,7 @@ pub mod http;
 pub mod jetstream;
 pub mod metrics;
 pub mod rate_limit;
+pub mod redis_conn;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -45,12 +45,34 @@ impl NatsSettings {
 /// Where Redis is and how keys are named.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedisSettings {
-    /// Redis URL (Redis ≥ 7 with RedisJSON).
+    /// Redis URL (Redis ≥ 7 with RedisJSON); for a Redis Cluster, one or
+    /// more comma-separated seed nodes.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Prefix of every Redis key.
     #[arg(long, env = "KEY_PREFIX", default_value = "sf:")]
     pub key_prefix: String,
+    /// `REDIS_URL` points at a Redis Cluster (implied when it lists several
+    /// URLs).
+    #[arg(long, env = "REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
+}
+
+impl RedisSettings {
+    /// The URLs of `REDIS_URL`, split at commas.
+    pub fn urls(&self) -> Vec<String> {
+        self.redis_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether Redis is a cluster: `REDIS_CLUSTER=true` or several URLs.
+    pub fn is_cluster(&self) -> bool {
+        self.redis_cluster || self.urls().len() > 1
+    }
 }
 
 /// Input limits (DESIGN §6).
@@ -120,6 +142,7 @@ impl RedisSettings {
         Self {
             redis_url: url.into(),
             key_prefix: "sf:".to_owned(),
+            redis_cluster: false,
         }
     }
 }

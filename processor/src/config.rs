@@ -59,6 +59,13 @@ pub struct WorkerSettings {
     /// Idle heartbeat of the pull subscription, in milliseconds; three missed in a row re-create the consumer.
     #[arg(long, env = "PULL_HEARTBEAT_MS", default_value_t = 5000)]
     pub pull_heartbeat_ms: u64,
+    /// Subject prefix of the notes published after each apply (live views listen to them).
+    #[arg(
+        long,
+        env = "UPDATES_SUBJECT_PREFIX",
+        default_value = "sessionfold.updates"
+    )]
+    pub updates_subject_prefix: String,
     /// Seconds a session's document (and its bookkeeping keys) lives after its last update; 0 keeps documents forever.
     #[arg(long, env = "DOCUMENT_TTL_SECS", default_value_t = 0)]
     pub document_ttl_secs: u64,
@@ -86,6 +93,7 @@ impl Default for WorkerSettings {
             dead_letter_subject_prefix: "sessionfold.dead".to_owned(),
             max_children_per_session: 0,
             pull_heartbeat_ms: 5000,
+            updates_subject_prefix: "sessionfold.updates".to_owned(),
             document_ttl_secs: 0,
         }
     }

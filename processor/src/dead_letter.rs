@@ -21,12 +21,22 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    /// Creates the dead-letter stream when it is missing.
-    pub async fn ensure(js: jetstream::Context, settings: &WorkerSettings) -> anyhow::Result<Self> {
+    /// Creates the dead-letter stream when it is missing, with `replicas`
+    /// copies (the event stream's `STREAM_REPLICAS`).
+    pub async fn ensure(
+        js: jetstream::Context,
+        settings: &WorkerSettings,
+        replicas: usize,
+    ) -> anyhow::Result<Self> {
         let config = stream::Config {
             name: settings.dead_letter_stream.clone(),
             subjects: vec![format!("{}.>", settings.dead_letter_subject_prefix)],
             storage: stream::StorageType::File,
+            num_replicas: replicas,
+            // The server's defaults, spelled out so that the drift check of
+            // `ensure_stream_config` does not update the stream on every start.
+            max_bytes: -1,
+            duplicate_window: std::time::Duration::from_secs(120),
             ..Default::default()
         };
         ensure_stream_config(&js, config)

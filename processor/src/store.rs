@@ -1,10 +1,16 @@
 //! The Redis side of the processor: the apply step (a Lua script calling
 //! `JSON.*`, see `apply.lua`), its arguments, and which Redis errors are
 //! outages to wait out and which refuse a batch for good.
+//!
+//! On one Redis server a batch's invocations go out in one pipeline. On a
+//! Redis Cluster (`REDIS_CLUSTER`) each invocation is its own `EVALSHA`,
+//! routed to the node that owns the session's hash slot (all three keys of a
+//! session share the tag `{token}`), several at a time; a node that does not
+//! know the script yet gets it by `EVAL` with the script's body.
 
-use anyhow::Context as _;
-use redis::aio::ConnectionManager;
+use futures::StreamExt as _;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
+use sessionfold_common::redis_conn::{RedisConnection, RedisTimeouts};
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::event::normalized_number;
 use sessionfold_core::fold::{empty_document, position_member};
@@ -85,9 +91,20 @@ impl Invocation {
         self
     }
 
+    /// `EVALSHA` of the loaded script.
     fn command(&self, script: &redis::Script) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash())
+        self.call("EVALSHA", script.get_hash())
+    }
+
+    /// `EVAL` with the script's body: runs (and caches) the script on the
+    /// node owning the keys, whatever that node has loaded.
+    fn eval_command(&self) -> redis::Cmd {
+        self.call("EVAL", APPLY_SCRIPT)
+    }
+
+    fn call(&self, command: &str, script: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd(command);
+        cmd.arg(script)
             .arg(3)
             .arg(&self.keys.doc)
             .arg(&self.keys.ids)
@@ -123,33 +140,52 @@ pub fn is_outage(err: &RedisError) -> bool {
     }
 }
 
-/// A connection to Redis holding the apply script.
+/// Invocations in flight at once on a Redis Cluster.
+const CLUSTER_CONCURRENCY: usize = 64;
+
+/// A connection to Redis (one server or a cluster) holding the apply script.
 #[derive(Clone)]
 pub struct Store {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     script: redis::Script,
 }
 
 impl Store {
     pub async fn connect(settings: &RedisSettings) -> anyhow::Result<Self> {
-        let client = redis::Client::open(settings.redis_url.as_str())
-            .with_context(|| format!("invalid REDIS_URL {:?}", settings.redis_url))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(10)));
-        let connection = ConnectionManager::new_with_config(client, config)
-            .await
-            .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
+        let timeouts = RedisTimeouts {
+            connect: Some(std::time::Duration::from_secs(2)),
+            response: Some(std::time::Duration::from_secs(10)),
+        };
         Ok(Self {
-            connection,
+            connection: RedisConnection::connect(settings, timeouts).await?,
             script: redis::Script::new(APPLY_SCRIPT),
         })
     }
 
-    /// Applies every invocation in one round trip. `Err` is an outage: the
-    /// caller must not ack and should try again; nothing about the batch is
-    /// wrong.
+    /// Applies every invocation: in one round trip on a single server, per
+    /// session on a cluster. `Err` is an outage: the caller must not ack and
+    /// should try again; nothing about the batch is wrong.
     pub async fn apply(&mut self, invocations: &[Invocation]) -> Result<Vec<Applied>, RedisError> {
+        let results = if self.connection.is_cluster() {
+            self.run_each(invocations).await
+        } else {
+            self.run_pipelined(invocations).await?
+        };
+        results
+            .into_iter()
+            .map(|result| match result {
+                Ok(written) => Ok(Applied::Stored(written)),
+                Err(err) if is_outage(&err) => Err(err),
+                Err(err) => Ok(Applied::Refused(err.to_string())),
+            })
+            .collect()
+    }
+
+    /// One server: every invocation in one pipeline.
+    async fn run_pipelined(
+        &mut self,
+        invocations: &[Invocation],
+    ) -> Result<Vec<redis::RedisResult<i64>>, RedisError> {
         let mut results = self.run(invocations).await?;
         if results
             .iter()
@@ -163,14 +199,41 @@ impl Store {
                 .await?;
             results = self.run(invocations).await?;
         }
-        results
-            .into_iter()
-            .map(|result| match result {
-                Ok(written) => Ok(Applied::Stored(written)),
-                Err(err) if is_outage(&err) => Err(err),
-                Err(err) => Ok(Applied::Refused(err.to_string())),
+        Ok(results)
+    }
+
+    /// A cluster: a pipeline may not span hash slots, so each invocation
+    /// goes alone to its session's node, [`CLUSTER_CONCURRENCY`] at a time.
+    /// A node without the script (new, restarted, failed over) runs it by
+    /// `EVAL`, which also caches it there.
+    async fn run_each(&mut self, invocations: &[Invocation]) -> Vec<redis::RedisResult<i64>> {
+        let started = std::time::Instant::now();
+        let (connection, script) = (&self.connection, &self.script);
+        // By index: a closure over `&Invocation` would make the future
+        // higher-ranked over its lifetime, which `tokio::spawn` rejects.
+        let results = futures::stream::iter(0..invocations.len())
+            .map(|index| {
+                let mut connection = connection.clone();
+                let invocation = &invocations[index];
+                async move {
+                    match invocation
+                        .command(script)
+                        .query_async(&mut connection)
+                        .await
+                    {
+                        Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                            invocation.eval_command().query_async(&mut connection).await
+                        }
+                        result => result,
+                    }
+                }
             })
+            .buffered(CLUSTER_CONCURRENCY)
             .collect()
+            .await;
+        metrics::histogram!(sessionfold_common::metrics::APPLY_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        results
     }
 
     async fn run(
@@ -190,7 +253,7 @@ impl Store {
     }
 
     /// The Redis connection, for readiness checks.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.connection.clone()
     }
 

@@ -60,7 +60,8 @@ impl Processor {
         let nats = js_setup::connect(&config.nats, "sessionfold-processor").await?;
         let js = jetstream::new(nats.clone());
         js_setup::ensure_stream(&js, &config.nats).await?;
-        let dead_letters = DeadLetters::ensure(js.clone(), &config.worker).await?;
+        let dead_letters =
+            DeadLetters::ensure(js.clone(), &config.worker, config.nats.stream_replicas).await?;
         let store = Store::connect(&config.redis).await?;
         Ok(Self {
             names: settings::names(&config.nats, &config.redis.key_prefix),
@@ -238,6 +239,7 @@ impl Processor {
                     for &index in &part.messages {
                         fates[index] = Fate::Ack;
                     }
+                    self.announce(session, written).await;
                 }
                 Applied::Refused(reason) => {
                     self.isolate_refusal(session, part, &sequences, &reason, &mut fates, shutdown)
@@ -360,6 +362,20 @@ impl Processor {
 
     /// Moves a message to the dead-letter stream; `kind` (`poison`,
     /// `refused`) labels the metric.
+    /// Tells live views that `session` changed. Best effort: a lost note
+    /// only delays a view until the next one.
+    async fn announce(&self, session: &sessionfold_core::SessionId, written: i64) {
+        let subject = format!(
+            "{}.{}",
+            self.config.worker.updates_subject_prefix,
+            session.token()
+        );
+        let note = serde_json::json!({"session_id": session.as_str(), "written": written});
+        if let Err(err) = self.nats.publish(subject, note.to_string().into()).await {
+            tracing::debug!(session_id = %session, error = %err, "update note not sent");
+        }
+    }
+
     async fn dead_letter(
         &self,
         message: &jetstream::Message,

@@ -41,6 +41,7 @@ pub fn test_config(nats: &NatsServer, redis: &RedisServer) -> DevConfig {
     config.worker.dead_letter_stream = unique_name("DEAD");
     config.worker.dead_letter_subject_prefix = unique_name("dead");
     config.worker.ack_wait_secs = 2;
+    config.worker.updates_subject_prefix = unique_name("updates");
     config
 }
 
@@ -118,6 +119,10 @@ pub async fn spawn_split_app_on(
         auth: config.auth.clone(),
         client_ip: config.client_ip.clone(),
         limits: config.api_limits.clone(),
+        live: sessionfold_api::live::LiveSettings {
+            nats_url: Some(config.nats.nats_url.clone()),
+            updates_subject_prefix: config.worker.updates_subject_prefix.clone(),
+        },
     };
     configure(&mut ingest_config, &mut api_config);
     let tasks = vec![
@@ -228,6 +233,10 @@ impl TestApp {
             )
             .env("ACK_WAIT_SECS", config.worker.ack_wait_secs.to_string())
             .env("BATCH_SIZE", "16")
+            .env(
+                "UPDATES_SUBJECT_PREFIX",
+                &config.worker.updates_subject_prefix,
+            )
             .envs(env.iter().copied())
             .stdout(log)
             .stderr(Stdio::inherit())

@@ -2,6 +2,7 @@
 //! nats-server with JetStream, processors, a real redis-server with RedisJSON,
 //! and `GET /data`. Every test starts its own servers on free ports.
 
+mod conditional_reads;
 mod dead_letters;
 mod duplicates;
 mod helpers;
@@ -9,7 +10,15 @@ mod hostile_input;
 mod injection;
 mod invalid_input;
 mod least_privilege;
+mod logs;
+mod observability;
+mod openapi;
 mod pipeline;
 mod processor_faults;
+mod rebuild;
 mod resilience;
+mod retention;
 mod security;
+mod zz_repro;
+mod timeline_page;
+mod user_tools;

@@ -51,7 +51,10 @@ async fn scrape(app: &TestApp, base: &str) -> String {
         .await
         .expect("GET /metrics");
     assert_eq!(response.status(), StatusCode::OK);
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     response.text().await.unwrap()
 }
@@ -118,7 +121,11 @@ async fn metrics_count_connections_frames_events_publishes_batches_and_requests(
         sample(&after, name, labels) - sample(&before, name, labels)
     };
     assert!(grew("sessionfold_ingest_connections_total", &[]) >= 1.0);
-    assert!(has_series(&after, "sessionfold_ingest_connections_open", &[]));
+    assert!(has_series(
+        &after,
+        "sessionfold_ingest_connections_open",
+        &[]
+    ));
     assert!(grew("sessionfold_ingest_frames_accepted_total", &[]) >= 1.0);
     assert!(grew("sessionfold_ingest_events_accepted_total", &[]) >= 3.0);
     assert!(
@@ -213,7 +220,12 @@ async fn an_undecodable_message_counts_as_a_dead_letter() {
     let grew = |name: &str, labels: &[(&str, &str)]| {
         sample(&after, name, labels) - sample(&before, name, labels)
     };
-    assert!(grew("sessionfold_processor_dead_letters_total", &[("kind", "poison")]) >= 1.0);
+    assert!(
+        grew(
+            "sessionfold_processor_dead_letters_total",
+            &[("kind", "poison")]
+        ) >= 1.0
+    );
     assert!(
         grew(
             "sessionfold_processor_messages_total",
@@ -246,11 +258,20 @@ async fn the_processor_serves_metrics_and_checked_readiness_on_its_health_listen
     let frame = r#"[{"type":"EVENT","timestamp":1,"name":"seen"}]"#;
     let mut producer = app.connect("split-metrics").await;
     producer.send_accepted(frame).await;
-    app.wait_for_document("split-metrics", &expected_document("split-metrics", &[frame]))
-        .await;
+    app.wait_for_document(
+        "split-metrics",
+        &expected_document("split-metrics", &[frame]),
+    )
+    .await;
     // The processor is its own process: its page holds its own counts.
     let page = scrape(&app, &base).await;
-    assert!(sample(&page, "sessionfold_processor_messages_total", &[("outcome", "acked")]) >= 1.0);
+    assert!(
+        sample(
+            &page,
+            "sessionfold_processor_messages_total",
+            &[("outcome", "acked")]
+        ) >= 1.0
+    );
     assert!(sample(&page, "sessionfold_processor_batch_messages_count", &[]) >= 1.0);
     assert!(
         sample(
@@ -270,7 +291,15 @@ async fn the_processor_serves_metrics_and_checked_readiness_on_its_health_listen
 async fn readiness_fails_while_redis_is_down_and_names_the_check() {
     let mut app = spawn_app().await;
     let url = format!("http://{}/readyz", app.api_addr);
-    let report: Value = app.http.get(&url).send().await.unwrap().json().await.unwrap();
+    let report: Value = app
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(report["status"], "ready", "{report}");
     for check in ["nats", "redis", "stream", "consumer", "consuming"] {
         assert_eq!(report["checks"][check], "ok", "{report}");

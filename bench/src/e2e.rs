@@ -1,0 +1,158 @@
+//! End-to-end throughput: real WebSocket producers
+//! ([`sessionfold::loadgen`] over [`sessionfold::client`]) send the workload
+//! to `sessionfold ingest`; `replicas` × `sessionfold processor` fold it into
+//! Redis. Timed from the first frame until the consumer has nothing pending
+//! or unacknowledged, that is until every document is complete in Redis;
+//! then every document is checked against the reference fold.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use sessionfold::client::{Producer, ProducerConfig};
+use sessionfold::loadgen::{self, LoadOptions, LoadReport, Workload};
+use sessionfold_core::{Delivery, Frame, Limits, SessionId};
+use tokio::time::Instant;
+
+use crate::system::{RunNames, Servers, proc_cpu, wait_drained};
+
+/// What one end-to-end run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndToEnd {
+    pub replicas: usize,
+    pub connections: usize,
+    pub frames: usize,
+    pub events: usize,
+    /// From the first frame until the last acknowledgement on a socket.
+    pub acked_seconds: f64,
+    /// From the first frame until every document was complete in Redis.
+    pub complete_seconds: f64,
+    /// Sessions whose document equals the reference fold.
+    pub exact_documents: usize,
+    pub sessions: usize,
+    /// CPU seconds each process used during the run.
+    pub cpu: Vec<(String, f64)>,
+}
+
+impl EndToEnd {
+    pub fn events_per_sec(&self) -> f64 {
+        self.events as f64 / self.complete_seconds
+    }
+}
+
+/// Runs the workload through ingest and `replicas` processors.
+pub async fn run(
+    servers: &Servers,
+    workload: &Workload,
+    replicas: usize,
+    connections: usize,
+) -> anyhow::Result<EndToEnd> {
+    let names = RunNames::unique();
+    let ingest = servers.start_ingest(&names).await?;
+    let processors = servers.start_processors(&names, replicas).await?;
+    let js = servers.jetstream().await?;
+    let mut config = ProducerConfig::new(&format!("ws://{}/websocket", ingest.addr))?;
+    config.deadline = Duration::from_secs(300);
+    let producer = Producer::new(config);
+    let options = LoadOptions {
+        concurrency: connections,
+        max_pause: Duration::ZERO,
+        seed: workload.spec.seed,
+    };
+    let mut pids: Vec<(String, u32)> = vec![
+        ("ingest".to_owned(), ingest.pid()),
+        (
+            "nats-server".to_owned(),
+            servers.nats.pid().unwrap_or_default(),
+        ),
+        (
+            "redis-server".to_owned(),
+            servers.redis.pid().unwrap_or_default(),
+        ),
+    ];
+    pids.extend(processors.iter().map(|p| (p.name.clone(), p.pid())));
+    let cpu_before: Vec<Duration> = pids
+        .iter()
+        .map(|(_, pid)| proc_cpu(*pid).unwrap_or_default())
+        .collect();
+    let own_before = proc_cpu(std::process::id()).unwrap_or_default();
+    let started = Instant::now();
+    let report = loadgen::run(workload, &producer, &options).await;
+    let acked_seconds = report.elapsed.as_secs_f64();
+    if let Some(failure) = report.failures().next() {
+        bail!(
+            "session {} stopped early: {:?}",
+            failure.session_id,
+            failure.error
+        );
+    }
+    let drained = wait_drained(&js, &names, Duration::from_secs(300)).await?;
+    let complete_seconds = (drained - started).as_secs_f64();
+    let mut cpu: Vec<(String, f64)> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|((name, pid), before)| {
+            let after = proc_cpu(*pid).unwrap_or_default();
+            (name.clone(), after.saturating_sub(*before).as_secs_f64())
+        })
+        .collect();
+    cpu.push((
+        "bench (producers)".to_owned(),
+        proc_cpu(std::process::id())
+            .unwrap_or_default()
+            .saturating_sub(own_before)
+            .as_secs_f64(),
+    ));
+    let exact_documents = exact_documents(servers, &names, workload, &report).await?;
+    drop(processors);
+    drop(ingest);
+    servers.clean(&names).await?;
+    Ok(EndToEnd {
+        replicas,
+        connections,
+        frames: report.totals.acked as usize,
+        events: report.events_acked,
+        acked_seconds,
+        complete_seconds,
+        exact_documents,
+        sessions: workload.sessions.len(),
+        cpu,
+    })
+}
+
+/// Sessions whose stored document equals the reference fold of their
+/// acknowledged frames (in acknowledgement order, which the client makes
+/// their stream order).
+async fn exact_documents(
+    servers: &Servers,
+    names: &RunNames,
+    workload: &Workload,
+    report: &LoadReport,
+) -> anyhow::Result<usize> {
+    let names = names.names();
+    let mut redis = servers.redis_connection().await?;
+    let mut exact = 0;
+    for (result, load) in report.sessions.iter().zip(&workload.sessions) {
+        let session = SessionId::parse(&load.session_id).expect("a valid session id");
+        let deliveries: Vec<Delivery> = result
+            .acked_frames(load)
+            .iter()
+            .enumerate()
+            .map(|(i, text)| Delivery {
+                stream_sequence: i as u64 + 1,
+                events: Frame::parse(text, &session, &Limits::default())
+                    .expect("an acknowledged frame is valid")
+                    .events,
+            })
+            .collect();
+        let expected =
+            serde_json::to_string(&sessionfold_core::fold(session.as_str(), &deliveries))?;
+        let stored: Option<String> = redis::cmd("JSON.GET")
+            .arg(names.keys(&session).doc)
+            .query_async(&mut redis)
+            .await?;
+        if stored.as_deref() == Some(expected.as_str()) {
+            exact += 1;
+        }
+    }
+    Ok(exact)
+}

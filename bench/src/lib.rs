@@ -1,0 +1,28 @@
+//! `sessionfold-bench`, run by `make bench`: measures sessionfold against
+//! the limits of its own parts, in one run on one machine, and records the
+//! table in BENCHMARKS.md.
+//!
+//! Everything runs for real on loopback: nats-server and redis-server
+//! (RedisJSON) from the testkit on free ports, the services as child
+//! processes of the release `sessionfold` binary ([`system`]), the producers
+//! through [`sessionfold::client`] and [`sessionfold::loadgen`] in this
+//! process.
+//!
+//! - [`system`]: the servers and the service processes.
+//! - [`raw`]: the limits: JetStream publish with async-nats alone, the apply
+//!   step called directly.
+//! - [`e2e`]: end-to-end throughput with 1, 2, 4 processor replicas.
+//! - [`freshness`]: send → visible through `GET /data` at a steady rate.
+//! - [`read`]: `GET /data` against raw `JSON.GET`.
+//! - [`growth`]: apply cost per event by session size; ingest memory with
+//!   idle connections.
+//! - [`stats`]: percentiles; [`report`]: the table and BENCHMARKS.md.
+
+pub mod e2e;
+pub mod freshness;
+pub mod growth;
+pub mod raw;
+pub mod read;
+pub mod report;
+pub mod stats;
+pub mod system;

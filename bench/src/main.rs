@@ -1,0 +1,515 @@
+//! `sessionfold-bench`: flags, the order of the measurements, the table.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use sessionfold::loadgen::{Workload, WorkloadSpec};
+use sessionfold_bench::report::{self, Machine, Row, Status};
+use sessionfold_bench::stats::{count, ms};
+use sessionfold_bench::system::Servers;
+use sessionfold_bench::{e2e, freshness, growth, raw, read};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sessionfold-bench",
+    about = "Measures sessionfold against the limits of its own parts and records the table in BENCHMARKS.md"
+)]
+struct Args {
+    /// Measurements to run, comma-separated: raw, e2e, fresh, read, growth, idle.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "raw,e2e,fresh,read,growth,idle"
+    )]
+    only: Vec<String>,
+    /// WebSocket producers (one session each at a time) of the throughput runs.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Sessions of the throughput workload.
+    #[arg(long, default_value_t = 100)]
+    sessions: usize,
+    /// Frames per session of the throughput workload.
+    #[arg(long, default_value_t = 40)]
+    frames_per_session: usize,
+    /// EVENTs per frame (SESSION_START / SESSION_END come on top).
+    #[arg(long, default_value_t = 50)]
+    events_per_frame: usize,
+    /// Seed of the workload.
+    #[arg(long, default_value_t = 6)]
+    seed: u64,
+    /// PubAcks awaited at once by the raw JetStream publisher.
+    #[arg(long, default_value_t = 100)]
+    outstanding: usize,
+    /// Frames per pipeline of the raw apply run.
+    #[arg(long, default_value_t = 100)]
+    apply_batch_frames: usize,
+    /// Pipelines in flight in the raw apply run.
+    #[arg(long, default_value_t = 2)]
+    apply_concurrency: usize,
+    /// Processor replicas of the end-to-end runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    replicas: Vec<usize>,
+    /// Producers of the freshness run (each sends one frame per second).
+    #[arg(long, default_value_t = 100)]
+    fresh_connections: usize,
+    /// Seconds of the freshness run.
+    #[arg(long, default_value_t = 20)]
+    fresh_secs: u64,
+    /// Events in the document of the read-path run.
+    #[arg(long, default_value_t = 100)]
+    read_events: usize,
+    /// Concurrent request loops of the read-path run.
+    #[arg(long, default_value_t = 32)]
+    read_concurrency: usize,
+    /// Seconds of each read-path loop.
+    #[arg(long, default_value_t = 5)]
+    read_secs: u64,
+    /// Session sizes (children) of the apply-cost run.
+    #[arg(long, value_delimiter = ',', default_value = "10,10000,100000")]
+    growth_sizes: Vec<usize>,
+    /// Events measured per size and order in the apply-cost run.
+    #[arg(long, default_value_t = 5000)]
+    growth_events: usize,
+    /// Idle WebSocket connections of the memory run.
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+    /// Small sizes everywhere: a smoke test of the bench itself.
+    #[arg(long)]
+    quick: bool,
+    /// The Markdown file the table is recorded in.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    record: PathBuf,
+    /// The block of the file to replace (`<!-- bench:LABEL:begin -->`).
+    #[arg(long, default_value = "latest")]
+    label: String,
+    /// Do not touch the Markdown file.
+    #[arg(long)]
+    no_record: bool,
+    /// Where the raw results go, as JSON (for docs/ plots).
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+    /// Keep the services' logs (their directory is printed).
+    #[arg(long)]
+    keep_logs: bool,
+}
+
+impl Args {
+    fn wants(&self, what: &str) -> bool {
+        self.only.iter().any(|o| o == what)
+    }
+
+    fn shrink_if_quick(&mut self) {
+        if self.quick {
+            self.sessions = self.sessions.min(20);
+            self.connections = self.connections.min(20);
+            self.frames_per_session = self.frames_per_session.min(5);
+            self.fresh_connections = self.fresh_connections.min(20);
+            self.fresh_secs = self.fresh_secs.min(3);
+            self.read_secs = self.read_secs.min(1);
+            self.growth_sizes = vec![10, 1000];
+            self.growth_events = self.growth_events.min(500);
+            self.idle_connections = self.idle_connections.min(500);
+        }
+    }
+}
+
+/// Prints a line as soon as a step is done, so a long run shows progress.
+fn step(what: &str, started: Instant) {
+    eprintln!("bench: [{:>5.1} s] {what}", started.elapsed().as_secs_f64());
+}
+
+fn percent(part: f64, whole: f64) -> String {
+    format!("{:.0} %", 100.0 * part / whole)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    args.shrink_if_quick();
+    let clock = Instant::now();
+    let machine = Machine::describe();
+    let servers = tokio::task::spawn_blocking(Servers::start).await??;
+    step(
+        &format!(
+            "nats-server {} and redis-server {} up; services from {}",
+            servers.nats_url(),
+            servers.redis_url(),
+            servers.bin().display()
+        ),
+        clock,
+    );
+    let mut spec = WorkloadSpec::new(
+        args.seed,
+        args.sessions,
+        args.frames_per_session,
+        args.events_per_frame,
+    );
+    spec.session_prefix = "bench".to_owned();
+    let workload = Workload::generate(&spec);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let mut json = serde_json::Map::new();
+    let frame_bytes = workload
+        .sessions
+        .iter()
+        .flat_map(|s| &s.frames)
+        .map(String::len)
+        .sum::<usize>()
+        / workload.frames().max(1);
+    notes.push(format!(
+        "Throughput workload: {} sessions × {} frames × {} EVENTs (+ SESSION_START/END), \
+         {} frames, {} events, {frame_bytes} bytes per frame on average (`loadgen`, seed {}: \
+         a quarter of the events out of order, 10 % repeated).",
+        args.sessions,
+        args.frames_per_session,
+        args.events_per_frame,
+        workload.frames(),
+        workload.events(),
+        args.seed
+    ));
+
+    let mut raw_publish = None;
+    if args.wants("raw") {
+        let publish = raw::jetstream_publish(&servers, &workload, args.outstanding).await?;
+        step(
+            &format!(
+                "JetStream publish: {} events/s",
+                count(publish.events_per_sec())
+            ),
+            clock,
+        );
+        rows.push(Row::info(
+            1,
+            format!(
+                "JetStream publish, async-nats alone, ≤ {} PubAcks outstanding",
+                args.outstanding
+            ),
+            format!(
+                "{} events/s ({} frames/s)",
+                count(publish.events_per_sec()),
+                count(publish.frames_per_sec())
+            ),
+        ));
+        json.insert("jetstream_publish".into(), serde_json::to_value(publish)?);
+        raw_publish = Some(publish);
+        raw::settle().await;
+        let (apply, exact) = raw::redis_apply(
+            &servers,
+            &workload,
+            args.apply_batch_frames,
+            args.apply_concurrency,
+        )
+        .await?;
+        step(
+            &format!(
+                "Redis apply: {} events/s ({exact}/{} documents exact)",
+                count(apply.events_per_sec()),
+                args.sessions
+            ),
+            clock,
+        );
+        rows.push(Row::info(
+            1,
+            format!(
+                "Redis apply step, `Store::apply`, {} frames per pipeline, {} in flight",
+                args.apply_batch_frames, args.apply_concurrency
+            ),
+            format!(
+                "{} events/s ({} frames/s)",
+                count(apply.events_per_sec()),
+                count(apply.frames_per_sec())
+            ),
+        ));
+        if exact != args.sessions {
+            notes.push(format!(
+                "Raw apply: only {exact} of {} documents equal the reference fold.",
+                args.sessions
+            ));
+        }
+        json.insert("redis_apply".into(), serde_json::to_value(apply)?);
+        raw::settle().await;
+    }
+
+    if args.wants("e2e") {
+        let mut runs = Vec::new();
+        for &replicas in &args.replicas {
+            let run = e2e::run(&servers, &workload, replicas, args.connections).await?;
+            step(
+                &format!(
+                    "end to end, {replicas} processor(s): {} events/s ({}/{} documents exact)",
+                    count(run.events_per_sec()),
+                    run.exact_documents,
+                    run.sessions
+                ),
+                clock,
+            );
+            let plural = if replicas == 1 { "" } else { "s" };
+            let mut row = Row::info(
+                2,
+                format!(
+                    "End to end, {} WebSocket clients, frames of {} events, {replicas} processor{plural}",
+                    args.connections, args.events_per_frame
+                ),
+                format!(
+                    "{} events/s (acked at {} events/s)",
+                    count(run.events_per_sec()),
+                    count(run.events as f64 / run.acked_seconds)
+                ),
+            );
+            if let Some(publish) = raw_publish {
+                row.against = "raw JetStream publish".to_owned();
+                row.ratio = percent(run.events_per_sec(), publish.events_per_sec());
+                row.target = "≥ 60 %".to_owned();
+                row.status = Status::of(run.events_per_sec() >= 0.6 * publish.events_per_sec());
+            }
+            rows.push(row);
+            if run.exact_documents != run.sessions {
+                notes.push(format!(
+                    "End to end with {replicas} processor(s): only {} of {} documents equal the reference fold.",
+                    run.exact_documents, run.sessions
+                ));
+            }
+            let cpu: Vec<String> = run
+                .cpu
+                .iter()
+                .map(|(name, secs)| format!("{name} {secs:.1}"))
+                .collect();
+            notes.push(format!(
+                "CPU seconds in the {replicas}-processor run ({:.1} s × {} cores): {}.",
+                run.complete_seconds,
+                machine.nproc,
+                cpu.join(", ")
+            ));
+            runs.push(run);
+            raw::settle().await;
+        }
+        json.insert("end_to_end".into(), serde_json::to_value(&runs)?);
+    }
+
+    if args.wants("fresh") {
+        let fresh = freshness::run(
+            &servers,
+            args.fresh_connections,
+            args.events_per_frame,
+            Duration::from_secs(args.fresh_secs),
+        )
+        .await?;
+        step(
+            &format!(
+                "freshness: p50 {} / p99 {} / max {} ms at {} events/s",
+                ms(fresh.visible.p50()),
+                ms(fresh.visible.p99()),
+                ms(fresh.visible.max()),
+                count(fresh.events_per_sec)
+            ),
+            clock,
+        );
+        rows.push(Row {
+            item: 3,
+            measure: format!(
+                "Freshness at {} events/s ({} clients × 1 frame/s × {} events), send → visible in `GET /data`",
+                count(fresh.events_per_sec),
+                fresh.connections,
+                fresh.events_per_frame
+            ),
+            result: format!(
+                "p50 {} / p99 {} / max {} ms",
+                ms(fresh.visible.p50()),
+                ms(fresh.visible.p99()),
+                ms(fresh.visible.max())
+            ),
+            against: String::new(),
+            ratio: String::new(),
+            target: "p99 < 25 ms".to_owned(),
+            status: Status::of(
+                fresh.visible.p99() < Duration::from_millis(25) && fresh.never_visible == 0,
+            ),
+        });
+        rows.push(Row::info(
+            3,
+            "… of which send → acknowledged on the socket",
+            format!(
+                "p50 {} / p99 {} / max {} ms",
+                ms(fresh.acked.p50()),
+                ms(fresh.acked.p99()),
+                ms(fresh.acked.max())
+            ),
+        ));
+        notes.push(format!(
+            "Freshness: {} frames measured, {} never visible within 10 s, {} `GET /data` polls (1 ms apart per frame).",
+            fresh.visible.len(),
+            fresh.never_visible,
+            fresh.polls
+        ));
+        json.insert(
+            "freshness_ms".into(),
+            serde_json::json!({
+                "p50": fresh.visible.p50().as_secs_f64() * 1e3,
+                "p99": fresh.visible.p99().as_secs_f64() * 1e3,
+                "max": fresh.visible.max().as_secs_f64() * 1e3,
+                "ack_p50": fresh.acked.p50().as_secs_f64() * 1e3,
+                "ack_p99": fresh.acked.p99().as_secs_f64() * 1e3,
+                "events_per_sec": fresh.events_per_sec,
+            }),
+        );
+        raw::settle().await;
+    }
+
+    if args.wants("read") {
+        let read = read::run(
+            &servers,
+            args.read_events,
+            args.read_concurrency,
+            Duration::from_secs(args.read_secs),
+        )
+        .await?;
+        step(
+            &format!(
+                "read path: api {} req/s, JSON.GET {} req/s",
+                count(read.api.per_sec()),
+                count(read.raw.per_sec())
+            ),
+            clock,
+        );
+        rows.push(Row {
+            item: 4,
+            measure: format!(
+                "`GET /data`, {}-event document ({} bytes), {} concurrent loops",
+                args.read_events, read.document_bytes, read.concurrency
+            ),
+            result: format!(
+                "{} req/s, p99 {} ms",
+                count(read.api.per_sec()),
+                ms(read.api.latency.p99())
+            ),
+            against: format!(
+                "raw `JSON.GET`: {} req/s, p99 {} ms",
+                count(read.raw.per_sec()),
+                ms(read.raw.latency.p99())
+            ),
+            ratio: percent(read.api.per_sec(), read.raw.per_sec()),
+            target: "≥ 50 %".to_owned(),
+            status: Status::of(read.api.per_sec() >= 0.5 * read.raw.per_sec()),
+        });
+        json.insert(
+            "read_path".into(),
+            serde_json::json!({
+                "api_per_sec": read.api.per_sec(),
+                "api_p99_ms": read.api.latency.p99().as_secs_f64() * 1e3,
+                "raw_per_sec": read.raw.per_sec(),
+                "raw_p99_ms": read.raw.latency.p99().as_secs_f64() * 1e3,
+            }),
+        );
+        raw::settle().await;
+    }
+
+    if args.wants("growth") {
+        let costs = growth::apply_cost(&servers, &args.growth_sizes, args.growth_events).await?;
+        let base = |ooo: u32| {
+            costs
+                .iter()
+                .find(|c| c.out_of_order_percent == ooo)
+                .map(|c| c.server_us_per_event)
+        };
+        let smallest = args.growth_sizes.iter().copied().min().unwrap_or(0);
+        let largest = args.growth_sizes.iter().copied().max().unwrap_or(0);
+        for cost in &costs {
+            step(
+                &format!(
+                    "apply cost, {} children, {} % out of order: {:.2} µs/event",
+                    cost.children, cost.out_of_order_percent, cost.server_us_per_event
+                ),
+                clock,
+            );
+            let order = if cost.out_of_order_percent == 0 {
+                "in order".to_owned()
+            } else {
+                format!("{} % out of order", cost.out_of_order_percent)
+            };
+            let mut row = Row::info(
+                5,
+                format!(
+                    "Apply cost per event, session of {} children, {order}",
+                    count(cost.children as f64)
+                ),
+                format!(
+                    "{:.2} µs in Redis ({:.2} µs wall)",
+                    cost.server_us_per_event, cost.wall_us_per_event
+                ),
+            );
+            if cost.children != smallest
+                && let Some(base) = base(cost.out_of_order_percent)
+            {
+                row.against = format!("{} children, {order}", count(smallest as f64));
+                row.ratio = format!("{:.2}×", cost.server_us_per_event / base);
+                if cost.out_of_order_percent == 0 && cost.children == largest {
+                    row.target = "≤ 1.5×".to_owned();
+                    row.status = Status::of(cost.server_us_per_event <= 1.5 * base);
+                }
+            }
+            rows.push(row);
+        }
+        json.insert("apply_cost".into(), serde_json::to_value(&costs)?);
+        raw::settle().await;
+    }
+
+    if args.wants("idle") {
+        let idle = growth::idle_connections(&servers, args.idle_connections).await?;
+        let mb = |kb: u64| kb as f64 / 1024.0;
+        step(
+            &format!(
+                "idle connections: ingest VmRSS {:.1} MB with {}",
+                mb(idle.rss_kb),
+                idle.connections
+            ),
+            clock,
+        );
+        rows.push(Row {
+            item: 5,
+            measure: format!(
+                "Ingest RSS with {} idle WebSocket connections",
+                count(idle.connections as f64)
+            ),
+            result: format!(
+                "{:.1} MB ({:.1} MB before; {:.1} KB per connection)",
+                mb(idle.rss_kb),
+                mb(idle.rss_before_kb),
+                idle.per_connection_kb()
+            ),
+            against: String::new(),
+            ratio: String::new(),
+            target: "< 200 MB".to_owned(),
+            status: Status::of(mb(idle.rss_kb) < 200.0),
+        });
+        json.insert("idle_connections".into(), serde_json::to_value(&idle)?);
+    }
+
+    let block = report::block(&machine, &rows, &notes);
+    println!("\n{block}");
+    if !args.no_record {
+        report::record(&args.record, &args.label, &block)?;
+        eprintln!(
+            "bench: recorded in {} (block `{}`)",
+            args.record.display(),
+            args.label
+        );
+    }
+    json.insert("machine".into(), serde_json::to_value(&machine)?);
+    json.insert("rows".into(), serde_json::to_value(&rows)?);
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &args.json,
+        serde_json::to_string_pretty(&serde_json::Value::Object(json))?,
+    )?;
+    step(&format!("done; results in {}", args.json.display()), clock);
+    if args.keep_logs {
+        eprintln!(
+            "bench: service logs kept in {}",
+            servers.keep_logs().display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The read path: `GET /data` of one 100-event document through
+//! `sessionfold api`, against `JSON.GET` of the same key straight from Redis,
+//! each by `concurrency` client loops for the same time. The raw loops share
+//! one multiplexed connection, as the api's requests share its one.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use sessionfold_common::settings::RedisSettings;
+use sessionfold_core::{Delivery, Frame, Limits, SessionId};
+use sessionfold_processor::store::{Invocation, Store};
+use tokio::time::Instant;
+
+use crate::stats::Samples;
+use crate::system::{RunNames, Servers};
+
+/// Requests per second and latencies of one reader.
+#[derive(Debug, Clone)]
+pub struct ReadLoad {
+    pub requests: u64,
+    pub seconds: f64,
+    pub latency: Samples,
+}
+
+impl ReadLoad {
+    pub fn per_sec(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+/// Both readers, and the document they read.
+#[derive(Debug, Clone)]
+pub struct ReadPath {
+    pub concurrency: usize,
+    pub document_bytes: usize,
+    pub api: ReadLoad,
+    pub raw: ReadLoad,
+}
+
+/// A frame of `events` in-order events, about 100 bytes each.
+fn document_frame(events: usize) -> String {
+    let events: Vec<_> = (0..events)
+        .map(|i| {
+            json!({
+                "type": "EVENT",
+                "timestamp": 1_700_000_000 + i as u64,
+                "name": format!("event_{i}"),
+                "props": {"page": format!("/p/{}", i % 7), "n": i},
+            })
+        })
+        .collect();
+    serde_json::Value::Array(events).to_string()
+}
+
+pub async fn run(
+    servers: &Servers,
+    events: usize,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<ReadPath> {
+    let names = RunNames::unique();
+    let session = SessionId::parse("read-path-session")?;
+    let key = names.names().keys(&session).doc;
+    let mut store = Store::connect(&RedisSettings {
+        key_prefix: names.key_prefix.clone(),
+        ..RedisSettings::local(servers.redis_url())
+    })
+    .await?;
+    let delivery = Delivery {
+        stream_sequence: 1,
+        events: Frame::parse(&document_frame(events), &session, &Limits::default())
+            .map_err(|err| anyhow::anyhow!("{err:?}"))?
+            .events,
+    };
+    store
+        .apply(&[Invocation::new(&names.names(), &session, &[delivery], 0)])
+        .await?;
+    let mut redis = servers.redis_connection().await?;
+    let document: String = redis::cmd("JSON.GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .context("reading the document")?;
+
+    let api = servers.start_api(&names).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let url = format!("http://{}/data?session_id={}", api.addr, session.as_str());
+    let expected = document.len();
+    let api_load = drive(concurrency, duration, move || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let response = http.get(&url).send().await?;
+            if !response.status().is_success() {
+                bail!("GET /data answered {}", response.status());
+            }
+            let body = response.bytes().await?;
+            if body.len() != expected {
+                bail!("GET /data answered {} bytes, not {expected}", body.len());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    drop(api);
+    crate::raw::settle().await;
+
+    let raw_load = drive(concurrency, duration, move || {
+        let (mut redis, key) = (redis.clone(), key.clone());
+        async move {
+            let body: String = redis::cmd("JSON.GET")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await?;
+            if body.len() != expected {
+                bail!("JSON.GET answered {} bytes, not {expected}", body.len());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    servers.clean(&names).await?;
+    Ok(ReadPath {
+        concurrency,
+        document_bytes: document.len(),
+        api: api_load,
+        raw: raw_load,
+    })
+}
+
+/// Runs `concurrency` loops of `request` for `duration` (after a short
+/// warm-up that is not counted).
+async fn drive<F, Fut>(
+    concurrency: usize,
+    duration: Duration,
+    request: F,
+) -> anyhow::Result<ReadLoad>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let warm_up = Duration::from_millis(500);
+    let started = Instant::now() + warm_up;
+    let until = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let request = request.clone();
+        tasks.spawn(async move {
+            let mut latency = Samples::new();
+            loop {
+                let begun = Instant::now();
+                if begun >= until {
+                    return anyhow::Ok(latency);
+                }
+                request().await?;
+                if begun >= started {
+                    latency.push(begun.elapsed());
+                }
+            }
+        });
+    }
+    let mut latency = Samples::new();
+    while let Some(joined) = tasks.join_next().await {
+        latency.extend(joined??);
+    }
+    Ok(ReadLoad {
+        requests: latency.len() as u64,
+        seconds: duration.as_secs_f64(),
+        latency,
+    })
+}

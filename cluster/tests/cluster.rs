@@ -1,0 +1,205 @@
+//! sessionfold on a NATS cluster and a Redis Cluster (`make cluster-test`).
+//!
+//! On loopback: three nats-servers in one cluster with the event stream at
+//! R3, three Redis Cluster masters with RedisJSON, both with the shipped
+//! permission files; ingest, two processors and the api configured the way
+//! a deployment is (several `NATS_URL`s, `STREAM_REPLICAS=3`,
+//! `REDIS_CLUSTER=true`, each service with its own credentials). While the
+//! load runs, the node leading the event stream is SIGKILLed. Then every
+//! session's document, read through the api, must equal the reference fold
+//! of the frames the producers got acknowledged: nothing lost, nothing
+//! duplicated. Finally the killed node comes back and catches up.
+//!
+//! Run: `make cluster-test`, or `cargo build -p sessionfold && cargo test -p
+//! sessionfold-cluster -- --nocapture` (`SESSIONFOLD_KEEP_TEST_DIRS=1` keeps
+//! the logs, `CLUSTER_CHILD_LOG` sets the services' `RUST_LOG`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessionfold::loadgen::{self, LoadOptions, Workload, WorkloadSpec};
+use sessionfold_cluster::{ClusterOptions, ClusterSystem};
+use sessionfold_faults::ScenarioReport;
+use sessionfold_faults::verify::verify;
+use sessionfold_testkit::{eventually_ok, init_test_tracing};
+use tokio::time::Instant;
+
+const SESSIONS: usize = 200;
+const FRAMES_PER_SESSION: usize = 10;
+const EVENTS_PER_FRAME: usize = 10;
+const WORKLOAD_SEED: u64 = 0x0c1a_57e2;
+/// When, into the load, the stream leader is killed.
+const KILL_AFTER: Duration = Duration::from_millis(2500);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
+const DOCUMENTS_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_node_killed_under_load_loses_and_duplicates_nothing() {
+    init_test_tracing();
+    let name = "cluster: stream leader SIGKILLed";
+    let started = Instant::now();
+    let system = ClusterSystem::start(ClusterOptions::default())
+        .await
+        .expect("starting the clusters and the services");
+    let startup = started.elapsed();
+    assert_eq!(
+        system.stream_replicas().await.expect("stream info"),
+        3,
+        "STREAM_REPLICAS=3 made an R3 stream"
+    );
+    let (leader, current) = eventually_ok(
+        "three current replicas",
+        Duration::from_secs(20),
+        || async {
+            match system.stream_placement().await {
+                Ok((leader, 3)) => Ok((leader, 3)),
+                Ok(other) => Err(format!("{other:?}")),
+                Err(err) => Err(err.to_string()),
+            }
+        },
+    )
+    .await;
+
+    let workload = Arc::new(Workload::generate(&WorkloadSpec::new(
+        WORKLOAD_SEED,
+        SESSIONS,
+        FRAMES_PER_SESSION,
+        EVENTS_PER_FRAME,
+    )));
+    let producer = system.producer();
+    let sent = workload.clone();
+    let options = LoadOptions {
+        concurrency: SESSIONS,
+        max_pause: Duration::from_millis(1500),
+        seed: 11,
+    };
+    let load_started = Instant::now();
+    let load = tokio::spawn(async move { loadgen::run(&sent, &producer, &options).await });
+
+    tokio::time::sleep(KILL_AFTER).await;
+    let (leader, _) = system.stream_placement().await.unwrap_or((leader, current));
+    let victim = system
+        .nats
+        .index_of(&leader)
+        .expect("the leader is one of the nodes");
+    let (pending, ack_pending) = system.consumer_state().await.unwrap_or_default();
+    system.nats.kill(victim).await.expect("killing a NATS node");
+    let mut faults = vec![format!(
+        "t={:>5.1?} (load {}): SIGKILL nats {leader}, the stream leader (consumer then: {pending} pending, {ack_pending} ack pending)",
+        load_started.elapsed(),
+        if load.is_finished() {
+            "finished"
+        } else {
+            "running"
+        }
+    )];
+    let (new_leader, _) = eventually_ok("a new stream leader", Duration::from_secs(30), || async {
+        match system.stream_placement().await {
+            Ok((new_leader, current)) if new_leader != leader => Ok((new_leader, current)),
+            Ok(other) => Err(format!("{other:?}")),
+            Err(err) => Err(err.to_string()),
+        }
+    })
+    .await;
+    faults.push(format!(
+        "t={:>5.1?}: {new_leader} leads the stream",
+        load_started.elapsed()
+    ));
+
+    let load_report = load.await.expect("the load task");
+    for failure in load_report.failures().take(5) {
+        println!(
+            "{name}: session {} failed: {:?}",
+            failure.session_id, failure.error
+        );
+    }
+    let drain_duration = match system.wait_drained(DRAIN_TIMEOUT).await {
+        Ok(duration) => duration,
+        Err(err) => panic!("{name}: {err:#}\n{}", system.log_tails(25)),
+    };
+    let session_ids: Vec<String> = workload
+        .sessions
+        .iter()
+        .map(|s| s.session_id.clone())
+        .collect();
+    let deadline = Instant::now() + DOCUMENTS_TIMEOUT;
+    let verification = loop {
+        let documents = system
+            .read_documents(&session_ids)
+            .await
+            .expect("reading the documents through the api");
+        let verification = verify(&workload, &load_report, &documents);
+        if verification.is_exact() || Instant::now() >= deadline {
+            break verification;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let mut keys_per_node = Vec::new();
+    for index in 0..system.redis.len() {
+        keys_per_node.push(system.redis.keys_on(index).await.expect("DBSIZE"));
+    }
+    let restart_started = Instant::now();
+    system
+        .nats
+        .restart(victim)
+        .await
+        .expect("restarting the killed NATS node");
+    eventually_ok(
+        "the restarted node caught up",
+        Duration::from_secs(60),
+        || async {
+            match system.stream_placement().await {
+                Ok((_, 3)) => Ok(()),
+                Ok(other) => Err(format!("{other:?}")),
+                Err(err) => Err(err.to_string()),
+            }
+        },
+    )
+    .await;
+    faults.push(format!(
+        "{leader} restarted; all three replicas current again after {:.1?}",
+        restart_started.elapsed()
+    ));
+
+    let report = ScenarioReport {
+        name: name.to_owned(),
+        sessions: workload.sessions.len(),
+        frames: workload.frames(),
+        events_sent: workload.events(),
+        events_acked: load_report.events_acked,
+        producers: load_report.totals,
+        failed_sessions: load_report.failures().count(),
+        stream_messages: system.stream_messages().await.expect("stream info"),
+        dead_letters: system
+            .dead_letters()
+            .await
+            .expect("dead-letter stream info"),
+        processor_replicas: system.options.processors,
+        processors_killed: 0,
+        faults,
+        notes: vec![
+            (
+                "startup   ".to_owned(),
+                format!("{startup:.1?} (3 NATS + 3 Redis nodes, 4 services)"),
+            ),
+            (
+                "redis keys".to_owned(),
+                format!("per node {keys_per_node:?}"),
+            ),
+        ],
+        load_duration: load_report.elapsed,
+        drain_duration,
+        duration: started.elapsed(),
+        verification,
+    };
+    println!("{report}");
+    if !report.verification.is_exact() || report.failed_sessions > 0 {
+        println!("{}", system.log_tails(25));
+    }
+    report.assert_exact();
+    assert!(
+        keys_per_node.iter().all(|&keys| keys > 0),
+        "the sessions are spread over every Redis node: {keys_per_node:?}"
+    );
+}

@@ -1,0 +1,121 @@
+//! One Redis connection for a single server or a Redis Cluster.
+//!
+//! `REDIS_URL` names one server, or with `REDIS_CLUSTER=true` (implied by a
+//! comma-separated list) the seed nodes of a Redis Cluster. Either way the
+//! services get a [`RedisConnection`], which runs commands like any
+//! `redis::aio::ConnectionLike`; in cluster mode every command goes to the
+//! node owning its key's slot (MOVED/ASK redirections, failovers and
+//! topology changes are followed by the client). Every key of one session
+//! carries the same hash tag, so a session's apply step runs on one node.
+//!
+//! What differs: a pipeline must stay within one slot in cluster mode
+//! ([`RedisConnection::is_cluster`] tells callers to send per-key commands
+//! instead), and `PING` goes to every primary.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use crate::jetstream::redacted;
+use crate::settings::RedisSettings;
+
+/// Timeouts of a [`RedisConnection`]; `None` keeps the client's default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RedisTimeouts {
+    /// How long one connection attempt may take.
+    pub connect: Option<Duration>,
+    /// How long one command may wait for its answer.
+    pub response: Option<Duration>,
+}
+
+/// A reconnecting connection to one Redis server or to a Redis Cluster.
+/// Cheap to clone: clones share the underlying connections.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConnection {
+    /// Connects as `settings` say: one server, or a cluster through its seed
+    /// nodes.
+    pub async fn connect(
+        settings: &RedisSettings,
+        timeouts: RedisTimeouts,
+    ) -> anyhow::Result<Self> {
+        let urls = settings.urls();
+        let shown = redacted(&settings.redis_url);
+        if settings.is_cluster() {
+            let mut builder = ClusterClientBuilder::new(urls.iter().map(String::as_str));
+            if let Some(connect) = timeouts.connect {
+                builder = builder.connection_timeout(connect);
+            }
+            if let Some(response) = timeouts.response {
+                builder = builder.response_timeout(response);
+            }
+            let client = builder
+                .build()
+                .with_context(|| format!("invalid REDIS_URL {shown:?} for a Redis Cluster"))?;
+            let connection = client
+                .get_async_connection()
+                .await
+                .with_context(|| format!("connecting to the Redis Cluster at {shown}"))?;
+            Ok(Self::Cluster(connection))
+        } else {
+            let [url] = urls.as_slice() else {
+                anyhow::bail!("REDIS_URL {shown:?} names no server");
+            };
+            let client = redis::Client::open(url.as_str())
+                .with_context(|| format!("invalid REDIS_URL {shown:?}"))?;
+            let mut config = ConnectionManagerConfig::new();
+            if let Some(connect) = timeouts.connect {
+                config = config.set_connection_timeout(Some(connect));
+            }
+            if let Some(response) = timeouts.response {
+                config = config.set_response_timeout(Some(response));
+            }
+            let connection = ConnectionManager::new_with_config(client, config)
+                .await
+                .with_context(|| format!("connecting to Redis at {shown}"))?;
+            Ok(Self::Single(connection))
+        }
+    }
+
+    /// Whether this is a Redis Cluster connection, where a pipeline must not
+    /// span hash slots.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
