@@ -30,9 +30,9 @@ enum Command {
     /// Send events from JSON-array or NDJSON files to a session, waiting for every ack.
     Send(sessionfold::send::SendArgs),
     /// Print a session's document.
-    Get(sessionfold::send::GetArgs),
+    Get(sessionfold::send::ReadArgs),
     /// Follow a session: print its document each time it changes.
-    Tail(sessionfold::send::TailArgs),
+    Tail(sessionfold::send::ReadArgs),
     /// Issue a signed token that opens a session (or a prefix) for writing or reading.
     Token(sessionfold::token::TokenArgs),
     /// Rebuild every document from the stream into a fresh key prefix.

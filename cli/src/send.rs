@@ -142,9 +142,10 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Arguments of `get` and `tail`.
 #[derive(Debug, clap::Args)]
-pub struct GetArgs {
-    /// The session whose document to print.
+pub struct ReadArgs {
+    /// The session to read.
     pub session: String,
     /// The api's base URL.
     #[arg(long, env = "SESSIONFOLD_API", default_value = "http://localhost:8080")]
@@ -154,26 +155,37 @@ pub struct GetArgs {
     pub token: Option<String>,
 }
 
-pub async fn get(args: GetArgs) -> anyhow::Result<()> {
-    let mut url = url::Url::parse(&args.api)?.join("/data")?;
-    url.query_pairs_mut()
-        .append_pair("session_id", &args.session);
-    let mut request = reqwest::Client::new().get(url);
-    if let Some(token) = &args.token {
-        request = request.bearer_auth(token);
+impl ReadArgs {
+    /// `GET <api><path>?session_id=…` with the credential, answered 2xx.
+    async fn request(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let mut url = url::Url::parse(&self.api)?.join(path)?;
+        url.query_pairs_mut()
+            .append_pair("session_id", &self.session);
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            anyhow::bail!(
+                "{status}: {}",
+                body["error"]["message"].as_str().unwrap_or("error")
+            );
+        }
+        Ok(response)
     }
-    let response = request.send().await?;
-    let status = response.status();
-    let body: Value = response
+}
+
+/// Prints a session's document, pretty.
+pub async fn get(args: ReadArgs) -> anyhow::Result<()> {
+    let body: Value = args
+        .request("/data")
+        .await?
         .json()
         .await
         .context("the api did not answer JSON")?;
-    if !status.is_success() {
-        anyhow::bail!(
-            "{status}: {}",
-            body["error"]["message"].as_str().unwrap_or("error")
-        );
-    }
     println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(())
 }
@@ -200,38 +212,11 @@ mod tests {
     }
 }
 
-#[derive(Debug, clap::Args)]
-pub struct TailArgs {
-    /// The session to follow.
-    pub session: String,
-    /// The api's base URL.
-    #[arg(long, env = "SESSIONFOLD_API", default_value = "http://localhost:8080")]
-    pub api: String,
-    /// Bearer credential (an API key or a read token).
-    #[arg(long, env = "SESSIONFOLD_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-}
-
 /// Follows `GET /data/stream`, printing the document (one JSON line) each
 /// time it changes, until the stream ends or Ctrl-C.
-pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
+pub async fn tail(args: ReadArgs) -> anyhow::Result<()> {
     use futures::StreamExt as _;
-    let mut url = url::Url::parse(&args.api)?.join("/data/stream")?;
-    url.query_pairs_mut()
-        .append_pair("session_id", &args.session);
-    let mut request = reqwest::Client::new().get(url);
-    if let Some(token) = &args.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await?;
-    let status = response.status();
-    if !status.is_success() {
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        anyhow::bail!(
-            "{status}: {}",
-            body["error"]["message"].as_str().unwrap_or("error")
-        );
-    }
+    let response = args.request("/data/stream").await?;
     let mut events = SseLines::default();
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
