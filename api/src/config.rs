@@ -15,7 +15,8 @@ pub struct Config {
     #[command(flatten)]
     pub redis: RedisSettings,
     /// Longest session_id accepted, in bytes.
-    #[arg(long, env = "MAX_SESSION_ID_BYTES", default_value_t = sessionfold_core::session::MAX_SESSION_ID_BYTES)]
+    #[arg(long, env = "MAX_SESSION_ID_BYTES", default_value_t = sessionfold_core::session::MAX_SESSION_ID_BYTES,
+          value_parser = sessionfold_common::settings::parse_session_id_limit)]
     pub max_session_id_bytes: usize,
     #[command(flatten)]
     pub shutdown: ShutdownSettings,

@@ -100,7 +100,9 @@ pub async fn jetstream_publish(
         .collect();
     let events = workload.events();
     let started = Instant::now();
-    let mut acks = FuturesUnordered::new();
+    let mut acks: FuturesUnordered<
+        <async_nats::jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture,
+    > = FuturesUnordered::new();
     for (subject, payload, message_id) in frames.iter().cloned() {
         while acks.len() >= outstanding {
             acks.next()

@@ -42,7 +42,7 @@ pub struct RebuildArgs {
     /// (see `--allow-existing-keys`). Deliberately not read from
     /// `KEY_PREFIX`, so that a rebuild never writes into the live prefix by
     /// accident.
-    #[arg(long)]
+    #[arg(long, value_parser = sessionfold_common::settings::parse_key_prefix)]
     pub key_prefix: String,
     /// Name of the temporary durable consumer; it must not exist yet and is
     /// deleted when the rebuild is done.

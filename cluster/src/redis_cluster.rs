@@ -78,7 +78,7 @@ impl RedisCluster {
     }
 
     /// A plain (non-cluster) connection to node `index` as the admin.
-    async fn node_connection(
+    pub async fn node_connection(
         &self,
         index: usize,
     ) -> anyhow::Result<redis::aio::MultiplexedConnection> {
@@ -157,6 +157,28 @@ impl RedisCluster {
     pub async fn keys_on(&self, index: usize) -> anyhow::Result<u64> {
         let mut connection = self.node_connection(index).await?;
         Ok(redis::cmd("DBSIZE").query_async(&mut connection).await?)
+    }
+
+    /// `used_memory` of node `index`, in bytes.
+    pub async fn used_memory(&self, index: usize) -> anyhow::Result<u64> {
+        let mut connection = self.node_connection(index).await?;
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut connection)
+            .await?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .and_then(|value| value.trim().parse().ok())
+            .context("INFO memory has no used_memory")
+    }
+
+    /// `used_memory` summed over the nodes.
+    pub async fn total_used_memory(&self) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for index in 0..self.nodes.len() {
+            total += self.used_memory(index).await?;
+        }
+        Ok(total)
     }
 
     pub fn len(&self) -> usize {

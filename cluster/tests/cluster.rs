@@ -60,6 +60,7 @@ async fn nats_node_killed_under_load_loses_and_duplicates_nothing() {
     )
     .await;
 
+    let memory_before = system.redis.total_used_memory().await.expect("INFO memory");
     let workload = Arc::new(Workload::generate(&WorkloadSpec::new(
         WORKLOAD_SEED,
         SESSIONS,
@@ -139,6 +140,8 @@ async fn nats_node_killed_under_load_loses_and_duplicates_nothing() {
     for index in 0..system.redis.len() {
         keys_per_node.push(system.redis.keys_on(index).await.expect("DBSIZE"));
     }
+    let memory_after = system.redis.total_used_memory().await.expect("INFO memory");
+    let children = verification.expected_children.max(1) as u64;
     let restart_started = Instant::now();
     system
         .nats
@@ -186,6 +189,14 @@ async fn nats_node_killed_under_load_loses_and_duplicates_nothing() {
             (
                 "redis keys".to_owned(),
                 format!("per node {keys_per_node:?}"),
+            ),
+            (
+                "redis mem ".to_owned(),
+                format!(
+                    "{} bytes more for {children} children: {} bytes per child (all three keys of {SESSIONS} sessions)",
+                    memory_after.saturating_sub(memory_before),
+                    memory_after.saturating_sub(memory_before) / children
+                ),
             ),
         ],
         load_duration: load_report.elapsed,

@@ -73,10 +73,13 @@ pub async fn ensure_stream_config(
             Ok(stream) => return Ok(stream),
             Err(err)
                 if attempt < SETUP_ATTEMPTS
-                    && err.chain().any(|cause| cause.to_string().contains("timed out")) =>
+                    && err
+                        .chain()
+                        .any(|cause| cause.to_string().contains("timed out")) =>
             {
                 tracing::warn!(stream = %wanted.name, attempt, error = %format!("{err:#}"), "stream set-up timed out; trying again");
-                tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt))).await;
+                tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt)))
+                    .await;
                 attempt += 1;
             }
             Err(err) => return Err(err),

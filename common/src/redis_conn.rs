@@ -119,3 +119,37 @@ impl ConnectionLike for RedisConnection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_urls_or_the_flag_mean_a_cluster() {
+        let single = RedisSettings::local("redis://a:6379");
+        assert!(!single.is_cluster());
+        assert_eq!(single.urls(), ["redis://a:6379"]);
+
+        let seeds = RedisSettings::local("redis://u:p@a:6379, redis://u:p@b:6379,");
+        assert!(seeds.is_cluster());
+        assert_eq!(seeds.urls(), ["redis://u:p@a:6379", "redis://u:p@b:6379"]);
+
+        let flagged = RedisSettings {
+            redis_cluster: true,
+            ..RedisSettings::local("redis://a:6379")
+        };
+        assert!(flagged.is_cluster());
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_reported_without_its_password() {
+        let settings = RedisSettings::local("nonsense://user:secret@a:6379");
+        let err = RedisConnection::connect(&settings, RedisTimeouts::default())
+            .await
+            .err()
+            .expect("an invalid URL");
+        let text = format!("{err:#}");
+        assert!(text.contains("invalid REDIS_URL"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+}

@@ -49,8 +49,8 @@ pub struct RedisSettings {
     /// more comma-separated seed nodes.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
-    /// Prefix of every Redis key.
-    #[arg(long, env = "KEY_PREFIX", default_value = "sf:")]
+    /// Prefix of every Redis key (no braces: they would move the hash tag).
+    #[arg(long, env = "KEY_PREFIX", default_value = "sf:", value_parser = parse_key_prefix)]
     pub key_prefix: String,
     /// `REDIS_URL` points at a Redis Cluster (implied when it lists several
     /// URLs).
@@ -88,7 +88,10 @@ pub struct LimitSettings {
     #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = Limits::default().max_event_bytes)]
     pub max_event_bytes: usize,
     /// Longest session_id, in bytes.
-    #[arg(long, env = "MAX_SESSION_ID_BYTES", default_value_t = MAX_SESSION_ID_BYTES)]
+    /// At most 1024: a token is up to 3× the id, and NATS subjects stay
+    /// well under their 4 KiB limit.
+    #[arg(long, env = "MAX_SESSION_ID_BYTES", default_value_t = MAX_SESSION_ID_BYTES,
+          value_parser = crate::settings::parse_session_id_limit)]
     pub max_session_id_bytes: usize,
 }
 
@@ -159,5 +162,28 @@ pub struct ShutdownSettings {
 impl ShutdownSettings {
     pub fn grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// A Redis key prefix must not hold `{` or `}`: the first `{…}` of a key is
+/// its Redis Cluster hash tag, which must be the session's token.
+pub fn parse_key_prefix(prefix: &str) -> Result<String, String> {
+    if prefix.contains(['{', '}']) {
+        Err("the key prefix must not contain '{' or '}'".to_owned())
+    } else {
+        Ok(prefix.to_owned())
+    }
+}
+
+/// The longest session_id limit a deployment may set: a token is up to 3×
+/// the id, and NATS subjects must stay well under their 4 KiB limit.
+pub const MAX_SESSION_ID_LIMIT: usize = 1024;
+
+pub fn parse_session_id_limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(limit) if (1..=MAX_SESSION_ID_LIMIT).contains(&limit) => Ok(limit),
+        _ => Err(format!(
+            "expected a number from 1 to {MAX_SESSION_ID_LIMIT}"
+        )),
     }
 }

@@ -10,6 +10,19 @@ use crate::limits::Limits;
 use crate::protocol::{ErrorCode, FrameError};
 use crate::session::SessionId;
 
+/// Deepest nesting of arrays and objects an event may have (the event object
+/// counts as one). The stored document nests two levels deeper, and JSON
+/// readers commonly stop at 128, so documents stay readable everywhere.
+pub const MAX_EVENT_DEPTH: usize = 64;
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// A validated frame of one session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
@@ -99,6 +112,11 @@ fn parse_event(
         Ok(_) => return Err(invalid("an event must be a JSON object")),
         Err(err) => return Err(invalid(&format!("event cannot be read: {err}"))),
     };
+    if body.values().map(depth).max().unwrap_or(0) + 1 > MAX_EVENT_DEPTH {
+        return Err(invalid(&format!(
+            "event nests deeper than {MAX_EVENT_DEPTH} levels"
+        )));
+    }
     let kind = match body.get("type") {
         None => return Err(invalid("type is required")),
         Some(Value::String(kind)) => EventKind::parse(kind)
@@ -253,6 +271,22 @@ mod tests {
         assert_eq!(
             frame.events[0].to_json(),
             r#"{"type":"EVENT","timestamp":-0.0}"#
+        );
+    }
+
+    #[test]
+    fn events_may_nest_up_to_the_depth_limit() {
+        let nested = |levels: usize| {
+            format!(
+                r#"[{{"type":"EVENT","timestamp":1,"x":{}{}}}]"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        assert!(parse(&nested(MAX_EVENT_DEPTH - 1)).is_ok());
+        assert_eq!(
+            code_and_index(&nested(MAX_EVENT_DEPTH)),
+            (ErrorCode::InvalidEvent, Some(0))
         );
     }
 

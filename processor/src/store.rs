@@ -166,6 +166,11 @@ impl Store {
     /// session on a cluster. `Err` is an outage: the caller must not ack and
     /// should try again; nothing about the batch is wrong.
     pub async fn apply(&mut self, invocations: &[Invocation]) -> Result<Vec<Applied>, RedisError> {
+        // A batch of poison only has nothing to apply; Redis refuses an
+        // empty pipeline ("empty command"), which would read as an outage.
+        if invocations.is_empty() {
+            return Ok(Vec::new());
+        }
         let results = if self.connection.is_cluster() {
             self.run_each(invocations).await
         } else {

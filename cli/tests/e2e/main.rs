@@ -19,6 +19,5 @@ mod rebuild;
 mod resilience;
 mod retention;
 mod security;
-mod zz_repro;
 mod timeline_page;
 mod user_tools;
