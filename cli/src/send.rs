@@ -206,7 +206,7 @@ mod tests {
     fn events_are_packed_by_count_and_size() {
         let events: Vec<Value> = (0..5).map(|i| serde_json::json!({"i": i})).collect();
         assert_eq!(frames(&events, 2, 1 << 20).len(), 3);
-        assert_eq!(frames(&events, 100, 20).len(), 5);
+        assert_eq!(frames(&events, 100, 15).len(), 5);
         let all = frames(&events, 100, 1 << 20);
         assert_eq!(all, vec![r#"[{"i":0},{"i":1},{"i":2},{"i":3},{"i":4}]"#]);
     }

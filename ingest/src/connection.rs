@@ -18,6 +18,9 @@ use sessionfold_core::{ErrorCode, Frame, FrameError, Reply, SessionId};
 
 use crate::server::Shared;
 
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What one connection knows about itself.
 pub struct Connection {
     shared: Arc<Shared>,
@@ -243,6 +246,17 @@ pub(crate) async fn run(socket: WebSocket, mut connection: Connection) {
     }
     if let Some(frame) = close.filter(|_| !client_gone) {
         let _ = sink.send(Message::Close(Some(frame))).await;
+        // Finish the closing handshake: dropping the socket while the client
+        // still sends would make the kernel reset the connection, and the
+        // client would lose the close frame and the replies before it.
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+            while let Some(Ok(message)) = source.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     tracing::info!(
         frames = connection.frames_received,

@@ -48,9 +48,11 @@ async fn each_service_can_do_its_job_and_nothing_more() {
     let api_redis = redis_as("sessionfold-api", "api-dev-password");
     let processor_redis = redis_as("sessionfold-processor", "processor-dev-password");
 
+    let api_nats = nats_as("api", "api-dev-password");
     let app = spawn_split_app_on(nats, redis, config, |ingest, api| {
         ingest.nats.nats_url = ingest_nats.clone();
         api.redis.redis_url = api_redis.clone();
+        api.live.nats_url = Some(api_nats.clone());
     })
     .await;
     let _processor = app.start_processor_with(&[
