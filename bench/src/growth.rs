@@ -19,6 +19,7 @@ use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};
 use sessionfold_processor::store::{Applied, Invocation, Store};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::system::{RunNames, Servers};
 
@@ -191,6 +192,16 @@ async fn apply_cost_at(
     }
     let wall = started.elapsed();
     let usec = evalsha_usec(&mut redis).await?;
+    if std::env::var_os("BENCH_COMMANDSTATS").is_some() {
+        // Where the script's time goes, by command (for profiling).
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut redis)
+            .await?;
+        eprintln!(
+            "commandstats, {children} children, {out_of_order_percent} % out of order:\n{info}"
+        );
+    }
     let events = frames * FRAME_EVENTS;
     servers.clean(&names).await?;
     Ok(ApplyCost {
@@ -237,9 +248,12 @@ pub async fn idle_connections(
         while next < connections && handshakes.len() < 256 {
             let url = format!("ws://{}/websocket?session_id=idle-{next:06}", ingest.addr);
             handshakes.push(async move {
+                // A small read buffer, so that the client side of 10 000
+                // connections stays light too.
+                let config = WebSocketConfig::default().read_buffer_size(4096);
                 tokio::time::timeout(
                     Duration::from_secs(30),
-                    tokio_tungstenite::connect_async(url),
+                    tokio_tungstenite::connect_async_with_config(url, Some(config), false),
                 )
                 .await
             });

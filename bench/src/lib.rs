@@ -13,7 +13,8 @@
 //!   step called directly.
 //! - [`e2e`]: end-to-end throughput with 1, 2, 4 processor replicas.
 //! - [`freshness`]: send → visible through `GET /data` at a steady rate.
-//! - [`read`]: `GET /data` against raw `JSON.GET`.
+//! - [`read`]: `GET /data` against raw `JSON.GET`; [`http`]: the minimal
+//!   HTTP client it reads with.
 //! - [`growth`]: apply cost per event by session size; ingest memory with
 //!   idle connections.
 //! - [`stats`]: percentiles; [`report`]: the table and BENCHMARKS.md.
@@ -21,6 +22,7 @@
 pub mod e2e;
 pub mod freshness;
 pub mod growth;
+pub mod http;
 pub mod raw;
 pub mod read;
 pub mod report;

@@ -1,17 +1,20 @@
 //! The read path: `GET /data` of one 100-event document through
 //! `sessionfold api`, against `JSON.GET` of the same key straight from Redis,
-//! each by `concurrency` client loops for the same time. The raw loops share
-//! one multiplexed connection, as the api's requests share its one.
+//! each by `concurrency` client loops for the same time. Each HTTP loop has
+//! its own keep-alive connection ([`crate::http`]); the raw loops share one
+//! multiplexed connection, as the api's requests share its one.
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+
 use serde_json::json;
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};
 use sessionfold_processor::store::{Invocation, Store};
 use tokio::time::Instant;
 
+use crate::http::HttpConnection;
 use crate::stats::Samples;
 use crate::system::{RunNames, Servers};
 
@@ -84,42 +87,55 @@ pub async fn run(
         .context("reading the document")?;
 
     let api = servers.start_api(&names).await?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
-    let url = format!("http://{}/data?session_id={}", api.addr, session.as_str());
+    let addr = api.addr;
+    let path = format!("/data?session_id={}", session.as_str());
     let expected = document.len();
-    let api_load = drive(concurrency, duration, move || {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let response = http.get(&url).send().await?;
-            if !response.status().is_success() {
-                bail!("GET /data answered {}", response.status());
+    let api_load = drive(
+        concurrency,
+        duration,
+        move || HttpConnection::connect(addr),
+        move |mut http: HttpConnection| {
+            let path = path.clone();
+            async move {
+                let response = http.get(&path).await?;
+                if response.status != 200 {
+                    bail!("GET /data answered {}", response.status);
+                }
+                if response.body.len() != expected {
+                    bail!(
+                        "GET /data answered {} bytes, not {expected}",
+                        response.body.len()
+                    );
+                }
+                Ok(http)
             }
-            let body = response.bytes().await?;
-            if body.len() != expected {
-                bail!("GET /data answered {} bytes, not {expected}", body.len());
-            }
-            Ok(())
-        }
-    })
+        },
+    )
     .await?;
     drop(api);
     crate::raw::settle().await;
 
-    let raw_load = drive(concurrency, duration, move || {
-        let (mut redis, key) = (redis.clone(), key.clone());
-        async move {
-            let body: String = redis::cmd("JSON.GET")
-                .arg(&key)
-                .query_async(&mut redis)
-                .await?;
-            if body.len() != expected {
-                bail!("JSON.GET answered {} bytes, not {expected}", body.len());
+    let raw_load = drive(
+        concurrency,
+        duration,
+        move || {
+            let redis = redis.clone();
+            async move { anyhow::Ok(redis) }
+        },
+        move |mut redis: redis::aio::MultiplexedConnection| {
+            let key = key.clone();
+            async move {
+                let body: String = redis::cmd("JSON.GET")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await?;
+                if body.len() != expected {
+                    bail!("JSON.GET answered {} bytes, not {expected}", body.len());
+                }
+                Ok(redis)
             }
-            Ok(())
-        }
-    })
+        },
+    )
     .await?;
     servers.clean(&names).await?;
     Ok(ReadPath {
@@ -131,30 +147,40 @@ pub async fn run(
 }
 
 /// Runs `concurrency` loops of `request` for `duration` (after a short
-/// warm-up that is not counted).
-async fn drive<F, Fut>(
+/// warm-up that is not counted); each loop starts with the state `open`
+/// gives it (a connection) and hands it from one request to the next.
+async fn drive<S, O, OF, R, RF>(
     concurrency: usize,
     duration: Duration,
-    request: F,
+    open: O,
+    request: R,
 ) -> anyhow::Result<ReadLoad>
 where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+    S: Send + 'static,
+    O: Fn() -> OF,
+    OF: std::future::Future<Output = anyhow::Result<S>>,
+    R: Fn(S) -> RF + Clone + Send + 'static,
+    RF: std::future::Future<Output = anyhow::Result<S>> + Send,
 {
+    let mut states = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        states.push(open().await?);
+    }
     let warm_up = Duration::from_millis(500);
     let started = Instant::now() + warm_up;
     let until = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
+    for state in states {
         let request = request.clone();
         tasks.spawn(async move {
             let mut latency = Samples::new();
+            let mut state = state;
             loop {
                 let begun = Instant::now();
                 if begun >= until {
                     return anyhow::Ok(latency);
                 }
-                request().await?;
+                state = request(state).await?;
                 if begun >= started {
                     latency.push(begun.elapsed());
                 }

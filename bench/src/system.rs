@@ -307,9 +307,15 @@ impl Servers {
         Ok(jetstream::new(client))
     }
 
+    /// A connection for the bench's own commands, with room for slow ones
+    /// (`FLUSHALL` of a large data set, reading a large document).
     pub async fn redis_connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
         let client = redis::Client::open(self.redis_url())?;
-        Ok(client.get_multiplexed_async_connection().await?)
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+        Ok(client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
     }
 
     /// Deletes a run's streams and Redis keys, so runs do not pile up.

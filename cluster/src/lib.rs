@@ -48,6 +48,7 @@ pub mod credentials {
     /// NATS users (`deploy/nats/accounts.conf`).
     pub const NATS_INGEST: (&str, &str) = ("ingest", "ingest-dev-password");
     pub const NATS_PROCESSOR: (&str, &str) = ("processor", "processor-dev-password");
+    pub const NATS_API: (&str, &str) = ("api", "api-dev-password");
     pub const NATS_OPERATOR: (&str, &str) = ("operator", "operator-dev-password");
     /// Redis users (`deploy/redis/users.acl`).
     pub const REDIS_PROCESSOR: (&str, &str) = ("sessionfold-processor", "processor-dev-password");

@@ -22,7 +22,7 @@ use tempfile::TempDir;
 use tokio::time::Instant;
 
 use crate::credentials::{
-    NATS_INGEST, NATS_OPERATOR, NATS_PROCESSOR, REDIS_ADMIN, REDIS_API, REDIS_PROCESSOR,
+    NATS_API, NATS_INGEST, NATS_OPERATOR, NATS_PROCESSOR, REDIS_ADMIN, REDIS_API, REDIS_PROCESSOR,
 };
 use crate::{NatsCluster, RedisCluster, deploy_file};
 
@@ -142,6 +142,7 @@ impl ClusterSystem {
         let nats_processor = system.nats.urls(Some(NATS_PROCESSOR));
         let redis_processor = system.redis.urls(Some(REDIS_PROCESSOR));
         let redis_api = system.redis.urls(Some(REDIS_API));
+        let nats_api = system.nats.urls(Some(NATS_API));
         let replicas = system.options.stream_replicas.to_string();
 
         let ingest_addr = system.ingest_addr;
@@ -184,6 +185,7 @@ impl ClusterSystem {
             &[
                 ("API_LISTEN", api_addr.to_string()),
                 ("REDIS_URL", redis_api),
+                ("NATS_URL", nats_api),
                 ("REDIS_CLUSTER", "true".to_owned()),
             ],
         )?;
@@ -210,6 +212,9 @@ impl ClusterSystem {
                 std::env::var("CLUSTER_CHILD_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
             .env("LOG_FORMAT", "text")
+            // An error that stops a service prints without a backtrace, so
+            // the log tail in a failure report shows the error.
+            .env("RUST_LIB_BACKTRACE", "0")
             .env("NO_COLOR", "1")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())

@@ -55,14 +55,14 @@ pub async fn ensure_stream(
     ensure_stream_config(js, stream_config(settings)).await
 }
 
-/// Attempts of [`ensure_stream_config`] when JetStream does not answer.
+/// Attempts of [`ensure_stream_config`] while the cluster settles.
 const SETUP_ATTEMPTS: u32 = 5;
 
 /// Creates a stream with `wanted`, or updates an existing one whose
 /// sessionfold-owned settings differ. On a cluster, a request racing another
 /// replica's creation of the same stream, or arriving while the new stream
-/// elects its leader, can go unanswered: such time-outs are retried (the
-/// step is idempotent).
+/// elects its leader, can go unanswered or find the stream not there yet:
+/// such answers are retried (the step is idempotent).
 pub async fn ensure_stream_config(
     js: &jetstream::Context,
     wanted: stream::Config,
@@ -73,11 +73,12 @@ pub async fn ensure_stream_config(
             Ok(stream) => return Ok(stream),
             Err(err)
                 if attempt < SETUP_ATTEMPTS
-                    && err
-                        .chain()
-                        .any(|cause| cause.to_string().contains("timed out")) =>
+                    && err.chain().any(|cause| {
+                        let text = cause.to_string();
+                        text.contains("timed out") || text.contains("stream not found")
+                    }) =>
             {
-                tracing::warn!(stream = %wanted.name, attempt, error = %format!("{err:#}"), "stream set-up timed out; trying again");
+                tracing::warn!(stream = %wanted.name, attempt, error = %format!("{err:#}"), "stream set-up not answered yet; trying again");
                 tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt)))
                     .await;
                 attempt += 1;
@@ -95,7 +96,12 @@ async fn try_ensure_stream_config(
         .get_or_create_stream(wanted.clone())
         .await
         .with_context(|| format!("creating stream {}", wanted.name))?;
-    let current = stream.info().await?.config.clone();
+    let current = stream
+        .info()
+        .await
+        .with_context(|| format!("reading stream {}", wanted.name))?
+        .config
+        .clone();
     let drifted = current.subjects != wanted.subjects
         || current.max_age != wanted.max_age
         || current.max_bytes != wanted.max_bytes
@@ -106,7 +112,10 @@ async fn try_ensure_stream_config(
         js.update_stream(wanted.clone())
             .await
             .with_context(|| format!("updating stream {}", wanted.name))?;
-        stream = js.get_stream(&wanted.name).await?;
+        stream = js
+            .get_stream(&wanted.name)
+            .await
+            .with_context(|| format!("reading stream {}", wanted.name))?;
     }
     Ok(stream)
 }
