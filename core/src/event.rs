@@ -1,5 +1,7 @@
 //! One validated event and its de-duplication identity (DESIGN §1.1, §2.1).
 
+use std::fmt::Write as _;
+
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -41,13 +43,15 @@ impl Event {
         if let Some(Value::String(id)) = self.body.get("id") {
             return format!("id:{id}");
         }
-        let mut canonical = String::new();
-        write_canonical(&mut canonical, &Value::Object(self.body.clone()));
+        let mut canonical = String::with_capacity(256);
+        write_canonical_object(&mut canonical, &self.body);
         let digest = Sha256::digest(canonical.as_bytes());
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut identity = String::with_capacity(4 + 32);
         identity.push_str("sha:");
         for byte in &digest[..16] {
-            identity.push_str(&format!("{byte:02x}"));
+            identity.push(char::from(HEX[usize::from(byte >> 4)]));
+            identity.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
         identity
     }
@@ -62,20 +66,7 @@ impl Event {
 /// no insignificant white space, strings and numbers as serde_json writes them.
 pub fn write_canonical(out: &mut String, value: &Value) {
     match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
-            for (i, (key, value)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(out, value);
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_canonical_object(out, map),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -86,7 +77,42 @@ pub fn write_canonical(out: &mut String, value: &Value) {
             }
             out.push(']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        Value::String(text) => write_string(out, text),
+        // Display writes numbers exactly as serde_json serializes them.
+        Value::Number(number) => {
+            let _ = write!(out, "{number}");
+        }
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Null => out.push_str("null"),
+    }
+}
+
+fn write_canonical_object(out: &mut String, map: &Map<String, Value>) {
+    let mut entries: Vec<_> = map.iter().collect();
+    // Keys are unique, so an unstable sort gives the one order.
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.push('{');
+    for (i, (key, value)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(out, key);
+        out.push(':');
+        write_canonical(out, value);
+    }
+    out.push('}');
+}
+
+/// `text` as a JSON string, escaped as serde_json escapes it (only `"`,
+/// `\` and control characters need escaping; the rest is copied).
+fn write_string(out: &mut String, text: &str) {
+    if text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(&Value::String(text.to_owned()).to_string());
+    } else {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
     }
 }
 
@@ -149,6 +175,58 @@ mod tests {
         let mut out = String::new();
         write_canonical(&mut out, &json!({"b":[{"d":1,"c":"é"}],"a":null}));
         assert_eq!(out, r#"{"a":null,"b":[{"c":"é","d":1}]}"#);
+    }
+
+    /// The canonical form as first written (every string through
+    /// serde_json): identities are stored, so they must never change.
+    fn reference_canonical(out: &mut String, value: &Value) {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                out.push('{');
+                for (i, (key, value)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(key.clone()).to_string());
+                    out.push(':');
+                    reference_canonical(out, value);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    reference_canonical(out, item);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+
+    #[test]
+    fn canonical_json_and_identities_never_change() {
+        let tricky = json!({
+            "type": "EVENT",
+            "timestamp": 1569972083.25,
+            "name": "quote \" backslash \\ tab \t nul \u{0} del \u{7f} bell \u{7} é 🎉",
+            "z\"key\n": [1, -2, 3.5e300, 1e-7, 18446744073709551615u64, true, false, null],
+            "nested": {"b": {"d": "x", "c": []}, "a": {}},
+        });
+        let mut fast = String::new();
+        write_canonical(&mut fast, &tricky);
+        let mut reference = String::new();
+        reference_canonical(&mut reference, &tricky);
+        assert_eq!(fast, reference);
+        let event = event(tricky);
+        let digest = Sha256::digest(reference.as_bytes());
+        let expected: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(event.identity(), format!("sha:{expected}"));
     }
 
     #[test]
