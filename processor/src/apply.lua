@@ -13,9 +13,14 @@
 -- position is earlier in the stream than the one kept, so applying the same
 -- batch again, or batches in any order, gives the same document.
 --
--- Per event, in timestamp order: HGET, HSET, ZADD, ZRANK, ZCARD and
--- JSON.ARRAPPEND, none of which grows with the session beyond O(log n).
--- JSON.ARRINSERT (O(n)) runs only for an event older than the newest child.
+-- Cost: a batch's children come in (timestamp, position) order, so every
+-- new child after the session's newest one is an append. Those go out in
+-- bulk, one HSET, one ZADD and one JSON.ARRAPPEND per CHUNK children, and
+-- the identities are looked up with one HMGET per CHUNK, so the work per
+-- event is O(log n) and the Redis calls per event a small fraction of one.
+-- Any other child (older than the newest, or an earlier arrival replacing a
+-- kept one) takes the slow path: HSET, ZADD, ZRANK, then JSON.ARRINSERT
+-- (O(n)) or JSON.ARRAPPEND.
 --
 -- Every check that can refuse the batch runs before the first write, so a
 -- refused batch leaves nothing half-written.
@@ -28,9 +33,37 @@ local empty, start_candidate, end_candidate = ARGV[1], ARGV[2], ARGV[3]
 local max_children = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
 local FIRST_EVENT = 6
+-- Values per bulk call, well below Lua's limit on unpacked arguments.
+local CHUNK = 256
 
 local function fail(code, message)
   return redis.error_reply('SESSIONFOLD_' .. code .. ' ' .. message)
+end
+
+-- The stored position of every identity in the batch (false: none).
+local stored = {}
+do
+  local pending = {}
+  local function lookup()
+    local found = redis.call('HMGET', ids, unpack(pending))
+    for k, identity in ipairs(pending) do
+      stored[identity] = found[k]
+    end
+    pending = {}
+  end
+  for i = FIRST_EVENT, #ARGV, 4 do
+    local identity = ARGV[i]
+    if stored[identity] == nil then
+      stored[identity] = false
+      pending[#pending + 1] = identity
+      if #pending == CHUNK then
+        lookup()
+      end
+    end
+  end
+  if #pending > 0 then
+    lookup()
+  end
 end
 
 -- Pass 1: which events are new or earlier arrivals, without writing.
@@ -41,7 +74,7 @@ for i = FIRST_EVENT, #ARGV, 4 do
   local identity, position = ARGV[i], ARGV[i + 1]
   local kept = planned[identity]
   if kept == nil then
-    kept = redis.call('HGET', ids, identity)
+    kept = stored[identity]
     if kept == false then
       new_identities = new_identities + 1
     end
@@ -80,32 +113,97 @@ if err then
 end
 
 -- Pass 2: write. An identity may occur more than once in the batch; each
--- write re-checks against what is stored by then.
+-- write re-checks against what is stored by then (`stored`, kept up to date).
+local count = existing
+local last_score, last_position
+local function read_last()
+  local last = redis.call('ZRANGE', order, -1, -1, 'WITHSCORES')
+  last_position, last_score = last[1], tonumber(last[2])
+end
+read_last()
+
+local appends = {}
+local function check_length(reply)
+  if type(reply) ~= 'table' or reply[1] ~= count then
+    return fail('CORRUPT', doc .. ' children do not match ' .. order)
+  end
+end
+-- Writes the pending appends, CHUNK at a time.
+local function flush()
+  local n = #appends
+  local from = 1
+  while from <= n do
+    local to = math.min(from + CHUNK - 1, n)
+    local fields, members, children = {}, {}, {}
+    for k = from, to do
+      local i = appends[k]
+      fields[#fields + 1] = ARGV[i]
+      fields[#fields + 1] = ARGV[i + 1]
+      members[#members + 1] = ARGV[i + 2]
+      members[#members + 1] = ARGV[i + 1]
+      children[#children + 1] = ARGV[i + 3]
+    end
+    redis.call('HSET', ids, unpack(fields))
+    redis.call('ZADD', order, unpack(members))
+    local reply = redis.call('JSON.ARRAPPEND', doc, '$.children', unpack(children))
+    if type(reply) ~= 'table' or reply[1] ~= count - n + to then
+      return fail('CORRUPT', doc .. ' children do not match ' .. order)
+    end
+    from = to + 1
+  end
+  appends = {}
+end
+
 local written = 0
 for _, i in ipairs(writes) do
   local identity, position, score, child = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local kept = redis.call('HGET', ids, identity)
+  local kept = stored[identity]
   if kept == false or position < kept then
-    if kept then
-      local old_rank = redis.call('ZRANK', order, kept)
-      redis.call('JSON.ARRPOP', doc, '$.children', old_rank)
-      redis.call('ZREM', order, kept)
-    end
-    redis.call('HSET', ids, identity, position)
-    redis.call('ZADD', order, score, position)
-    local rank = redis.call('ZRANK', order, position)
-    local count = redis.call('ZCARD', order)
-    local reply
-    if rank == count - 1 then
-      reply = redis.call('JSON.ARRAPPEND', doc, '$.children', child)
+    local value = tonumber(score)
+    if kept == false and (last_position == nil or value > last_score
+        or (value == last_score and position > last_position)) then
+      -- After the newest child: an append, written in bulk.
+      appends[#appends + 1] = i
+      count = count + 1
+      last_score, last_position = value, position
     else
-      reply = redis.call('JSON.ARRINSERT', doc, '$.children', rank, child)
+      err = flush()
+      if err then
+        return err
+      end
+      if kept then
+        local old_rank = redis.call('ZRANK', order, kept)
+        redis.call('JSON.ARRPOP', doc, '$.children', old_rank)
+        redis.call('ZREM', order, kept)
+        count = count - 1
+      end
+      redis.call('HSET', ids, identity, position)
+      redis.call('ZADD', order, score, position)
+      local rank = redis.call('ZRANK', order, position)
+      count = count + 1
+      local reply
+      if rank == count - 1 then
+        reply = redis.call('JSON.ARRAPPEND', doc, '$.children', child)
+      else
+        reply = redis.call('JSON.ARRINSERT', doc, '$.children', rank, child)
+      end
+      err = check_length(reply)
+      if err then
+        return err
+      end
+      if kept then
+        read_last()
+      elseif rank == count - 1 then
+        last_score, last_position = value, position
+      end
     end
-    if type(reply) ~= 'table' or reply[1] ~= count then
-      return fail('CORRUPT', doc .. ' children do not match ' .. order)
-    end
+    stored[identity] = position
     written = written + 1
   end
+end
+err = flush()
+if err then
+  return err
 end
 if ttl > 0 then
   for _, key in ipairs({doc, ids, order}) do

@@ -173,3 +173,106 @@ async fn a_restarted_redis_gets_the_script_again() {
         Some(expected)
     );
 }
+
+/// Frames far larger than the script's bulk size (256), mixing appends,
+/// inserts in the middle, repeats and earlier arrivals of kept events, so
+/// the bulk path's chunk boundaries and its hand-over to the per-event path
+/// are crossed many times.
+#[tokio::test]
+async fn large_mixed_batches_store_the_reference_document() {
+    init_test_tracing();
+    let redis = RedisServer::start().unwrap();
+    let store = Store::connect(&RedisSettings::local(redis.url()))
+        .await
+        .unwrap();
+    let session = SessionId::parse("large").unwrap();
+
+    // A small linear congruential generator: deterministic, no extra crate.
+    let mut state: u64 = 0x5eed;
+    let mut next = move |bound: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % bound
+    };
+    let mut stream = Vec::new();
+    let mut sent: Vec<String> = Vec::new();
+    let mut newest = 0u64;
+    for sequence in 1..=6u64 {
+        let mut events = Vec::new();
+        if sequence == 1 {
+            events.push(r#"{"type":"SESSION_START","timestamp":0}"#.to_string());
+        }
+        for n in 0..700u64 {
+            let event = match next(10) {
+                // A repeat of an event sent in an earlier frame.
+                0 if !sent.is_empty() => sent[next(sent.len() as u64) as usize].clone(),
+                // Older than the newest child: inserted in the middle.
+                1 if newest > 0 => {
+                    format!(
+                        r#"{{"type":"EVENT","timestamp":{},"name":"late-{sequence}-{n}"}}"#,
+                        next(newest)
+                    )
+                }
+                // Same timestamp as another child: ordered by arrival.
+                2 => format!(
+                    r#"{{"type":"EVENT","timestamp":{newest},"name":"tie-{sequence}-{n}"}}"#
+                ),
+                _ => {
+                    newest += 1 + next(3);
+                    format!(r#"{{"type":"EVENT","timestamp":{newest},"name":"e-{sequence}-{n}"}}"#)
+                }
+            };
+            events.push(event);
+        }
+        sent.extend(events.iter().cloned());
+        if sequence == 6 {
+            events.push(format!(
+                r#"{{"type":"SESSION_END","timestamp":{}}}"#,
+                newest + 1
+            ));
+        }
+        stream.push(frame(
+            &session,
+            sequence,
+            &format!("[{}]", events.join(",")),
+        ));
+    }
+    let expected = serde_json::to_string(&fold("large", &stream)).unwrap();
+
+    // In order one frame at a time; all at once; newest first (every kept
+    // event is then replaced by an earlier arrival); redelivered twice.
+    let schedules: [Vec<Vec<usize>>; 4] = [
+        (0..6).map(|i| vec![i]).collect(),
+        vec![(0..6).collect()],
+        (0..6).rev().map(|i| vec![i]).collect(),
+        vec![
+            vec![3, 4, 5],
+            vec![0, 1, 2],
+            vec![2, 5, 0],
+            vec![0, 1, 2, 3, 4, 5],
+        ],
+    ];
+    for schedule in schedules {
+        let names = names();
+        let mut store = store.clone();
+        for batch in &schedule {
+            let deliveries: Vec<Delivery> = batch.iter().map(|&i| stream[i].clone()).collect();
+            let applied = store
+                .apply(&[Invocation::new(&names, &session, &deliveries, 0)])
+                .await
+                .unwrap();
+            assert!(
+                matches!(applied[..], [Applied::Stored(_)]),
+                "{schedule:?}: {applied:?}"
+            );
+        }
+        assert_eq!(
+            stored_document(&redis.url(), &names.keys(&session).doc)
+                .await
+                .as_deref(),
+            Some(expected.as_str()),
+            "schedule {schedule:?}"
+        );
+    }
+}
