@@ -38,6 +38,11 @@ fn hard_message_cap(limits: &Limits) -> usize {
     limits.max_frame_bytes.saturating_mul(4).max(64 * 1024)
 }
 
+/// The WebSocket read buffer each connection allocates up front. The
+/// library's default, 128 KiB, is zero-filled before every read and held
+/// by idle connections too; a larger frame grows the buffer as it arrives.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 pub(crate) struct Shared {
     pub(crate) publisher: Publisher,
     pub(crate) names: Names,
@@ -245,6 +250,7 @@ fn accept(
     let tracking = shared.connections.token();
     let span = tracing::info_span!("connection", session_id = %session, %request_id);
     Ok(upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(cap)
         .max_frame_size(cap)
         .on_upgrade(move |socket| {
