@@ -11,11 +11,13 @@ use sha2::{Digest, Sha256};
 
 /// The strong entity tag of `document`: its SHA-256 in hex, quoted.
 pub fn etag(document: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(document);
     let mut tag = String::with_capacity(66);
     tag.push('"');
     for byte in digest {
-        tag.push_str(&format!("{byte:02x}"));
+        tag.push(char::from(HEX[usize::from(byte >> 4)]));
+        tag.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     tag.push('"');
     tag

@@ -65,16 +65,18 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
 
     /// Takes one unit of `bytes` for `key`; `Err` carries how long to wait.
     pub fn check(&self, key: &K, bytes: usize) -> Result<(), Duration> {
-        let clock = DefaultClock::default();
+        // Only a refusal needs the time; a new clock costs a calibration
+        // look-up, too much for every frame and request.
+        let now = || DefaultClock::default().now();
         if let Some(count) = &self.count {
             count
                 .check_key(key)
-                .map_err(|not_until| not_until.wait_time_from(clock.now()))?;
+                .map_err(|not_until| not_until.wait_time_from(now()))?;
         }
         if let (Some(volume), Some(bytes)) = (&self.bytes, NonZeroU32::new(bytes as u32)) {
             match volume.check_key_n(key, bytes) {
                 Ok(Ok(())) => {}
-                Ok(Err(not_until)) => return Err(not_until.wait_time_from(clock.now())),
+                Ok(Err(not_until)) => return Err(not_until.wait_time_from(now())),
                 // Larger than the burst: never fits; ask for a full second.
                 Err(_) => return Err(Duration::from_secs(1)),
             }
