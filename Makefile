@@ -115,7 +115,9 @@ bench: deps ## Benchmarks (release build, own servers; records BENCHMARKS.md)
 	SESSIONFOLD_REDIS_SERVER="$(SESSIONFOLD_REDIS_SERVER)" \
 	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
 		target/release/sessionfold-bench $(BENCH_ARGS)
-	@if $(BENCH_PYTHON) -c 'import matplotlib' 2>/dev/null; then \
+	@if [[ "$(BENCH_ARGS)" == *--no-record* ]]; then \
+		echo "bench: --no-record: docs/bench-throughput.png not redrawn"; \
+	elif $(BENCH_PYTHON) -c 'import matplotlib' 2>/dev/null; then \
 		$(BENCH_PYTHON) bench/plot.py target/bench/results.json docs/bench-throughput.png; \
 	else \
 		echo "bench: no matplotlib for $(BENCH_PYTHON); docs/bench-throughput.png not redrawn"; \

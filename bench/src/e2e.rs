@@ -13,7 +13,7 @@ use sessionfold::loadgen::{self, LoadOptions, LoadReport, Workload};
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};
 use tokio::time::Instant;
 
-use crate::system::{RunNames, Servers, proc_cpu, wait_drained};
+use crate::system::{CpuMeter, RunNames, Servers, wait_drained};
 
 /// What one end-to-end run measured.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -70,11 +70,9 @@ pub async fn run(
         ),
     ];
     pids.extend(processors.iter().map(|p| (p.name.clone(), p.pid())));
-    let cpu_before: Vec<Duration> = pids
-        .iter()
-        .map(|(_, pid)| proc_cpu(*pid).unwrap_or_default())
-        .collect();
-    let own_before = proc_cpu(std::process::id()).unwrap_or_default();
+    pids.push(("bench (producers)".to_owned(), std::process::id()));
+    let named: Vec<(&str, u32)> = pids.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    let cpu = CpuMeter::start(&named);
     let started = Instant::now();
     let report = loadgen::run(workload, &producer, &options).await;
     let acked_seconds = report.elapsed.as_secs_f64();
@@ -87,21 +85,7 @@ pub async fn run(
     }
     let drained = wait_drained(&js, &names, Duration::from_secs(300)).await?;
     let complete_seconds = (drained - started).as_secs_f64();
-    let mut cpu: Vec<(String, f64)> = pids
-        .iter()
-        .zip(&cpu_before)
-        .map(|((name, pid), before)| {
-            let after = proc_cpu(*pid).unwrap_or_default();
-            (name.clone(), after.saturating_sub(*before).as_secs_f64())
-        })
-        .collect();
-    cpu.push((
-        "bench (producers)".to_owned(),
-        proc_cpu(std::process::id())
-            .unwrap_or_default()
-            .saturating_sub(own_before)
-            .as_secs_f64(),
-    ));
+    let cpu = cpu.stop();
     let exact_documents = exact_documents(servers, &names, workload, &report).await?;
     drop(processors);
     drop(ingest);

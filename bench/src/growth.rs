@@ -5,7 +5,10 @@
 //!   newest (in order), and with 10 % of them older (inserted in the
 //!   middle). The cost is Redis's own time in the script (`INFO
 //!   commandstats`, `usec` of `evalsha`), so round trips do not blur it;
-//!   the wall-clock time of the calls is kept too.
+//!   the wall-clock time of the calls is kept too. Each is the median of
+//!   five separately timed rounds. `BENCH_COMMANDSTATS=1` prints the
+//!   per-command split of the script's time (`HSET`, `ZADD`,
+//!   `JSON.ARRAPPEND`, …) for profiling.
 //! - [`idle_connections`]: the resident memory of `sessionfold ingest` with
 //!   many open WebSocket connections that send nothing.
 
@@ -39,6 +42,13 @@ pub struct ApplyCost {
 const FRAME_EVENTS: usize = 50;
 /// Events per prefill frame.
 const PREFILL_EVENTS: usize = 1000;
+/// Separately timed rounds per measurement.
+const ROUNDS: usize = 5;
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
 
 /// One event: timestamp `timestamp`, a unique name, ~100 bytes.
 fn event(timestamp: u64, name: &str) -> serde_json::Value {
@@ -130,11 +140,11 @@ async fn apply_cost_at(
     })
     .await?;
     let mut redis = servers.redis_connection().await?;
-    // Enough sessions that each measured frame goes to a session of about
-    // `children` children: one frame per session when they are small, all
-    // frames into one when it is large.
+    // Enough sessions that none grows by more than a tenth while measured
+    // (at most one frame per session when they are small), so each stays
+    // at about `children` children.
     let frames = measured_events.div_ceil(FRAME_EVENTS);
-    let sessions = (frames * FRAME_EVENTS)
+    let sessions = (frames * FRAME_EVENTS * 10)
         .div_ceil(children.max(1))
         .clamp(1, frames);
     let ids: Vec<SessionId> = (0..sessions)
@@ -182,16 +192,25 @@ async fn apply_cost_at(
         sequence += 1;
         invocations.push(invocation(&run_names, &ids[s], sequence, events)?);
     }
-    redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async::<()>(&mut redis)
-        .await?;
-    let started = Instant::now();
-    for one in &invocations {
-        apply(&mut store, std::slice::from_ref(one)).await?;
+    // Several rounds, each timed alone: the median round is the result, so
+    // that a burst of load from elsewhere on the machine does not decide it.
+    let mut server_us = Vec::with_capacity(ROUNDS);
+    let mut wall_us = Vec::with_capacity(ROUNDS);
+    for round in invocations.chunks(frames.div_ceil(ROUNDS)) {
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async::<()>(&mut redis)
+            .await?;
+        let started = Instant::now();
+        for one in round {
+            apply(&mut store, std::slice::from_ref(one)).await?;
+        }
+        let wall = started.elapsed();
+        let usec = evalsha_usec(&mut redis).await?;
+        let events = (round.len() * FRAME_EVENTS) as f64;
+        server_us.push(usec as f64 / events);
+        wall_us.push(wall.as_secs_f64() * 1e6 / events);
     }
-    let wall = started.elapsed();
-    let usec = evalsha_usec(&mut redis).await?;
     if std::env::var_os("BENCH_COMMANDSTATS").is_some() {
         // Where the script's time goes, by command (for profiling).
         let info: String = redis::cmd("INFO")
@@ -199,7 +218,7 @@ async fn apply_cost_at(
             .query_async(&mut redis)
             .await?;
         eprintln!(
-            "commandstats, {children} children, {out_of_order_percent} % out of order:\n{info}"
+            "commandstats of the last round, {children} children, {out_of_order_percent} % out of order:\n{info}"
         );
     }
     let events = frames * FRAME_EVENTS;
@@ -208,8 +227,8 @@ async fn apply_cost_at(
         children,
         out_of_order_percent,
         events,
-        server_us_per_event: usec as f64 / events as f64,
-        wall_us_per_event: wall.as_secs_f64() * 1e6 / events as f64,
+        server_us_per_event: median(&mut server_us),
+        wall_us_per_event: median(&mut wall_us),
     })
 }
 

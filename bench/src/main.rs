@@ -69,7 +69,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "10,10000,100000")]
     growth_sizes: Vec<usize>,
     /// Events measured per size and order in the apply-cost run.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 10_000)]
     growth_events: usize,
     /// Idle WebSocket connections of the memory run.
     #[arg(long, default_value_t = 10_000)]
@@ -128,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     args.shrink_if_quick();
     let clock = Instant::now();
-    let machine = Machine::describe();
+    let mut machine = Machine::describe();
     let servers = tokio::task::spawn_blocking(Servers::start).await??;
     step(
         &format!(
@@ -392,6 +392,19 @@ async fn main() -> anyhow::Result<()> {
             target: "≥ 50 %".to_owned(),
             status: Status::of(read.api.per_sec() >= 0.5 * read.raw.per_sec()),
         });
+        for (what, load) in [("`GET /data`", &read.api), ("raw `JSON.GET`", &read.raw)] {
+            let cpu: Vec<String> = load
+                .cpu
+                .iter()
+                .map(|(name, secs)| format!("{name} {secs:.1}"))
+                .collect();
+            notes.push(format!(
+                "CPU seconds in the {what} loops ({} s × {} cores): {}.",
+                load.seconds,
+                machine.nproc,
+                cpu.join(", ")
+            ));
+        }
         json.insert(
             "read_path".into(),
             serde_json::json!({
@@ -485,6 +498,7 @@ async fn main() -> anyhow::Result<()> {
         json.insert("idle_connections".into(), serde_json::to_value(&idle)?);
     }
 
+    machine.finish();
     let block = report::block(&machine, &rows, &notes);
     println!("\n{block}");
     if !args.no_record {

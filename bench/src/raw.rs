@@ -113,7 +113,7 @@ pub async fn jetstream_publish(
         let publish = PublishMessage::build()
             .payload(payload)
             .message_id(message_id)
-            .header(sessionfold_ingest_request_header(), "bench");
+            .header(REQUEST_ID_HEADER, "bench");
         acks.push(js.send_publish(subject, publish).await?.into_future());
     }
     while let Some(ack) = acks.next().await {
@@ -138,9 +138,7 @@ pub async fn jetstream_publish(
 }
 
 /// The header ingest adds to every frame (its value is the connection's id).
-fn sessionfold_ingest_request_header() -> &'static str {
-    "Sessionfold-Request-Id"
-}
+const REQUEST_ID_HEADER: &str = "Sessionfold-Request-Id";
 
 /// Folds every frame into Redis through [`Store::apply`]: batches of
 /// `batch_frames` consecutive frames (in stream order), grouped by session

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::http::HttpConnection;
 use crate::stats::Samples;
-use crate::system::{RunNames, Servers};
+use crate::system::{CpuMeter, RunNames, Servers};
 
 /// Requests per second and latencies of one reader.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct ReadLoad {
     pub requests: u64,
     pub seconds: f64,
     pub latency: Samples,
+    /// CPU seconds each process used during the loops.
+    pub cpu: Vec<(String, f64)>,
 }
 
 impl ReadLoad {
@@ -88,6 +90,12 @@ pub async fn run(
 
     let api = servers.start_api(&names).await?;
     let addr = api.addr;
+    let redis_pid = servers.redis.pid().unwrap_or_default();
+    let cpu = CpuMeter::start(&[
+        ("api", api.pid()),
+        ("redis-server", redis_pid),
+        ("bench (readers)", std::process::id()),
+    ]);
     let path = format!("/data?session_id={}", session.as_str());
     let expected = document.len();
     let api_load = drive(
@@ -112,8 +120,16 @@ pub async fn run(
         },
     )
     .await?;
+    let api_load = ReadLoad {
+        cpu: cpu.stop(),
+        ..api_load
+    };
     drop(api);
     crate::raw::settle().await;
+    let cpu = CpuMeter::start(&[
+        ("redis-server", redis_pid),
+        ("bench (readers)", std::process::id()),
+    ]);
 
     let raw_load = drive(
         concurrency,
@@ -137,6 +153,10 @@ pub async fn run(
         },
     )
     .await?;
+    let raw_load = ReadLoad {
+        cpu: cpu.stop(),
+        ..raw_load
+    };
     servers.clean(&names).await?;
     Ok(ReadPath {
         concurrency,
@@ -195,5 +215,6 @@ where
         requests: latency.len() as u64,
         seconds: duration.as_secs_f64(),
         latency,
+        cpu: Vec::new(),
     })
 }

@@ -90,7 +90,13 @@ fn shell(command: &str) -> String {
         .unwrap_or_default()
 }
 
-/// When and where: date, commit, `nproc`, `lscpu | head`, `free -h`.
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    shell("cut -d' ' -f1-3 /proc/loadavg")
+}
+
+/// When and where: date, commit, `nproc`, `lscpu | head`, `free -h`, the
+/// load average before and after.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Machine {
     pub date: String,
@@ -98,6 +104,10 @@ pub struct Machine {
     pub nproc: String,
     pub lscpu: String,
     pub free: String,
+    /// `/proc/loadavg` when the run started and when it ended: other work
+    /// on the machine shares its cores with the measurements.
+    pub load_before: String,
+    pub load_after: String,
 }
 
 impl Machine {
@@ -114,20 +124,28 @@ impl Machine {
             nproc: shell("nproc"),
             lscpu: shell("lscpu | head"),
             free: shell("free -h"),
+            load_before: load_average(),
+            load_after: String::new(),
         }
+    }
+
+    /// Notes the load average at the end of the run.
+    pub fn finish(&mut self) {
+        self.load_after = load_average();
     }
 
     fn markdown(&self) -> String {
         format!(
-            "Run {date} on {nproc} cores (commit {commit}).\n\n\
-             <details><summary>machine</summary>\n\n\
-             ```\n$ nproc\n{nproc}\n$ lscpu | head\n{lscpu}\n$ free -h\n{free}\n```\n\n\
-             </details>\n",
+            "Run {date} on {nproc} cores (commit {commit}); load average {before} before, \
+             {after} after.\n\n\
+             ```\n$ nproc\n{nproc}\n$ lscpu | head\n{lscpu}\n$ free -h\n{free}\n```\n",
             date = self.date,
             nproc = self.nproc,
             commit = self.commit,
             lscpu = self.lscpu,
             free = self.free,
+            before = self.load_before,
+            after = self.load_after,
         )
     }
 }

@@ -147,6 +147,33 @@ pub fn proc_cpu(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis((utime + stime) * 10))
 }
 
+/// CPU time of some processes over a stretch of time.
+pub struct CpuMeter {
+    processes: Vec<(String, u32, Duration)>,
+}
+
+impl CpuMeter {
+    pub fn start(processes: &[(&str, u32)]) -> Self {
+        Self {
+            processes: processes
+                .iter()
+                .map(|(name, pid)| ((*name).to_owned(), *pid, proc_cpu(*pid).unwrap_or_default()))
+                .collect(),
+        }
+    }
+
+    /// CPU seconds each process used since [`CpuMeter::start`].
+    pub fn stop(self) -> Vec<(String, f64)> {
+        self.processes
+            .into_iter()
+            .map(|(name, pid, before)| {
+                let after = proc_cpu(pid).unwrap_or_default();
+                (name, after.saturating_sub(before).as_secs_f64())
+            })
+            .collect()
+    }
+}
+
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Servers {
@@ -318,7 +345,9 @@ impl Servers {
             .await?)
     }
 
-    /// Deletes a run's streams and Redis keys, so runs do not pile up.
+    /// Deletes a run's streams and Redis keys, so runs do not pile up, and
+    /// rewrites the (now empty) append-only file, so that no measurement
+    /// pays for the rewrite of an earlier one's data.
     pub async fn clean(&self, names: &RunNames) -> anyhow::Result<()> {
         let js = self.jetstream().await?;
         for stream in [&names.stream, &names.dead_stream] {
@@ -326,7 +355,30 @@ impl Servers {
         }
         let mut redis = self.redis_connection().await?;
         redis::cmd("FLUSHALL").query_async::<()>(&mut redis).await?;
-        Ok(())
+        // BGREWRITEAOF is refused while a rewrite runs: wait, rewrite, wait.
+        wait_aof_rewrite(&mut redis).await?;
+        redis::cmd("BGREWRITEAOF")
+            .query_async::<()>(&mut redis)
+            .await?;
+        wait_aof_rewrite(&mut redis).await
+    }
+}
+
+/// Waits until Redis runs no AOF rewrite and has none scheduled.
+async fn wait_aof_rewrite(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(redis)
+            .await?;
+        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("an AOF rewrite still runs after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
