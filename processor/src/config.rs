@@ -33,6 +33,11 @@ pub struct WorkerSettings {
     /// Most messages applied in one batch.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 512)]
     pub batch_size: usize,
+    /// Batches applied at once by one processor: while Redis applies one,
+    /// the next is pulled and decoded. Batches may be applied in any order
+    /// (the apply step is order-independent), so this only overlaps work.
+    #[arg(long, env = "BATCHES_IN_FLIGHT", default_value_t = 2)]
+    pub batches_in_flight: usize,
     /// How long JetStream waits for an ack before redelivering, in seconds.
     #[arg(long, env = "ACK_WAIT_SECS", default_value_t = 30)]
     pub ack_wait_secs: u64,
@@ -86,6 +91,7 @@ impl Default for WorkerSettings {
         Self {
             consumer_name: "sessionfold-processor".to_owned(),
             batch_size: 512,
+            batches_in_flight: 2,
             ack_wait_secs: 30,
             max_ack_pending: 20_000,
             max_attempts: 5,

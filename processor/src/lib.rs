@@ -8,7 +8,7 @@
 //! - [`batch`]: decoding a pulled batch and grouping it by session.
 //! - [`consumer`]: creating (and re-creating) the durable pull consumer.
 //! - [`dead_letter`]: where messages that can never be applied go.
-//! - [`worker`]: the pull → apply → ack loop; [`serve`] adds health routes.
+//! - [`worker`]: the pull → apply → ack loop, a few batches in flight; [`serve`] adds health routes.
 //! - [`lag`]: polls the consumer's pending and ack-pending counts into gauges.
 //! - [`readiness`]: what `/readyz` checks (NATS, Redis, stream, consumer).
 

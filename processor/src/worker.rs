@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use sessionfold_common::metrics as names;
 use sessionfold_common::{jetstream as js_setup, settings};
@@ -82,9 +83,9 @@ impl Processor {
             && self.nats.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Consumes until `shutdown`; the batch in hand is finished and acked
+    /// Consumes until `shutdown`; the batches in hand are finished and acked
     /// before it returns.
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let lag = tokio::spawn(crate::lag::poll(
             self.js.clone(),
             self.config.nats.stream_name.clone(),
@@ -127,13 +128,16 @@ impl Processor {
     }
 
     /// Pulls and applies batches until shutdown (`Ok`) or until the
-    /// subscription is broken (`Err`).
+    /// subscription is broken (`Err`). Up to `batches_in_flight` batches are
+    /// applied at once; every one is finished and settled before it returns.
     async fn consume(
-        &mut self,
+        &self,
         consumer: PullConsumer,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let batch_size = self.config.worker.batch_size.max(1);
+        let batches_in_flight = self.config.worker.batches_in_flight.max(1);
+        let mut in_flight = FuturesUnordered::new();
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(batch_size)
@@ -143,8 +147,14 @@ impl Processor {
             .await?;
         let mut consecutive_errors = 0;
         loop {
+            if in_flight.len() >= batches_in_flight {
+                in_flight.next().await;
+                continue;
+            }
             let first = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => {
+                    while in_flight.next().await.is_some() {}
                     // Hand back what was pulled but not started, so other
                     // replicas get it now rather than after the ack wait.
                     while let Some(Some(Ok(message))) = messages.next().now_or_never() {
@@ -152,10 +162,14 @@ impl Processor {
                     }
                     return Ok(());
                 }
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
                 next = messages.next() => next,
             };
             let mut batch = match first {
-                None => anyhow::bail!("the pull subscription ended"),
+                None => {
+                    while in_flight.next().await.is_some() {}
+                    anyhow::bail!("the pull subscription ended")
+                }
                 Some(Err(err)) => {
                     consecutive_errors += 1;
                     tracing::warn!(error = %err, consecutive_errors, "pull error");
@@ -165,6 +179,7 @@ impl Processor {
                     if is_fatal_pull_error(&err)
                         || consecutive_errors >= MAX_CONSECUTIVE_PULL_ERRORS
                     {
+                        while in_flight.next().await.is_some() {}
                         anyhow::bail!("{consecutive_errors} pull errors in a row: {err}");
                     }
                     continue;
@@ -179,13 +194,13 @@ impl Processor {
                 }
             }
             let span = batch_span(&batch);
-            self.process(batch, shutdown).instrument(span).await;
+            in_flight.push(self.process(batch, shutdown).instrument(span));
         }
     }
 
     /// Applies one batch and settles every message in it: ack when stored,
     /// dead letter when it can never be stored, otherwise redelivery.
-    async fn process(&mut self, messages: Vec<jetstream::Message>, shutdown: &CancellationToken) {
+    async fn process(&self, messages: Vec<jetstream::Message>, shutdown: &CancellationToken) {
         let mut fates: Vec<Fate> = Vec::with_capacity(messages.len());
         let mut sequences = Vec::with_capacity(messages.len());
         let mut deliveries = Vec::with_capacity(messages.len());
@@ -284,7 +299,7 @@ impl Processor {
     /// only the frames that are refused on their own are retried or dead
     /// lettered.
     async fn isolate_refusal(
-        &mut self,
+        &self,
         session: &sessionfold_core::SessionId,
         part: &SessionBatch,
         sequences: &[u64],
@@ -306,11 +321,12 @@ impl Processor {
                 .with_document_ttl(self.config.worker.document_ttl_secs)
             })
             .collect();
+        let mut store = self.store.clone();
         let outcome = if part.messages.len() > 1 {
             // In stream order, so that a frame that fits is not displaced by a later one.
             let mut results = Vec::with_capacity(single.len());
             for invocation in &single {
-                match self.store.apply(std::slice::from_ref(invocation)).await {
+                match store.apply(std::slice::from_ref(invocation)).await {
                     Ok(mut applied) => results.push(applied.remove(0)),
                     Err(_) => return, // An outage: all stay `Retry`.
                 }
@@ -337,14 +353,15 @@ impl Processor {
     /// Retries the batch through Redis outages until it is stored. `None`
     /// when shutdown came first.
     async fn apply_until_stored(
-        &mut self,
+        &self,
         invocations: &[Invocation],
         messages: &[jetstream::Message],
         shutdown: &CancellationToken,
     ) -> Option<Vec<Applied>> {
+        let mut store = self.store.clone();
         let mut backoff = Backoff::default();
         loop {
-            match self.store.apply(invocations).await {
+            match store.apply(invocations).await {
                 Ok(results) => return Some(results),
                 Err(err) => {
                     metrics::counter!(names::REDIS_OUTAGES_TOTAL).increment(1);
