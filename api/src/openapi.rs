@@ -84,7 +84,7 @@ pub enum DataResponses {
         status = 200,
         content_type = "application/json",
         headers(
-            ("ETag" = String, description = "Strong entity tag: the quoted SHA-256 (hex) of the document's bytes"),
+            ("ETag" = String, description = "Strong entity tag: the quoted 128-bit XXH3 hash (hex) of the document's bytes"),
             ("Cache-Control" = String, description = "`no-cache`: revalidate with `If-None-Match`"),
             ("X-Request-Id" = String, description = "The request's id"),
         )

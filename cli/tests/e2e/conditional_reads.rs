@@ -1,4 +1,4 @@
-//! Conditional reads: `GET /data` carries a strong `ETag` (the SHA-256 of
+//! Conditional reads: `GET /data` carries a strong `ETag` (the XXH3-128 of
 //! the stored bytes), and a matching `If-None-Match` gets `304` without a
 //! body until the document changes.
 
