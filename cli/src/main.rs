@@ -1,11 +1,6 @@
 //! The `sessionfold` command line: flags and tracing; the work is in the
 //! service libraries and [`sessionfold::dev`].
 
-/// mimalloc: the services allocate and free many short-lived buffers per
-/// frame and request, where it is measurably cheaper than glibc's malloc
-/// (BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use sessionfold_common::{shutdown, telemetry};

@@ -1,11 +1,6 @@
 //! The `sessionfold-processor` binary: flags, tracing, signals; the service
 //! is the library's [`sessionfold_processor::serve`].
 
-/// mimalloc: the services allocate and free many short-lived buffers per
-/// frame and request, where it is measurably cheaper than glibc's malloc
-/// (BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use sessionfold_common::{shutdown, telemetry};
