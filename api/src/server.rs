@@ -170,7 +170,9 @@ async fn data(
     let session = admit(&shared, peer, &headers, query)?;
     let key = shared.names.keys(&session).doc;
     let mut redis = shared.redis.clone();
-    let document: Option<String> = redis::cmd("JSON.GET")
+    // Bytes, not a String: RedisJSON writes UTF-8, and checking it again
+    // would cost a pass over every document served.
+    let document: Option<Vec<u8>> = redis::cmd("JSON.GET")
         .arg(&key)
         .query_async(&mut redis)
         .await
