@@ -192,14 +192,23 @@ impl Drop for ProcessorProcess {
 
 impl TestApp {
     async fn wait_until_ready(&self, addr: SocketAddr) {
-        let url = format!("http://{addr}/readyz");
+        self.wait_for_readiness(
+            &format!("http://{addr}/readyz"),
+            StatusCode::OK,
+            "the service is ready",
+        )
+        .await;
+    }
+
+    /// Polls the `/readyz` at `url` until it answers `status`.
+    pub async fn wait_for_readiness(&self, url: &str, status: StatusCode, what: &str) {
         let http = self.http.clone();
-        eventually("the service is ready", DEADLINE, || {
+        eventually(what, DEADLINE, || {
             let http = http.clone();
-            let url = url.clone();
+            let url = url.to_owned();
             async move {
                 let response = http.get(&url).send().await.ok()?;
-                (response.status() == StatusCode::OK).then_some(())
+                (response.status() == status).then_some(())
             }
         })
         .await;
@@ -209,15 +218,11 @@ impl TestApp {
         self.start_processor_with(&[])
     }
 
-    /// Starts `sessionfold processor` with extra environment variables.
-    pub fn start_processor_with(&self, env: &[(&str, &str)]) -> ProcessorProcess {
+    /// `sessionfold processor` with this app's servers and names.
+    pub fn processor_command(&self) -> Command {
         let config = &self.config;
-        let log = if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_sessionfold"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sessionfold"));
+        command
             .arg("processor")
             .env("PROCESSOR_LISTEN", "127.0.0.1:0")
             .env("NATS_URL", self.nats.url())
@@ -236,7 +241,19 @@ impl TestApp {
             .env(
                 "UPDATES_SUBJECT_PREFIX",
                 &config.worker.updates_subject_prefix,
-            )
+            );
+        command
+    }
+
+    /// Starts `sessionfold processor` with extra environment variables.
+    pub fn start_processor_with(&self, env: &[(&str, &str)]) -> ProcessorProcess {
+        let log = if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        let child = self
+            .processor_command()
             .envs(env.iter().copied())
             .stdout(log)
             .stderr(Stdio::inherit())

@@ -185,23 +185,9 @@ async fn a_requests_lines_carry_its_request_id_and_session_id() {
 #[tokio::test]
 async fn processor_lines_carry_the_stream_sequence() {
     let app = spawn_split_app().await;
-    let config = &app.config;
     let processor = Logged::start(
-        Command::new(env!("CARGO_BIN_EXE_sessionfold"))
-            .arg("processor")
-            .env("RUST_LOG", "info,sessionfold_processor=debug")
-            .env("PROCESSOR_LISTEN", "127.0.0.1:0")
-            .env("NATS_URL", app.nats.url())
-            .env("REDIS_URL", app.redis.url())
-            .env("STREAM_NAME", &config.nats.stream_name)
-            .env("SUBJECT_PREFIX", &config.nats.subject_prefix)
-            .env("KEY_PREFIX", &config.redis.key_prefix)
-            .env("CONSUMER_NAME", &config.worker.consumer_name)
-            .env("DEAD_LETTER_STREAM", &config.worker.dead_letter_stream)
-            .env(
-                "DEAD_LETTER_SUBJECT_PREFIX",
-                &config.worker.dead_letter_subject_prefix,
-            ),
+        app.processor_command()
+            .env("RUST_LOG", "info,sessionfold_processor=debug"),
     );
     let frame = r#"[{"type":"EVENT","timestamp":1,"name":"sequenced"}]"#;
     let mut producer = app.connect("sequenced").await;

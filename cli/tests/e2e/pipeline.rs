@@ -51,12 +51,7 @@ async fn session_markers_may_stand_anywhere_and_frames_arrive_out_of_order() {
     let expected = expected_document("markers", &frames);
     assert_eq!(expected["start"], json!(5));
     assert_eq!(expected["end"], json!(90));
-    let names: Vec<_> = expected["children"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|child| child["name"].as_str().unwrap())
-        .collect();
+    let names = child_names(&expected);
     assert_eq!(names, ["e1", "e10", "e20", "e30", "e50"]);
     app.wait_for_document("markers", &expected).await;
 }
@@ -90,12 +85,7 @@ async fn equal_timestamps_keep_arrival_order_across_frames() {
         producer.send_accepted(frame).await;
     }
     let expected = expected_document("ties", &frames);
-    let names: Vec<_> = expected["children"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|child| child["name"].as_str().unwrap())
-        .collect();
+    let names = child_names(&expected);
     assert_eq!(names, ["z", "a", "b", "c", "d"]);
     app.wait_for_document("ties", &expected).await;
 }
@@ -168,4 +158,14 @@ async fn session_ids_with_separators_and_unicode_are_stored_under_their_own_name
         app.wait_for_document(id, &expected_document(id, &[&frame]))
             .await;
     }
+}
+
+/// The `name` of every child of `document`, in order.
+fn child_names(document: &serde_json::Value) -> Vec<&str> {
+    document["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|child| child["name"].as_str().unwrap())
+        .collect()
 }

@@ -23,15 +23,11 @@ async fn ingest_answers_unavailable_while_jetstream_is_down_and_recovers() {
     app.nats.stop();
     // Once ingest knows NATS is gone it publishes nothing, so none of these
     // frames can surface later.
-    let ready = format!("http://{}/readyz", app.ingest_addr);
-    eventually("ingest notices the outage", DEADLINE, || {
-        let http = app.http.clone();
-        let ready = ready.clone();
-        async move {
-            let response = http.get(&ready).send().await.ok()?;
-            (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(())
-        }
-    })
+    app.wait_for_readiness(
+        &format!("http://{}/readyz", app.ingest_addr),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ingest notices the outage",
+    )
     .await;
 
     let frame = |i: usize| format!(r#"[{{"type":"EVENT","timestamp":{i},"name":"n{i}"}}]"#);
@@ -162,15 +158,11 @@ async fn sigterm_under_load_answers_in_flight_frames_and_loses_nothing_acknowled
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let ready = format!("http://127.0.0.1:{port}/readyz");
-    eventually("the dev process is ready", DEADLINE, || {
-        let http = app.http.clone();
-        let ready = ready.clone();
-        async move {
-            let response = http.get(&ready).send().await.ok()?;
-            (response.status() == StatusCode::OK).then_some(())
-        }
-    })
+    app.wait_for_readiness(
+        &format!("http://127.0.0.1:{port}/readyz"),
+        StatusCode::OK,
+        "the dev process is ready",
+    )
     .await;
 
     let url_of = |session: &str| {
@@ -192,14 +184,11 @@ async fn sigterm_under_load_answers_in_flight_frames_and_loses_nothing_acknowled
         )
         .unwrap();
         // Readiness fails first, while the process still serves.
-        eventually("readiness turns 503 after SIGTERM", DEADLINE, || {
-            let http = app.http.clone();
-            let ready = ready.clone();
-            async move {
-                let response = http.get(&ready).send().await.ok()?;
-                (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(())
-            }
-        })
+        app.wait_for_readiness(
+            &format!("http://127.0.0.1:{port}/readyz"),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "readiness turns 503 after SIGTERM",
+        )
         .await;
     };
     let ((acked, closes), ()) = tokio::join!(load, stop);
