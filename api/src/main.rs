@@ -1,7 +1,6 @@
 //! The `sessionfold-api` binary: flags, tracing, signals; the service is the
 //! library's [`sessionfold_api::serve`].
 
-
 use clap::Parser;
 use sessionfold_api::Config;
 use sessionfold_common::{shutdown, telemetry};

@@ -1,7 +1,6 @@
 //! The `sessionfold` command line: flags and tracing; the work is in the
 //! service libraries and [`sessionfold::dev`].
 
-
 use clap::{Parser, Subcommand};
 use sessionfold_common::{shutdown, telemetry};
 

@@ -1,7 +1,6 @@
 //! The `sessionfold-ingest` binary: flags, tracing, signals; the service is
 //! the library's [`sessionfold_ingest::serve`].
 
-
 use clap::Parser;
 use sessionfold_common::{shutdown, telemetry};
 use sessionfold_ingest::Config;

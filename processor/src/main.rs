@@ -1,7 +1,6 @@
 //! The `sessionfold-processor` binary: flags, tracing, signals; the service
 //! is the library's [`sessionfold_processor::serve`].
 
-
 use clap::Parser;
 use sessionfold_common::{shutdown, telemetry};
 use sessionfold_processor::Config;
