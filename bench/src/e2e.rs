@@ -11,9 +11,10 @@ use anyhow::bail;
 use sessionfold::client::{Producer, ProducerConfig};
 use sessionfold::loadgen::{self, LoadOptions, LoadReport, Workload};
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};
+use sessionfold_testkit::RunNames;
 use tokio::time::Instant;
 
-use crate::system::{CpuMeter, RunNames, Servers, wait_drained};
+use crate::system::{CpuMeter, Servers, session_names, unique_names};
 
 /// What one end-to-end run measured.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -46,11 +47,11 @@ pub async fn run(
     replicas: usize,
     connections: usize,
 ) -> anyhow::Result<EndToEnd> {
-    let names = RunNames::unique();
+    let names = unique_names();
     let ingest = servers.start_ingest(&names).await?;
     let processors = servers.start_processors(&names, replicas).await?;
-    let js = servers.jetstream().await?;
-    let mut config = ProducerConfig::new(&format!("ws://{}/websocket", ingest.addr))?;
+    let jetstream = servers.probe(&names).await?;
+    let mut config = ProducerConfig::new(&format!("ws://{}/websocket", ingest.addr()))?;
     config.deadline = Duration::from_secs(300);
     let producer = Producer::new(config);
     let options = LoadOptions {
@@ -69,7 +70,7 @@ pub async fn run(
             servers.redis.pid().unwrap_or_default(),
         ),
     ];
-    pids.extend(processors.iter().map(|p| (p.name.clone(), p.pid())));
+    pids.extend(processors.iter().map(|p| (p.name().to_owned(), p.pid())));
     pids.push(("bench (producers)".to_owned(), std::process::id()));
     let named: Vec<(&str, u32)> = pids.iter().map(|(n, p)| (n.as_str(), *p)).collect();
     let cpu = CpuMeter::start(&named);
@@ -83,8 +84,8 @@ pub async fn run(
             failure.error
         );
     }
-    let drained = wait_drained(&js, &names, Duration::from_secs(300)).await?;
-    let complete_seconds = (drained - started).as_secs_f64();
+    jetstream.wait_drained(Duration::from_secs(300)).await?;
+    let complete_seconds = started.elapsed().as_secs_f64();
     let cpu = cpu.stop();
     let exact_documents = exact_documents(servers, &names, workload, &report).await?;
     drop(processors);
@@ -112,7 +113,7 @@ async fn exact_documents(
     workload: &Workload,
     report: &LoadReport,
 ) -> anyhow::Result<usize> {
-    let names = names.names();
+    let names = session_names(names);
     let mut redis = servers.redis_connection().await?;
     let mut exact = 0;
     for (result, load) in report.sessions.iter().zip(&workload.sessions) {

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::stats::Samples;
-use crate::system::{RunNames, Servers};
+use crate::system::{Servers, unique_names};
 
 /// What the freshness run measured.
 #[derive(Debug, Clone)]
@@ -62,18 +62,18 @@ pub async fn run(
     events_per_frame: usize,
     duration: Duration,
 ) -> anyhow::Result<Freshness> {
-    let names = RunNames::unique();
+    let names = unique_names();
     let ingest = servers.start_ingest(&names).await?;
     let processors = servers.start_processors(&names, 1).await?;
     let api = servers.start_api(&names).await?;
     let producer = Producer::new(ProducerConfig::new(&format!(
         "ws://{}/websocket",
-        ingest.addr
+        ingest.addr()
     ))?);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let data_url = Arc::new(format!("http://{}/data", api.addr));
+    let data_url = Arc::new(format!("http://{}/data", api.addr()));
     let frames_each = duration.as_secs().max(1) as usize;
     let visible = Arc::new(Mutex::new((Samples::new(), 0usize, 0u64)));
     let acked = Arc::new(Mutex::new(Samples::new()));

@@ -24,7 +24,7 @@ use sessionfold_processor::store::{Applied, Invocation, Store};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::system::{RunNames, Servers};
+use crate::system::{Servers, proc_status_kb, session_names, unique_names};
 
 /// The cost per event at one session size and arrival order.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -132,8 +132,8 @@ async fn apply_cost_at(
     out_of_order_percent: u32,
     measured_events: usize,
 ) -> anyhow::Result<ApplyCost> {
-    let names = RunNames::unique();
-    let run_names = names.names();
+    let names = unique_names();
+    let run_names = session_names(&names);
     let mut store = Store::connect(&RedisSettings {
         key_prefix: names.key_prefix.clone(),
         ..RedisSettings::local(servers.redis_url())
@@ -256,16 +256,16 @@ pub async fn idle_connections(
     servers: &Servers,
     connections: usize,
 ) -> anyhow::Result<IdleConnections> {
-    let names = RunNames::unique();
+    let names = unique_names();
     let ingest = servers.start_ingest(&names).await?;
-    let rss_before_kb = ingest.status_kb("VmRSS")?;
+    let rss_before_kb = proc_status_kb(ingest.pid(), "VmRSS")?;
     let started = Instant::now();
     let mut open = Vec::with_capacity(connections);
     let mut handshakes = FuturesUnordered::new();
     let mut next = 0;
     while open.len() < connections {
         while next < connections && handshakes.len() < 256 {
-            let url = format!("ws://{}/websocket?session_id=idle-{next:06}", ingest.addr);
+            let url = format!("ws://{}/websocket?session_id=idle-{next:06}", ingest.addr());
             handshakes.push(async move {
                 // A small read buffer, so that the client side of 10 000
                 // connections stays light too.
@@ -291,7 +291,7 @@ pub async fn idle_connections(
     let connect_seconds = started.elapsed().as_secs_f64();
     // Let ingest settle (the allocator, the per-connection tasks).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_kb = ingest.status_kb("VmRSS")?;
+    let rss_kb = proc_status_kb(ingest.pid(), "VmRSS")?;
     drop(open);
     drop(ingest);
     servers.clean(&names).await?;

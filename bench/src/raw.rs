@@ -23,7 +23,7 @@ use sessionfold_core::{Delivery, Frame, Limits, SessionId};
 use sessionfold_processor::store::{Applied, Invocation, Store};
 use tokio::time::Instant;
 
-use crate::system::{RunNames, Servers};
+use crate::system::{Servers, nats_settings, session_names, unique_names};
 
 /// How much went through, in how long.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -82,10 +82,10 @@ pub async fn jetstream_publish(
     workload: &Workload,
     outstanding: usize,
 ) -> anyhow::Result<Throughput> {
-    let names = RunNames::unique();
-    let run_names = names.names();
+    let names = unique_names();
+    let run_names = session_names(&names);
     let js = servers.jetstream().await?;
-    sessionfold_common::jetstream::ensure_stream(&js, &names.nats_settings(&servers.nats_url()))
+    sessionfold_common::jetstream::ensure_stream(&js, &nats_settings(&names, &servers.nats_url()))
         .await?;
     let frames: Vec<(String, Bytes, String)> = interleaved(workload)
         .into_iter()
@@ -152,8 +152,8 @@ pub async fn redis_apply(
     batch_frames: usize,
     concurrency: usize,
 ) -> anyhow::Result<(Throughput, usize)> {
-    let names = RunNames::unique();
-    let run_names = names.names();
+    let names = unique_names();
+    let run_names = session_names(&names);
     let frames = interleaved(workload);
     let mut deliveries_by_session: BTreeMap<SessionId, Vec<Delivery>> = BTreeMap::new();
     let mut batches: Vec<Vec<Invocation>> = Vec::new();

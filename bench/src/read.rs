@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::http::HttpConnection;
 use crate::stats::Samples;
-use crate::system::{CpuMeter, RunNames, Servers};
+use crate::system::{CpuMeter, Servers, session_names, unique_names};
 
 /// Requests per second and latencies of one reader.
 #[derive(Debug, Clone)]
@@ -64,9 +64,10 @@ pub async fn run(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<ReadPath> {
-    let names = RunNames::unique();
+    let names = unique_names();
     let session = SessionId::parse("read-path-session")?;
-    let key = names.names().keys(&session).doc;
+    let run_names = session_names(&names);
+    let key = run_names.keys(&session).doc;
     let mut store = Store::connect(&RedisSettings {
         key_prefix: names.key_prefix.clone(),
         ..RedisSettings::local(servers.redis_url())
@@ -79,7 +80,7 @@ pub async fn run(
             .events,
     };
     store
-        .apply(&[Invocation::new(&names.names(), &session, &[delivery], 0)])
+        .apply(&[Invocation::new(&run_names, &session, &[delivery], 0)])
         .await?;
     let mut redis = servers.redis_connection().await?;
     let document: String = redis::cmd("JSON.GET")
@@ -89,7 +90,7 @@ pub async fn run(
         .context("reading the document")?;
 
     let api = servers.start_api(&names).await?;
-    let addr = api.addr;
+    let addr = api.addr();
     let redis_pid = servers.redis.pid().unwrap_or_default();
     let cpu = CpuMeter::start(&[
         ("api", api.pid()),

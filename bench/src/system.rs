@@ -3,18 +3,18 @@
 //! release `sessionfold` binary, each run with names (stream, consumer, key
 //! prefix) of its own.
 
-use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_nats::jetstream;
 use sessionfold_common::settings::NatsSettings;
 use sessionfold_core::session::Names;
-use sessionfold_testkit::{NatsServer, RedisServer, free_port, unique_name};
-use tempfile::TempDir;
+use sessionfold_testkit::{
+    BinaryDefault, JetStreamProbe, NatsServer, RedisServer, RunNames, ServiceLauncher,
+    ServiceProcess, free_port, sessionfold_bin,
+};
 use tokio::time::Instant;
 
 /// Redis persistence of the bench: the append-only file with one fsync per
@@ -22,106 +22,33 @@ use tokio::time::Instant;
 /// default, `always`, is for tests that kill Redis).
 pub const REDIS_ARGS: &[&str] = &["--appendfsync", "everysec"];
 
-/// The `sessionfold` binary: `SESSIONFOLD_BIN`, or the one next to this
-/// executable (`target/release/sessionfold` beside
-/// `target/release/sessionfold-bench`).
-pub fn sessionfold_bin() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("SESSIONFOLD_BIN").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(path));
+/// Fresh names for one run.
+pub fn unique_names() -> RunNames {
+    RunNames::unique("BENCH", "bench", "b")
+}
+
+/// The session names (subjects, keys) the services use for `names`.
+pub fn session_names(names: &RunNames) -> Names {
+    Names {
+        events_subject_prefix: names.subject_prefix.clone(),
+        key_prefix: names.key_prefix.clone(),
     }
-    let exe = std::env::current_exe().context("locating the bench executable")?;
-    let path = exe
-        .parent()
-        .context("the bench executable has no directory")?
-        .join(format!("sessionfold{}", std::env::consts::EXE_SUFFIX));
-    if !path.is_file() {
-        bail!(
-            "{} does not exist: run `cargo build --release -p sessionfold` (or `make bench`), \
-             or point SESSIONFOLD_BIN at a sessionfold binary",
-            path.display()
-        );
+}
+
+/// The stream settings ingest and the processor use for `names`.
+pub fn nats_settings(names: &RunNames, nats_url: &str) -> NatsSettings {
+    NatsSettings {
+        stream_name: names.stream.clone(),
+        subject_prefix: names.subject_prefix.clone(),
+        ..NatsSettings::local(nats_url)
     }
-    Ok(path)
 }
 
 /// The servers, shared by every measurement.
 pub struct Servers {
     pub nats: NatsServer,
     pub redis: RedisServer,
-    bin: PathBuf,
-    logs: TempDir,
-    http: reqwest::Client,
-}
-
-/// The names one run uses, unique so that runs never share state.
-#[derive(Debug, Clone)]
-pub struct RunNames {
-    pub stream: String,
-    pub subject_prefix: String,
-    pub key_prefix: String,
-    pub consumer: String,
-    pub dead_stream: String,
-    pub dead_subject_prefix: String,
-}
-
-impl RunNames {
-    pub fn unique() -> Self {
-        Self {
-            stream: unique_name("BENCH"),
-            subject_prefix: unique_name("bench"),
-            key_prefix: format!("{}:", unique_name("b")),
-            consumer: unique_name("processor"),
-            dead_stream: unique_name("DEAD"),
-            dead_subject_prefix: unique_name("dead"),
-        }
-    }
-
-    pub fn names(&self) -> Names {
-        Names {
-            events_subject_prefix: self.subject_prefix.clone(),
-            key_prefix: self.key_prefix.clone(),
-        }
-    }
-
-    /// The stream settings ingest and the processor use for these names.
-    pub fn nats_settings(&self, nats_url: &str) -> NatsSettings {
-        NatsSettings {
-            stream_name: self.stream.clone(),
-            subject_prefix: self.subject_prefix.clone(),
-            ..NatsSettings::local(nats_url)
-        }
-    }
-}
-
-/// A service running as a child process; SIGKILLed on drop.
-pub struct Service {
-    pub name: String,
-    child: Child,
-    /// Where it serves (and answers `/readyz`).
-    pub addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Service {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`).
-    pub fn status_kb(&self, field: &str) -> anyhow::Result<u64> {
-        proc_status_kb(self.pid(), field)
-    }
-
-    pub fn log(&self) -> &Path {
-        &self.log
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    launcher: ServiceLauncher,
 }
 
 /// A field of `/proc/<pid>/status` in kB.
@@ -178,18 +105,25 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Servers {
     pub fn start() -> anyhow::Result<Self> {
-        let bin = sessionfold_bin()?;
+        // `SESSIONFOLD_BIN`, or `target/release/sessionfold` beside
+        // `target/release/sessionfold-bench`.
+        let bin = sessionfold_bin(BinaryDefault::BesideExecutable {
+            how_to_build: "run `cargo build --release -p sessionfold` (or `make bench`)",
+        })?;
         let nats = NatsServer::start().context("starting nats-server")?;
         let redis = RedisServer::start_with_args(REDIS_ARGS).context("starting redis-server")?;
-        let logs = tempfile::Builder::new()
-            .prefix("sessionfold-bench-")
-            .tempdir()?;
+        let launcher = ServiceLauncher::new(
+            bin,
+            "bench",
+            vec![
+                ("RUST_LOG", "info".to_owned()),
+                ("LOG_FORMAT", "json".to_owned()),
+            ],
+        )?;
         Ok(Self {
             nats,
             redis,
-            bin,
-            logs,
-            http: reqwest::Client::new(),
+            launcher,
         })
     }
 
@@ -202,86 +136,27 @@ impl Servers {
     }
 
     pub fn bin(&self) -> &Path {
-        &self.bin
+        self.launcher.bin()
     }
 
     /// Keeps the service logs (prints where) instead of removing them.
     pub fn keep_logs(self) -> PathBuf {
-        let Servers { logs, .. } = self;
-        logs.keep()
-    }
-
-    fn spawn(
-        &self,
-        name: &str,
-        subcommand: &str,
-        addr: SocketAddr,
-        env: &[(&str, String)],
-    ) -> anyhow::Result<Service> {
-        let log = self.logs.path().join(format!("{name}.log"));
-        let out = OpenOptions::new().create(true).append(true).open(&log)?;
-        let err = out.try_clone()?;
-        let child = Command::new(&self.bin)
-            .arg(subcommand)
-            .env("RUST_LOG", "info")
-            .env("LOG_FORMAT", "json")
-            .env("NO_COLOR", "1")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {} {subcommand}", self.bin.display()))?;
-        Ok(Service {
-            name: name.to_owned(),
-            child,
-            addr,
-            log,
-        })
-    }
-
-    async fn wait_ready(&self, service: &mut Service) -> anyhow::Result<()> {
-        let url = format!("http://{}/readyz", service.addr);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = service.child.try_wait()? {
-                bail!(
-                    "{} exited before it was ready ({status}); log: {}",
-                    service.name,
-                    service.log.display()
-                );
-            }
-            if let Ok(response) = self.http.get(&url).send().await
-                && response.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} not ready after {READY_TIMEOUT:?}; log: {}",
-                    service.name,
-                    service.log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.launcher.keep_logs()
     }
 
     fn nats_env(&self, names: &RunNames) -> Vec<(&'static str, String)> {
-        vec![
-            ("NATS_URL", self.nats_url()),
-            ("STREAM_NAME", names.stream.clone()),
-            ("SUBJECT_PREFIX", names.subject_prefix.clone()),
-        ]
+        let mut env = vec![("NATS_URL", self.nats_url())];
+        env.extend(names.stream_env());
+        env
     }
 
     /// `sessionfold ingest` on a free port, ready.
-    pub async fn start_ingest(&self, names: &RunNames) -> anyhow::Result<Service> {
+    pub async fn start_ingest(&self, names: &RunNames) -> anyhow::Result<ServiceProcess> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut env = self.nats_env(names);
         env.push(("INGEST_LISTEN", addr.to_string()));
-        let mut ingest = self.spawn("ingest", "ingest", addr, &env)?;
-        self.wait_ready(&mut ingest).await?;
+        let mut ingest = self.launcher.spawn("ingest", "ingest", addr, &env)?;
+        ingest.wait_ready(READY_TIMEOUT).await?;
         Ok(ingest)
     }
 
@@ -290,7 +165,7 @@ impl Servers {
         &self,
         names: &RunNames,
         replicas: usize,
-    ) -> anyhow::Result<Vec<Service>> {
+    ) -> anyhow::Result<Vec<ServiceProcess>> {
         let mut processors = Vec::with_capacity(replicas);
         for slot in 0..replicas {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -298,33 +173,40 @@ impl Servers {
             env.extend([
                 ("PROCESSOR_LISTEN", addr.to_string()),
                 ("REDIS_URL", self.redis_url()),
-                ("KEY_PREFIX", names.key_prefix.clone()),
-                ("CONSUMER_NAME", names.consumer.clone()),
-                ("DEAD_LETTER_STREAM", names.dead_stream.clone()),
-                (
-                    "DEAD_LETTER_SUBJECT_PREFIX",
-                    names.dead_subject_prefix.clone(),
-                ),
             ]);
-            processors.push(self.spawn(&format!("processor-{slot}"), "processor", addr, &env)?);
+            env.extend(names.processor_env());
+            let name = format!("processor-{slot}");
+            processors.push(self.launcher.spawn(&name, "processor", addr, &env)?);
         }
         for processor in &mut processors {
-            self.wait_ready(processor).await?;
+            processor.wait_ready(READY_TIMEOUT).await?;
         }
         Ok(processors)
     }
 
     /// `sessionfold api` on a free port, ready.
-    pub async fn start_api(&self, names: &RunNames) -> anyhow::Result<Service> {
+    pub async fn start_api(&self, names: &RunNames) -> anyhow::Result<ServiceProcess> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let env = [
             ("API_LISTEN", addr.to_string()),
             ("REDIS_URL", self.redis_url()),
             ("KEY_PREFIX", names.key_prefix.clone()),
         ];
-        let mut api = self.spawn("api", "api", addr, &env)?;
-        self.wait_ready(&mut api).await?;
+        let mut api = self.launcher.spawn("api", "api", addr, &env)?;
+        api.wait_ready(READY_TIMEOUT).await?;
         Ok(api)
+    }
+
+    /// How far the processors of run `names` are, asked often enough to
+    /// time the end of a run to about 10 ms.
+    pub async fn probe(&self, names: &RunNames) -> anyhow::Result<JetStreamProbe> {
+        let probe = JetStreamProbe::new(
+            self.jetstream().await?,
+            &names.stream,
+            &names.consumer,
+            &names.dead_stream,
+        );
+        Ok(probe.polling_every(Duration::from_millis(10)))
     }
 
     pub async fn jetstream(&self) -> anyhow::Result<jetstream::Context> {
@@ -379,31 +261,5 @@ async fn wait_aof_rewrite(redis: &mut redis::aio::MultiplexedConnection) -> anyh
             bail!("an AOF rewrite still runs after 60 s");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until the consumer has nothing pending and nothing unacked; the
-/// time it was first seen drained.
-pub async fn wait_drained(
-    js: &jetstream::Context,
-    names: &RunNames,
-    timeout: Duration,
-) -> anyhow::Result<Instant> {
-    let started = Instant::now();
-    loop {
-        let state = async {
-            let stream = js.get_stream(&names.stream).await?;
-            let info = stream.consumer_info(&names.consumer).await?;
-            anyhow::Ok((info.num_pending, info.num_ack_pending))
-        }
-        .await;
-        match state {
-            Ok((0, 0)) => return Ok(Instant::now()),
-            Ok(state) if started.elapsed() >= timeout => {
-                bail!("not drained after {timeout:?}: (pending, ack pending) = {state:?}")
-            }
-            Err(err) if started.elapsed() >= timeout => return Err(err),
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
     }
 }

@@ -16,7 +16,7 @@
 //!   own credentials).
 //!
 //! The test drives them with [`sessionfold::loadgen`] and checks the
-//! documents with [`sessionfold_faults::verify`].
+//! documents with [`sessionfold_faults::scenario`].
 
 pub mod nats;
 pub mod redis_cluster;

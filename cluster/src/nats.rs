@@ -103,7 +103,7 @@ impl NatsCluster {
             out.push_str(&format!(
                 "--- nats {name} ({}) ---\n{}\n",
                 path.display(),
-                crate::system::log_tail(&path, lines)
+                sessionfold_testkit::log_tail(&path, lines)
             ));
         }
         out

@@ -196,7 +196,7 @@ impl RedisCluster {
             out.push_str(&format!(
                 "--- redis node {index} ({}) ---\n{}\n",
                 node.log_path().display(),
-                crate::system::log_tail(node.log_path(), lines)
+                sessionfold_testkit::log_tail(node.log_path(), lines)
             ));
         }
         out

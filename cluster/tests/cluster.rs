@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use sessionfold::loadgen::{self, LoadOptions, Workload, WorkloadSpec};
 use sessionfold_cluster::{ClusterOptions, ClusterSystem};
-use sessionfold_faults::ScenarioReport;
-use sessionfold_faults::verify::verify;
+use sessionfold_faults::{ScenarioReport, SystemUnderTest, settle};
 use sessionfold_testkit::{eventually_ok, init_test_tracing};
 use tokio::time::Instant;
 
@@ -30,8 +29,6 @@ const EVENTS_PER_FRAME: usize = 10;
 const WORKLOAD_SEED: u64 = 0x0c1a_57e2;
 /// When, into the load, the stream leader is killed.
 const KILL_AFTER: Duration = Duration::from_millis(2500);
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
-const DOCUMENTS_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_node_killed_under_load_loses_and_duplicates_nothing() {
@@ -83,7 +80,11 @@ async fn nats_node_killed_under_load_loses_and_duplicates_nothing() {
         .nats
         .index_of(&leader)
         .expect("the leader is one of the nodes");
-    let (pending, ack_pending) = system.consumer_state().await.unwrap_or_default();
+    let (pending, ack_pending) = system
+        .jetstream()
+        .consumer_state()
+        .await
+        .unwrap_or_default();
     system.nats.kill(victim).await.expect("killing a NATS node");
     let mut faults = vec![format!(
         "t={:>5.1?} (load {}): SIGKILL nats {leader}, the stream leader (consumer then: {pending} pending, {ack_pending} ack pending)",
@@ -108,40 +109,14 @@ async fn nats_node_killed_under_load_loses_and_duplicates_nothing() {
     ));
 
     let load_report = load.await.expect("the load task");
-    for failure in load_report.failures().take(5) {
-        println!(
-            "{name}: session {} failed: {:?}",
-            failure.session_id, failure.error
-        );
-    }
-    let drain_duration = match system.wait_drained(DRAIN_TIMEOUT).await {
-        Ok(duration) => duration,
-        Err(err) => panic!("{name}: {err:#}\n{}", system.log_tails(25)),
-    };
-    let session_ids: Vec<String> = workload
-        .sessions
-        .iter()
-        .map(|s| s.session_id.clone())
-        .collect();
-    let deadline = Instant::now() + DOCUMENTS_TIMEOUT;
-    let verification = loop {
-        let documents = system
-            .read_documents(&session_ids)
-            .await
-            .expect("reading the documents through the api");
-        let verification = verify(&workload, &load_report, &documents);
-        if verification.is_exact() || Instant::now() >= deadline {
-            break verification;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let settled = settle(&system, name, &workload, &load_report).await;
 
     let mut keys_per_node = Vec::new();
     for index in 0..system.redis.len() {
         keys_per_node.push(system.redis.keys_on(index).await.expect("DBSIZE"));
     }
     let memory_after = system.redis.total_used_memory().await.expect("INFO memory");
-    let children = verification.expected_children.max(1) as u64;
+    let children = settled.verification.expected_children.max(1) as u64;
     let restart_started = Instant::now();
     system
         .nats
@@ -166,18 +141,6 @@ async fn nats_node_killed_under_load_loses_and_duplicates_nothing() {
     ));
 
     let report = ScenarioReport {
-        name: name.to_owned(),
-        sessions: workload.sessions.len(),
-        frames: workload.frames(),
-        events_sent: workload.events(),
-        events_acked: load_report.events_acked,
-        producers: load_report.totals,
-        failed_sessions: load_report.failures().count(),
-        stream_messages: system.stream_messages().await.expect("stream info"),
-        dead_letters: system
-            .dead_letters()
-            .await
-            .expect("dead-letter stream info"),
         processor_replicas: system.options.processors,
         processors_killed: 0,
         faults,
@@ -199,15 +162,14 @@ async fn nats_node_killed_under_load_loses_and_duplicates_nothing() {
                 ),
             ),
         ],
-        load_duration: load_report.elapsed,
-        drain_duration,
+        drain_duration: settled.drain_duration,
         duration: started.elapsed(),
-        verification,
+        verification: settled.verification,
+        ..ScenarioReport::new(name, &workload, &load_report, system.jetstream())
+            .await
+            .expect("stream info")
     };
-    println!("{report}");
-    if !report.verification.is_exact() || report.failed_sessions > 0 {
-        println!("{}", system.log_tails(25));
-    }
+    report.print(&system);
     report.assert_exact();
     assert!(
         keys_per_node.iter().all(|&keys| keys > 0),

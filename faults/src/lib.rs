@@ -3,21 +3,27 @@
 //!
 //! Everything runs for real on loopback: nats-server and redis-server (with
 //! RedisJSON) from `sessionfold-testkit`, ingest and the processors as child
-//! processes of the `sessionfold` binary ([`binary::sessionfold_bin`]), and
-//! the producers through [`sessionfold::client`] driven by
+//! processes of the `sessionfold` binary (the testkit's
+//! [`ServiceLauncher`](sessionfold_testkit::ServiceLauncher)), and the
+//! producers through [`sessionfold::client`] driven by
 //! [`sessionfold::loadgen`].
 //!
-//! - [`binary`]: where the `sessionfold` binary is.
 //! - [`system`]: [`System`], the running system and the faults it can suffer.
+//! - [`scenario`]: the end of every scenario, once the load is over: drain,
+//!   then compare the documents.
 //! - [`verify`]: every session document against the reference fold.
 //! - [`report`]: the per-scenario counts the suite prints and asserts on.
+//!
+//! The cluster test (`cluster/`) ends its scenario and reports with
+//! [`scenario`] and [`report`] too.
 
-pub mod binary;
 pub mod report;
+pub mod scenario;
 pub mod system;
 pub mod verify;
 
 pub use report::ScenarioReport;
+pub use scenario::{Settled, SystemUnderTest, settle};
 pub use system::{System, SystemOptions};
 pub use verify::Verification;
 

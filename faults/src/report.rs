@@ -4,8 +4,12 @@
 use std::fmt;
 use std::time::Duration;
 
+use anyhow::Context;
 use sessionfold::client::Counters;
+use sessionfold::loadgen::{LoadReport, Workload};
+use sessionfold_testkit::JetStreamProbe;
 
+use crate::scenario::{FAILURE_LOG_LINES, SystemUnderTest};
 use crate::verify::Verification;
 
 #[derive(Debug, Clone, Default)]
@@ -39,6 +43,42 @@ pub struct ScenarioReport {
 }
 
 impl ScenarioReport {
+    /// The report of `load` sending `workload`, with the stream counts
+    /// `jetstream` gives now; the caller fills in the processors, faults,
+    /// notes, times and verification.
+    pub async fn new(
+        name: &str,
+        workload: &Workload,
+        load: &LoadReport,
+        jetstream: &JetStreamProbe,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            name: name.to_owned(),
+            sessions: workload.sessions.len(),
+            frames: workload.frames(),
+            events_sent: workload.events(),
+            events_acked: load.events_acked,
+            producers: load.totals,
+            failed_sessions: load.failures().count(),
+            stream_messages: jetstream.stream_messages().await.context("stream info")?,
+            dead_letters: jetstream
+                .dead_letters()
+                .await
+                .context("dead-letter stream info")?,
+            load_duration: load.elapsed,
+            ..Self::default()
+        })
+    }
+
+    /// Prints the report, followed by the end of `system`'s logs when a
+    /// session failed or a document is not exact.
+    pub fn print(&self, system: &impl SystemUnderTest) {
+        println!("{self}");
+        if !self.verification.is_exact() || self.failed_sessions > 0 {
+            println!("{}", system.log_tails(FAILURE_LOG_LINES));
+        }
+    }
+
     /// Panics unless every session finished and every document is exact,
     /// nothing dead-lettered and every acknowledged frame is in the stream.
     pub fn assert_exact(&self) {

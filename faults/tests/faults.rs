@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessionfold::loadgen::{self, LoadOptions, LoadReport, Workload, WorkloadSpec};
-use sessionfold_faults::verify::verify;
-use sessionfold_faults::{FaultRng, ScenarioReport, System, SystemOptions};
+use sessionfold_faults::{
+    FaultRng, ScenarioReport, System, SystemOptions, SystemUnderTest, settle,
+};
 use sessionfold_testkit::init_test_tracing;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -32,10 +33,6 @@ const SESSIONS: usize = 500;
 const FRAMES_PER_SESSION: usize = 10;
 const EVENTS_PER_FRAME: usize = 10;
 const WORKLOAD_SEED: u64 = 0x005e_5510_f01d;
-/// How long the processors may take to catch up after the load.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
-/// How long documents may take to equal the reference once drained.
-const DOCUMENTS_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn workload() -> Arc<Workload> {
     let spec = WorkloadSpec::new(
@@ -63,6 +60,14 @@ fn fault_rng(scenario: &str) -> FaultRng {
     let seed = FaultRng::seed_from_env();
     println!("{scenario}: fault seed {seed} (FAULTS_SEED={seed} repeats the timing)");
     FaultRng::new(seed)
+}
+
+/// A scenario on the default system under the paced load, and the random
+/// source of its fault timing.
+async fn paced_run(name: &str) -> (Run, FaultRng) {
+    let rng = fault_rng(name);
+    let run = Run::begin(name, SystemOptions::default(), workload(), paced()).await;
+    (run, rng)
 }
 
 /// A scenario in progress: the system, and the load running in the
@@ -132,12 +137,6 @@ impl Run {
             ..
         } = self;
         let load_report = load.await.expect("the load task");
-        for failure in load_report.failures().take(5) {
-            println!(
-                "{name}: session {} failed: {:?}",
-                failure.session_id, failure.error
-            );
-        }
         let silent: Vec<&str> = load_report
             .sessions
             .iter()
@@ -148,54 +147,29 @@ impl Run {
         if !silent.is_empty() {
             println!("{name}: sessions that met a reply timeout (first 5): {silent:?}");
         }
-        let drain_duration = match system.wait_drained(DRAIN_TIMEOUT).await {
-            Ok(duration) => duration,
-            Err(err) => panic!("{name}: {err:#}\n{}", system.log_tails(25)),
-        };
-        let session_ids: Vec<String> = workload
-            .sessions
-            .iter()
-            .map(|s| s.session_id.clone())
-            .collect();
-        let deadline = Instant::now() + DOCUMENTS_TIMEOUT;
-        let (documents, verification) = loop {
-            let documents = system
-                .read_documents(&session_ids)
-                .await
-                .expect("reading the documents");
-            let verification = verify(&workload, &load_report, &documents);
-            if verification.is_exact() || Instant::now() >= deadline {
-                break (documents, verification);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let settled = settle(&system, &name, &workload, &load_report).await;
         let report = ScenarioReport {
-            name: name.clone(),
-            sessions: workload.sessions.len(),
-            frames: workload.frames(),
-            events_sent: workload.events(),
-            events_acked: load_report.events_acked,
-            producers: load_report.totals,
-            failed_sessions: load_report.failures().count(),
-            stream_messages: system.stream_messages().await.expect("stream info"),
-            dead_letters: system
-                .dead_letters()
-                .await
-                .expect("dead-letter stream info"),
             processor_replicas: system.processor_slots(),
             processors_killed: system.processors_killed,
             faults,
             notes,
-            load_duration: load_report.elapsed,
-            drain_duration,
+            drain_duration: settled.drain_duration,
             duration: started.elapsed(),
-            verification,
+            verification: settled.verification,
+            ..ScenarioReport::new(&name, &workload, &load_report, system.jetstream())
+                .await
+                .expect("stream info")
         };
-        println!("{report}");
-        if !report.verification.is_exact() || report.failed_sessions > 0 {
-            println!("{}", system.log_tails(25));
-        }
-        (report, documents)
+        report.print(&system);
+        (report, settled.documents)
+    }
+
+    /// [`finish`](Self::finish), and assert that nothing was lost or
+    /// duplicated.
+    async fn finish_exact(self) -> ScenarioReport {
+        let (report, _) = self.finish().await;
+        report.assert_exact();
+        report
     }
 }
 
@@ -203,13 +177,17 @@ impl Run {
 async fn a_processors_sigkilled_at_random_moments_and_restarted() {
     let _serial = SERIAL.lock().await;
     let name = "a: processor SIGKILLs";
-    let mut rng = fault_rng(name);
     const KILLS: usize = 4;
-    let mut run = Run::begin(name, SystemOptions::default(), workload(), paced()).await;
+    let (mut run, mut rng) = paced_run(name).await;
     for _ in 0..KILLS {
         tokio::time::sleep(rng.millis(700, 1800)).await;
         let slot = rng.below(run.system.processor_slots());
-        let (pending, ack_pending) = run.system.consumer_state().await.unwrap_or_default();
+        let (pending, ack_pending) = run
+            .system
+            .jetstream()
+            .consumer_state()
+            .await
+            .unwrap_or_default();
         run.system
             .kill_processor(slot)
             .expect("killing a processor");
@@ -222,17 +200,15 @@ async fn a_processors_sigkilled_at_random_moments_and_restarted() {
             .expect("restarting a processor");
         run.fault(format!("processor {slot} restarted"));
     }
-    let (report, _) = run.finish().await;
+    let report = run.finish_exact().await;
     assert_eq!(report.processors_killed, KILLS);
-    report.assert_exact();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_nats_server_stopped_and_restarted_during_the_load() {
     let _serial = SERIAL.lock().await;
     let name = "b: nats-server restarts";
-    let mut rng = fault_rng(name);
-    let mut run = Run::begin(name, SystemOptions::default(), workload(), paced()).await;
+    let (mut run, mut rng) = paced_run(name).await;
     for round in 0..2 {
         tokio::time::sleep(rng.millis(1500, 2500)).await;
         run.system.stop_nats().await.expect("stopping nats-server");
@@ -247,8 +223,7 @@ async fn b_nats_server_stopped_and_restarted_during_the_load() {
             .expect("restarting nats-server");
         run.fault("nats-server restarted (same port, same JetStream store)".to_owned());
     }
-    let (report, _) = run.finish().await;
-    report.assert_exact();
+    let report = run.finish_exact().await;
     assert!(
         report.producers.unavailable > 0,
         "the outages produced no `unavailable` reply: the fault did not hit the load"
@@ -259,8 +234,7 @@ async fn b_nats_server_stopped_and_restarted_during_the_load() {
 async fn c_redis_server_restarted_during_the_load() {
     let _serial = SERIAL.lock().await;
     let name = "c: redis-server restarts";
-    let mut rng = fault_rng(name);
-    let mut run = Run::begin(name, SystemOptions::default(), workload(), paced()).await;
+    let (mut run, mut rng) = paced_run(name).await;
 
     tokio::time::sleep(rng.millis(1500, 2500)).await;
     run.system
@@ -300,8 +274,7 @@ async fn c_redis_server_restarted_during_the_load() {
         "processor batch retries (from their logs)".to_owned(),
         retried.to_string(),
     ));
-    let (report, _) = run.finish().await;
-    report.assert_exact();
+    run.finish_exact().await;
     assert!(
         retried > 0,
         "no processor met the Redis outages: the fault did not hit the load"
@@ -351,8 +324,7 @@ async fn d_one_two_and_four_replicas_give_byte_identical_documents() {
 async fn e_ingest_sigkilled_and_restarted_during_the_load() {
     let _serial = SERIAL.lock().await;
     let name = "e: ingest SIGKILLs";
-    let mut rng = fault_rng(name);
-    let mut run = Run::begin(name, SystemOptions::default(), workload(), paced()).await;
+    let (mut run, mut rng) = paced_run(name).await;
     for _ in 0..2 {
         tokio::time::sleep(rng.millis(1500, 3000)).await;
         run.system.kill_ingest().expect("killing ingest");
@@ -361,8 +333,7 @@ async fn e_ingest_sigkilled_and_restarted_during_the_load() {
         run.system.start_ingest().await.expect("restarting ingest");
         run.fault("ingest restarted (same port)".to_owned());
     }
-    let (report, _) = run.finish().await;
-    report.assert_exact();
+    let report = run.finish_exact().await;
     assert!(
         report.producers.reconnects > 0,
         "no producer reconnected: the fault did not hit the load"

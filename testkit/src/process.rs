@@ -58,7 +58,7 @@ pub(crate) fn locate(env_var: &str, rel: &str, what: &str) -> Result<PathBuf> {
 }
 
 /// Last `lines` lines of a file (best effort; for error messages).
-pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+pub fn log_tail(path: &Path, lines: usize) -> String {
     const MAX_BYTES: u64 = 64 * 1024;
     let mut buf = Vec::new();
     if let Ok(mut f) = File::open(path) {
