@@ -1,6 +1,6 @@
 # sessionfold — `make help` lists the targets.
 #
-#   make run    nats-server + redis-server (RedisJSON) into .deps/ if missing, build, serve :8080
+#   make run    nats-server + Valkey (RedisJSON, query engine) into .deps/ if missing, build, serve :8080
 #   make test   the same install, then every test
 #
 # RELEASE=1 builds and runs the release profile (slow to build on 2 cores).
@@ -32,7 +32,7 @@ help: ## List the targets
 	@echo "usage: make <target>   (RELEASE=1 for the release profile)"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## Install nats-server, redis-server, RedisJSON and the deploy checkers (docker-compose, kubernetes-validate) into .deps/ (pinned, idempotent)
+deps: ## Install nats-server, Valkey (as redis-server), RedisJSON, the query engine and the deploy checkers (docker-compose, kubernetes-validate) into .deps/ (pinned, idempotent)
 	scripts/bootstrap.sh
 
 build: ## Build the sessionfold binary (debug; RELEASE=1 for release)

