@@ -1,5 +1,7 @@
 //! What travels back to producers: one reply frame per client frame
-//! (DESIGN §1.2), with stable machine-readable error codes.
+//! (DESIGN §1.2), with stable machine-readable error codes, each either
+//! permanent (sending the same frame again can never succeed) or transient
+//! (send it again).
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +38,12 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
         }
+    }
+
+    /// Whether sending the same frame again may succeed: `rate_limited` and
+    /// `unavailable` are transient; every other code is permanent.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::RateLimited | Self::Unavailable)
     }
 
     /// Every code, for metrics labels and documentation.
@@ -89,6 +97,11 @@ pub enum Reply {
         ok: monostate::True,
         frame: u64,
         accepted: usize,
+        /// The JetStream stream sequence that stores the frame (for a frame
+        /// JetStream already held, the original's). Absent for `[]`, which
+        /// stores nothing.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        seq: Option<u64>,
     },
     Rejected {
         ok: monostate::False,
@@ -98,11 +111,31 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// An accepted frame that stored nothing (`[]`).
     pub fn accepted(frame: u64, accepted: usize) -> Self {
         Self::Accepted {
             ok: monostate::True,
             frame,
             accepted,
+            seq: None,
+        }
+    }
+
+    /// An accepted frame stored at stream sequence `seq`.
+    pub fn stored(frame: u64, accepted: usize, seq: u64) -> Self {
+        Self::Accepted {
+            ok: monostate::True,
+            frame,
+            accepted,
+            seq: Some(seq),
+        }
+    }
+
+    /// The stream sequence of an accepted, stored frame.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Self::Accepted { seq, .. } => *seq,
+            Self::Rejected { .. } => None,
         }
     }
 
@@ -175,8 +208,12 @@ mod tests {
     #[test]
     fn replies_have_the_contract_shape() {
         assert_eq!(
-            Reply::accepted(3, 2).to_json(),
-            r#"{"ok":true,"frame":3,"accepted":2}"#
+            Reply::accepted(3, 0).to_json(),
+            r#"{"ok":true,"frame":3,"accepted":0}"#
+        );
+        assert_eq!(
+            Reply::stored(3, 2, 41).to_json(),
+            r#"{"ok":true,"frame":3,"accepted":2,"seq":41}"#
         );
         let rejected = Reply::rejected(
             4,
@@ -196,12 +233,29 @@ mod tests {
     #[test]
     fn replies_parse_back() {
         for reply in [
-            Reply::accepted(1, 10),
+            Reply::accepted(1, 0),
+            Reply::stored(1, 10, 7),
             Reply::rejected(2, FrameError::new(ErrorCode::Unavailable, "later")),
         ] {
             let parsed: Reply = serde_json::from_str(&reply.to_json()).unwrap();
             assert_eq!(parsed, reply);
         }
+    }
+
+    #[test]
+    fn replies_without_seq_still_parse() {
+        let old: Reply = serde_json::from_str(r#"{"ok":true,"frame":1,"accepted":2}"#).unwrap();
+        assert_eq!(old, Reply::accepted(1, 2));
+        assert_eq!(old.seq(), None);
+    }
+
+    #[test]
+    fn only_rate_limited_and_unavailable_are_transient() {
+        let transient: Vec<_> = ErrorCode::ALL
+            .into_iter()
+            .filter(|code| code.is_transient())
+            .collect();
+        assert_eq!(transient, [ErrorCode::RateLimited, ErrorCode::Unavailable]);
     }
 
     #[test]

@@ -14,9 +14,15 @@ async fn the_design_example_becomes_the_design_document() {
     let mut producer = app.connect(SESSION).await;
 
     let first = producer.send_and_reply(FRAME_A).await;
-    assert_eq!(first.to_json(), r#"{"ok":true,"frame":1,"accepted":2}"#);
+    assert_eq!(
+        first.to_json(),
+        r#"{"ok":true,"frame":1,"accepted":2,"seq":1}"#
+    );
     let second = producer.send_and_reply(FRAME_B).await;
-    assert_eq!(second.to_json(), r#"{"ok":true,"frame":2,"accepted":3}"#);
+    assert_eq!(
+        second.to_json(),
+        r#"{"ok":true,"frame":2,"accepted":3,"seq":2}"#
+    );
     producer.expect_close(1000).await;
 
     app.wait_for_document(
@@ -63,7 +69,10 @@ async fn a_single_event_object_is_a_frame_of_one() {
     let reply = producer
         .send_and_reply(r#"{"type":"EVENT","timestamp":3,"name":"alone","id":"x1"}"#)
         .await;
-    assert_eq!(reply.to_json(), r#"{"ok":true,"frame":1,"accepted":1}"#);
+    assert_eq!(
+        reply.to_json(),
+        r#"{"ok":true,"frame":1,"accepted":1,"seq":1}"#
+    );
     app.wait_for_document(
         "single",
         &json!({"session_id":"single","type":"SESSION","start":null,"end":null,
