@@ -14,7 +14,9 @@ use std::fmt;
 pub const MAX_SESSION_ID_BYTES: usize = 128;
 
 /// A validated session identifier: 1–128 bytes of UTF-8 without control
-/// characters.
+/// characters and without invisible format characters (Unicode category
+/// `Cf`: bidi controls such as U+202E, zero-width characters, the BOM, …),
+/// which would let two ids look alike in logs and pages.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(String);
 
@@ -29,6 +31,14 @@ pub enum SessionIdError {
     TooLong { max: usize },
     #[error("session_id contains a control character")]
     NotPrintable,
+    #[error("session_id contains the invisible format character U+{0:04X}")]
+    FormatCharacter(u32),
+    #[error("session_id is not valid UTF-8 once percent-decoded")]
+    NotUtf8,
+    #[error("session_id has a malformed percent escape")]
+    BadEscape,
+    #[error("session_id is given more than once")]
+    Repeated,
 }
 
 impl SessionId {
@@ -48,7 +58,22 @@ impl SessionId {
         if raw.chars().any(char::is_control) {
             return Err(SessionIdError::NotPrintable);
         }
+        if let Some(format) = raw.chars().find(|c| is_format_character(*c)) {
+            return Err(SessionIdError::FormatCharacter(u32::from(format)));
+        }
         Ok(Self(raw.to_owned()))
+    }
+
+    /// The `session_id` parameter of a URL query (the part after `?`),
+    /// decoded strictly: `+` is a space, `%XX` a byte, and the bytes must be
+    /// UTF-8. A malformed escape, bytes that are not UTF-8 (never replaced
+    /// by U+FFFD, which would let `%ff%fe` and `%C0%AE` reach one session)
+    /// or a repeated parameter is refused; so is a missing one.
+    pub fn from_query(query: Option<&str>, max_bytes: usize) -> Result<Self, SessionIdError> {
+        match query_value(query.unwrap_or(""), "session_id")? {
+            Some(raw) => Self::parse_with_max(&raw, max_bytes),
+            None => Err(SessionIdError::Missing),
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -101,6 +126,79 @@ impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Unicode's format characters (general category `Cf`, Unicode 16): bidi
+/// embeddings, overrides and isolates, zero-width spaces and joiners, word
+/// joiners, invisible operators, the BOM, interlinear annotation marks, tags
+/// and the like. None is visible, so an id holding one reads like another.
+pub fn is_format_character(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
+}
+
+/// The value of parameter `name` in a URL query, strictly decoded (see
+/// [`SessionId::from_query`]); `None` when it is absent.
+pub fn query_value(query: &str, name: &str) -> Result<Option<String>, SessionIdError> {
+    let mut found = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode_strict(key)? != name {
+            continue;
+        }
+        if found.is_some() {
+            return Err(SessionIdError::Repeated);
+        }
+        found = Some(percent_decode_strict(value)?);
+    }
+    Ok(found)
+}
+
+/// Form decoding without any lossy step.
+fn percent_decode_strict(text: &str) -> Result<String, SessionIdError> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut input = text.bytes();
+    while let Some(byte) = input.next() {
+        match byte {
+            b'%' => {
+                let high = input.next().and_then(hex_value_any_case);
+                let low = input.next().and_then(hex_value_any_case);
+                match (high, low) {
+                    (Some(high), Some(low)) => bytes.push((high << 4) | low),
+                    _ => return Err(SessionIdError::BadEscape),
+                }
+            }
+            b'+' => bytes.push(b' '),
+            other => bytes.push(other),
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| SessionIdError::NotUtf8)
+}
+
+fn hex_value_any_case(digit: u8) -> Option<u8> {
+    hex_value(digit.to_ascii_lowercase())
 }
 
 fn hex_digit(nibble: u8) -> char {
@@ -202,6 +300,44 @@ mod tests {
         );
         assert_eq!(SessionId::parse("a\nb"), Err(SessionIdError::NotPrintable));
         assert!(SessionId::parse(&"é".repeat(64)).is_ok());
+        assert_eq!(
+            SessionId::parse("abc\u{202e}gpj.exe"),
+            Err(SessionIdError::FormatCharacter(0x202E))
+        );
+        assert_eq!(
+            SessionId::parse("a\u{200b}b"),
+            Err(SessionIdError::FormatCharacter(0x200B))
+        );
+    }
+
+    #[test]
+    fn query_ids_are_decoded_strictly() {
+        let max = MAX_SESSION_ID_BYTES;
+        let id = |query: &str| SessionId::from_query(Some(query), max);
+        assert_eq!(id("session_id=a%20b+c").unwrap().as_str(), "a b c");
+        assert_eq!(id("x=1&session_id=%C3%A9").unwrap().as_str(), "é");
+        assert_eq!(id("session_id=%ff%fe"), Err(SessionIdError::NotUtf8));
+        assert_eq!(id("session_id=%C0%AE"), Err(SessionIdError::NotUtf8));
+        assert_eq!(
+            id("session_id=%e2%80%ae"),
+            Err(SessionIdError::FormatCharacter(0x202E))
+        );
+        assert_eq!(id("session_id=%zz"), Err(SessionIdError::BadEscape));
+        assert_eq!(id("session_id=%4"), Err(SessionIdError::BadEscape));
+        assert_eq!(
+            id("session_id=a&session_id=b"),
+            Err(SessionIdError::Repeated)
+        );
+        assert_eq!(id("session_id="), Err(SessionIdError::Empty));
+        assert_eq!(id("other=1"), Err(SessionIdError::Missing));
+        assert_eq!(
+            SessionId::from_query(None, max),
+            Err(SessionIdError::Missing)
+        );
+        assert_eq!(
+            query_value("token=a%2Fb&session_id=s", "token"),
+            Ok(Some("a/b".to_owned()))
+        );
     }
 
     #[test]
@@ -367,7 +503,11 @@ mod tests {
 
     /// What `parse` must decide, written out independently.
     fn is_valid_raw(raw: &str) -> bool {
-        !raw.is_empty() && raw.len() <= MAX_SESSION_ID_BYTES && !raw.chars().any(char::is_control)
+        !raw.is_empty()
+            && raw.len() <= MAX_SESSION_ID_BYTES
+            && !raw
+                .chars()
+                .any(|c| c.is_control() || is_format_character(c))
     }
 
     /// Strings a producer may send as session_id that must be refused:
@@ -483,6 +623,51 @@ mod tests {
                 prop_assert_eq!(other == id, other.token() == id.token());
                 prop_assert_eq!(other == id, Names::default().keys(&other) == Names::default().keys(&id));
             }
+        }
+
+        /// Any byte string, percent-encoded in full: accepted exactly when
+        /// it is UTF-8 that `parse` accepts, and then it is that string;
+        /// distinct byte strings never reach one session.
+        #[test]
+        fn query_decoding_is_injective_and_never_lossy(
+            a in prop::collection::vec(any::<u8>(), 0..40),
+            b in prop::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let encode = |bytes: &[u8]| -> String {
+                let escaped: String = bytes.iter().map(|byte| format!("%{byte:02X}")).collect();
+                format!("session_id={escaped}")
+            };
+            for bytes in [&a, &b] {
+                let decoded = SessionId::from_query(Some(&encode(bytes)), MAX_SESSION_ID_BYTES);
+                match std::str::from_utf8(bytes) {
+                    Ok(text) if is_valid_raw(text) => {
+                        let decoded = decoded.unwrap();
+                        prop_assert_eq!(decoded.as_str(), text);
+                    }
+                    Ok(_) => prop_assert!(decoded.is_err()),
+                    Err(_) => prop_assert_eq!(decoded, Err(SessionIdError::NotUtf8)),
+                }
+            }
+            if let (Ok(x), Ok(y)) = (
+                SessionId::from_query(Some(&encode(&a)), MAX_SESSION_ID_BYTES),
+                SessionId::from_query(Some(&encode(&b)), MAX_SESSION_ID_BYTES),
+            ) {
+                prop_assert_eq!(x == y, a == b);
+            }
+        }
+
+        /// No valid id holds a bidi control or another format character.
+        #[test]
+        fn format_characters_are_never_part_of_an_id(
+            raw in dangerous_raw(),
+            format in prop::sample::select(&['\u{200b}', '\u{200e}', '\u{202a}', '\u{202e}', '\u{2066}', '\u{2069}', '\u{feff}', '\u{ad}', '\u{e0041}'][..]),
+            at in any::<prop::sample::Index>(),
+        ) {
+            let mut chars: Vec<char> = raw.chars().collect();
+            let at = at.index(chars.len() + 1);
+            chars.insert(at, format);
+            let raw: String = chars.into_iter().collect();
+            prop_assert!(SessionId::parse(&raw).is_err(), "{:?}", raw);
         }
 
         #[test]
