@@ -8,13 +8,19 @@
 //! - **Session tokens**: `sf1.<payload>.<signature>`, where the payload is
 //!   base64url JSON `{"sid": "...", "prefix": false, "scope": "write", "exp": 1700000000}`
 //!   and the signature is base64url HMAC-SHA256 over `sf1.<payload>` with the
-//!   configured secret. A token names one session (or, with `prefix`, every
-//!   session whose id starts with `sid`), what it may do (`write`, `read` or
-//!   `read_write`) and when it expires (Unix seconds). Issue them with
-//!   `sessionfold token` or any HMAC library.
+//!   configured secret (at least [`MIN_SECRET_BYTES`] bytes). A token names
+//!   one session, or with `prefix` every session below a boundary: a prefix
+//!   token states its separator (`"sep": "/"`) and its `sid` ends with it
+//!   (`"tenant-a/"`), so `"a/"` opens `a/1` but never `admin`; an empty
+//!   `sid` with a separator opens every session (issued only on explicit
+//!   request). It says what it may do (`write`, `read` or `read_write`) and
+//!   when it expires (Unix seconds). Issue them with `sessionfold token` or
+//!   any HMAC library.
 //!
 //! Missing, malformed, tampered or expired credentials are 401; a valid
-//! token for another session or scope is 403.
+//! token for another session or scope is 403. [`Authenticator::authorize`]
+//! returns the [`Grant`], whose expiry long-lived connections (WebSockets,
+//! SSE streams) enforce while they are open.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,6 +31,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const TOKEN_VERSION: &str = "sf1";
+
+/// Shortest accepted signing secret, in bytes (256 bits, the size of the
+/// HMAC-SHA256 output).
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// What a credential is used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +68,65 @@ pub struct Claims {
     pub sid: String,
     #[serde(default)]
     pub prefix: bool,
+    /// The separator a prefix token's `sid` ends with; required for prefix
+    /// tokens, so that a prefix only matches at a boundary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sep: Option<String>,
     pub scope: Scope,
     /// Expiry, Unix seconds.
     pub exp: u64,
+}
+
+impl Claims {
+    /// Whether these claims name `session_id`. A prefix token without a
+    /// separator, or whose `sid` does not end with it, names nothing.
+    pub fn covers(&self, session_id: &str) -> bool {
+        if !self.prefix {
+            return session_id == self.sid;
+        }
+        match self.sep.as_deref() {
+            Some(sep) if !sep.is_empty() && (self.sid.is_empty() || self.sid.ends_with(sep)) => {
+                session_id.len() > self.sid.len() && session_id.starts_with(&self.sid)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What an accepted credential grants, for as long as it lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// When the grant ends, Unix seconds; `None` for API keys and for
+    /// requests let through without a credential (`AUTH_REQUIRED=false`).
+    pub expires_at: Option<u64>,
+}
+
+impl Grant {
+    /// A grant that does not expire.
+    pub const UNLIMITED: Grant = Grant { expires_at: None };
+
+    /// How long the grant still lasts at `now` (Unix seconds): `None` when
+    /// it does not expire, zero once it has.
+    pub fn remaining(&self, now: u64) -> Option<std::time::Duration> {
+        self.expires_at
+            .map(|exp| std::time::Duration::from_secs(exp.saturating_sub(now)))
+    }
+}
+
+/// Why authentication settings cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("AUTH_TOKEN_SECRET must be at least {MIN_SECRET_BYTES} bytes, got {0}")]
+    SecretTooShort(usize),
+}
+
+/// Clap parser of a signing secret: at least [`MIN_SECRET_BYTES`] bytes.
+pub fn parse_secret(text: &str) -> Result<String, String> {
+    if text.len() < MIN_SECRET_BYTES {
+        Err(AuthConfigError::SecretTooShort(text.len()).to_string())
+    } else {
+        Ok(text.to_owned())
+    }
 }
 
 /// Authentication settings of a service.
@@ -77,8 +143,8 @@ pub struct AuthSettings {
         hide_env_values = true
     )]
     pub auth_api_keys: Vec<String>,
-    /// Secret that signs session tokens (HMAC-SHA256).
-    #[arg(long, env = "AUTH_TOKEN_SECRET", hide_env_values = true)]
+    /// Secret that signs session tokens (HMAC-SHA256), at least 32 bytes.
+    #[arg(long, env = "AUTH_TOKEN_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub auth_token_secret: Option<String>,
 }
 
@@ -125,6 +191,19 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// An authenticator for `settings`, refusing a signing secret shorter
+    /// than [`MIN_SECRET_BYTES`] (flags and environment are checked by clap
+    /// already; this covers settings built in code).
+    pub fn try_new(settings: &AuthSettings) -> Result<Self, AuthConfigError> {
+        if let Some(secret) = settings.auth_token_secret.as_ref()
+            && !secret.is_empty()
+            && secret.len() < MIN_SECRET_BYTES
+        {
+            return Err(AuthConfigError::SecretTooShort(secret.len()));
+        }
+        Ok(Self::new(settings))
+    }
+
     pub fn new(settings: &AuthSettings) -> Self {
         Self {
             required: settings.auth_required,
@@ -147,32 +226,29 @@ impl Authenticator {
     }
 
     /// Decides whether `credential` (the bearer value, if any) may `access`
-    /// `session_id`.
+    /// `session_id`, and until when.
     pub fn authorize(
         &self,
         credential: Option<&str>,
         session_id: &str,
         access: Access,
-    ) -> Result<(), AuthError> {
+    ) -> Result<Grant, AuthError> {
         let Some(credential) = credential.filter(|value| !value.is_empty()) else {
             return if self.required {
                 Err(AuthError::Missing)
             } else {
-                Ok(())
+                Ok(Grant::UNLIMITED)
             };
         };
         let digest: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
         if self.api_key_digests.contains(&digest) {
-            return Ok(());
+            return Ok(Grant::UNLIMITED);
         }
         let claims = self.verify(credential, now())?;
-        let matches = if claims.prefix {
-            session_id.starts_with(&claims.sid)
-        } else {
-            session_id == claims.sid
-        };
-        if matches && claims.scope.allows(access) {
-            Ok(())
+        if claims.covers(session_id) && claims.scope.allows(access) {
+            Ok(Grant {
+                expires_at: Some(claims.exp),
+            })
         } else {
             Err(AuthError::Forbidden)
         }
@@ -257,16 +333,19 @@ mod tests {
         Authenticator::new(&AuthSettings {
             auth_required: true,
             auth_api_keys: vec!["key-1".into()],
-            auth_token_secret: Some("secret".into()),
+            auth_token_secret: Some(SECRET.into()),
         })
     }
 
+    const SECRET: &str = "a-test-secret-of-thirty-two-bytes";
+
     fn token(sid: &str, prefix: bool, scope: Scope, exp: u64) -> String {
         issue_token(
-            b"secret",
+            SECRET.as_bytes(),
             &Claims {
                 sid: sid.into(),
                 prefix,
+                sep: prefix.then(|| "/".to_owned()),
                 scope,
                 exp,
             },
@@ -276,7 +355,10 @@ mod tests {
     #[test]
     fn nothing_is_needed_when_auth_is_off() {
         let open = Authenticator::new(&AuthSettings::default());
-        assert_eq!(open.authorize(None, "s", Access::Write), Ok(()));
+        assert_eq!(
+            open.authorize(None, "s", Access::Write),
+            Ok(Grant::UNLIMITED)
+        );
     }
 
     #[test]
@@ -291,7 +373,10 @@ mod tests {
     #[test]
     fn api_keys_open_every_session() {
         let auth = authenticator();
-        assert_eq!(auth.authorize(Some("key-1"), "any", Access::Write), Ok(()));
+        assert_eq!(
+            auth.authorize(Some("key-1"), "any", Access::Write),
+            Ok(Grant::UNLIMITED)
+        );
         assert_eq!(
             auth.authorize(Some("key-2"), "any", Access::Write),
             Err(AuthError::Invalid)
@@ -301,8 +386,14 @@ mod tests {
     #[test]
     fn a_token_opens_its_session_for_its_scope() {
         let auth = authenticator();
-        let write = token("s1", false, Scope::Write, now() + 60);
-        assert_eq!(auth.authorize(Some(&write), "s1", Access::Write), Ok(()));
+        let exp = now() + 60;
+        let write = token("s1", false, Scope::Write, exp);
+        assert_eq!(
+            auth.authorize(Some(&write), "s1", Access::Write),
+            Ok(Grant {
+                expires_at: Some(exp)
+            })
+        );
         assert_eq!(
             auth.authorize(Some(&write), "s1", Access::Read),
             Err(AuthError::Forbidden)
@@ -312,21 +403,96 @@ mod tests {
             Err(AuthError::Forbidden)
         );
         let both = token("s1", false, Scope::ReadWrite, now() + 60);
-        assert_eq!(auth.authorize(Some(&both), "s1", Access::Read), Ok(()));
+        assert!(auth.authorize(Some(&both), "s1", Access::Read).is_ok());
     }
 
     #[test]
     fn a_prefix_token_opens_every_session_under_it() {
         let auth = authenticator();
         let tenant = token("tenant-a/", true, Scope::Read, now() + 60);
-        assert_eq!(
-            auth.authorize(Some(&tenant), "tenant-a/s9", Access::Read),
-            Ok(())
+        assert!(
+            auth.authorize(Some(&tenant), "tenant-a/s9", Access::Read)
+                .is_ok()
+        );
+        for other in ["tenant-b/s9", "tenant-a", "tenant-a/", "tenant-ab/s9"] {
+            assert_eq!(
+                auth.authorize(Some(&tenant), other, Access::Read),
+                Err(AuthError::Forbidden),
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_prefix_matches_only_at_its_stated_separator() {
+        let auth = authenticator();
+        // "a" without a separator boundary opens nothing, not `admin`.
+        let no_boundary = token("a", true, Scope::Write, now() + 60);
+        for session in ["admin", "ab-victim", "a/1", "a"] {
+            assert_eq!(
+                auth.authorize(Some(&no_boundary), session, Access::Write),
+                Err(AuthError::Forbidden),
+                "{session}"
+            );
+        }
+        // A prefix token that states no separator opens nothing either.
+        let unstated = issue_token(
+            SECRET.as_bytes(),
+            &Claims {
+                sid: "a/".into(),
+                prefix: true,
+                sep: None,
+                scope: Scope::Write,
+                exp: now() + 60,
+            },
         );
         assert_eq!(
-            auth.authorize(Some(&tenant), "tenant-b/s9", Access::Read),
+            auth.authorize(Some(&unstated), "a/1", Access::Write),
             Err(AuthError::Forbidden)
         );
+        let bounded = token("a/", true, Scope::Write, now() + 60);
+        assert!(auth.authorize(Some(&bounded), "a/1", Access::Write).is_ok());
+        assert_eq!(
+            auth.authorize(Some(&bounded), "admin", Access::Write),
+            Err(AuthError::Forbidden)
+        );
+        // An empty prefix with a separator is the explicit all-sessions token.
+        let everything = token("", true, Scope::Write, now() + 60);
+        assert!(
+            auth.authorize(Some(&everything), "admin", Access::Write)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert_eq!(
+            parse_secret("x"),
+            Err(AuthConfigError::SecretTooShort(1).to_string())
+        );
+        assert!(parse_secret(SECRET).is_ok());
+        let short = AuthSettings {
+            auth_token_secret: Some("secret".into()),
+            ..AuthSettings::default()
+        };
+        assert_eq!(
+            Authenticator::try_new(&short).err(),
+            Some(AuthConfigError::SecretTooShort(6))
+        );
+        assert!(Authenticator::try_new(&AuthSettings::default()).is_ok());
+    }
+
+    #[test]
+    fn a_grant_reports_what_is_left_of_it() {
+        let grant = Grant {
+            expires_at: Some(100),
+        };
+        assert_eq!(
+            grant.remaining(40),
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(grant.remaining(200), Some(std::time::Duration::ZERO));
+        assert_eq!(Grant::UNLIMITED.remaining(40), None);
     }
 
     #[test]
@@ -350,10 +516,11 @@ mod tests {
         );
 
         let other_secret = issue_token(
-            b"other",
+            b"another-secret-of-thirty-two-bytes",
             &Claims {
                 sid: "s1".into(),
                 prefix: false,
+                sep: None,
                 scope: Scope::Write,
                 exp: now() + 60,
             },

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::helpers::{Producer, TestApp, expected_document, spawn_app_with};
 
-const SECRET: &str = "test-secret";
+const SECRET: &str = "test-secret-of-at-least-32-bytes";
 const API_KEY: &str = "test-api-key";
 const FRAME: &str = r#"[{"type":"EVENT","timestamp":1,"name":"x"}]"#;
 
@@ -21,6 +21,7 @@ fn token(sid: &str, prefix: bool, scope: Scope, exp: u64) -> String {
         &Claims {
             sid: sid.into(),
             prefix,
+            sep: prefix.then(|| "/".to_owned()),
             scope,
             exp,
         },
@@ -123,10 +124,11 @@ async fn websocket_upgrades_need_a_credential_for_the_session() {
         ),
         (
             issue_token(
-                b"another-secret",
+                b"another-secret-of-at-least-32-bytes",
                 &Claims {
                     sid: "s1".into(),
                     prefix: false,
+                    sep: None,
                     scope: Scope::Write,
                     exp: later,
                 },
@@ -147,10 +149,19 @@ async fn websocket_upgrades_need_a_credential_for_the_session() {
             "{credential}"
         );
     }
-    let tenant = token("s", true, Scope::ReadWrite, later);
-    connect_with(url, &[("authorization", &bearer(&tenant))])
-        .await
-        .expect("a prefix token opens every session under it");
+    // A prefix matches only at its separator: "s" does not open "s1".
+    let unbounded = token("s", true, Scope::ReadWrite, later);
+    assert_eq!(
+        refusal(connect_with(url, &[("authorization", &bearer(&unbounded))]).await),
+        (StatusCode::FORBIDDEN, "forbidden".to_owned())
+    );
+    let tenant = token("tenant/", true, Scope::ReadWrite, later);
+    connect_with(
+        app.websocket_url("tenant/s1"),
+        &[("authorization", &bearer(&tenant))],
+    )
+    .await
+    .expect("a prefix token opens every session under it");
 }
 
 #[tokio::test]
