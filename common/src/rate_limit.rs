@@ -1,10 +1,17 @@
 //! Rate limits keyed by client IP or session, on governor's GCRA limiters,
 //! and how a client's IP is found.
+//!
+//! Client addresses are keyed by [`IpKey`]: an IPv4 address as it is, an
+//! IPv6 address by its /64 (one subscriber's network), so that rotating
+//! addresses within one /64 does not escape a limit. Limiters forget keys
+//! whose budget is full again by themselves, at most every
+//! [`SWEEP_INTERVAL`], so memory follows the active clients only.
 
 use std::hash::Hash;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -38,14 +45,72 @@ impl ClientIpSettings {
     }
 }
 
-/// Count and volume limits for one kind of key: `events` per second (frames
-/// or requests) and bytes per second; 0 turns a limit off.
-pub struct KeyedLimit<K: Hash + Eq + Clone> {
-    count: Option<DefaultKeyedRateLimiter<K>>,
-    bytes: Option<DefaultKeyedRateLimiter<K>>,
+/// A client address as limits count it: IPv4 as is, IPv6 by its /64 (an
+/// IPv4-mapped IPv6 address counts as its IPv4 address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpKey(IpAddr);
+
+impl IpKey {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self(ip),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self(IpAddr::V4(v4)),
+                None => {
+                    let network = u128::from(v6) & !u128::from(u64::MAX);
+                    Self(IpAddr::V6(Ipv6Addr::from(network)))
+                }
+            },
+        }
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        self.0
+    }
 }
 
-impl<K: Hash + Eq + Clone> KeyedLimit<K> {
+/// How a key is counted: client addresses by [`IpKey`], everything else as
+/// it is.
+pub trait LimitKey: Hash + Eq + Clone {
+    fn counted(&self) -> Self;
+}
+
+impl LimitKey for IpAddr {
+    fn counted(&self) -> Self {
+        IpKey::of(*self).addr()
+    }
+}
+
+impl LimitKey for IpKey {
+    fn counted(&self) -> Self {
+        *self
+    }
+}
+
+impl LimitKey for String {
+    fn counted(&self) -> Self {
+        self.clone()
+    }
+}
+
+impl LimitKey for &str {
+    fn counted(&self) -> Self {
+        self
+    }
+}
+
+/// Least time between two sweeps of a limiter's idle keys.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Count and volume limits for one kind of key: `events` per second (frames
+/// or requests) and bytes per second; 0 turns a limit off.
+pub struct KeyedLimit<K: LimitKey> {
+    count: Option<DefaultKeyedRateLimiter<K>>,
+    bytes: Option<DefaultKeyedRateLimiter<K>>,
+    last_sweep: Mutex<Instant>,
+}
+
+impl<K: LimitKey> KeyedLimit<K> {
     /// `per_second` units per second with a burst of one second's worth;
     /// `bytes_per_second` likewise, its burst at least `largest_unit` so that
     /// one largest allowed frame always fits.
@@ -60,11 +125,14 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
         Self {
             count: limiter(per_second, per_second),
             bytes: limiter(bytes_per_second, largest),
+            last_sweep: Mutex::new(Instant::now()),
         }
     }
 
     /// Takes one unit of `bytes` for `key`; `Err` carries how long to wait.
     pub fn check(&self, key: &K, bytes: usize) -> Result<(), Duration> {
+        self.sweep_now_and_then();
+        let key = &key.counted();
         // Only a refusal needs the time; a new clock costs a calibration
         // look-up, too much for every frame and request.
         let now = || DefaultClock::default().now();
@@ -90,6 +158,36 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
         for limiter in [&self.count, &self.bytes].into_iter().flatten() {
             limiter.retain_recent();
             limiter.shrink_to_fit();
+        }
+    }
+
+    /// How many keys the limiter remembers now.
+    pub fn remembered_keys(&self) -> usize {
+        [&self.count, &self.bytes]
+            .into_iter()
+            .flatten()
+            .map(|limiter| limiter.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn sweep_now_and_then(&self) {
+        if self.count.is_none() && self.bytes.is_none() {
+            return;
+        }
+        let due = {
+            let Ok(mut last) = self.last_sweep.try_lock() else {
+                return;
+            };
+            if last.elapsed() < SWEEP_INTERVAL {
+                false
+            } else {
+                *last = Instant::now();
+                true
+            }
+        };
+        if due {
+            self.forget_idle();
         }
     }
 }
@@ -127,6 +225,38 @@ mod tests {
         for _ in 0..10_000 {
             assert!(limit.check(&"a", 1 << 20).is_ok());
         }
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_64_share_a_limit() {
+        let limit = KeyedLimit::new(2, 0, 0);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(limit.check(&a, 0).is_ok());
+        assert!(limit.check(&b, 0).is_ok());
+        assert!(limit.check(&a, 0).is_err(), "a rotated address escaped");
+        assert!(
+            limit.check(&other, 0).is_ok(),
+            "another /64 is another client"
+        );
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(IpKey::of(mapped), IpKey::of("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten() {
+        let limit = KeyedLimit::new(1000, 0, 0);
+        for n in 0..2000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            assert!(limit.check(&ip, 0).is_ok());
+        }
+        assert_eq!(limit.remembered_keys(), 2000);
+        // One request per key leaves every budget full again within a
+        // millisecond at 1000/s.
+        std::thread::sleep(Duration::from_millis(5));
+        limit.forget_idle();
+        assert_eq!(limit.remembered_keys(), 0);
     }
 
     #[test]

@@ -6,15 +6,15 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sessionfold_common::rate_limit::KeyedLimit;
+use sessionfold_common::rate_limit::{IpKey, KeyedLimit};
 
 use crate::config::GuardSettings;
 
-/// Connection counts, total and per IP.
+/// Connection counts, total and per client address (IPv6: per /64).
 pub struct ConnectionLimits {
     max_total: usize,
     max_per_ip: usize,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    open: Mutex<(usize, HashMap<IpKey, usize>)>,
 }
 
 /// Which connection limit a new connection would cross.
@@ -27,7 +27,7 @@ pub enum Crossed {
 /// One counted connection; dropping it frees its place.
 pub struct ConnectionSlot {
     limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
+    ip: IpKey,
 }
 
 impl ConnectionLimits {
@@ -49,7 +49,11 @@ impl ConnectionLimits {
     }
 
     pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Crossed> {
-        let mut open = self.open.lock().expect("not poisoned");
+        let ip = IpKey::of(ip);
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if open.0 >= self.max_total {
             return Err(Crossed::Total);
         }
@@ -68,7 +72,11 @@ impl ConnectionLimits {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        let mut open = self.limits.open.lock().expect("not poisoned");
+        let mut open = self
+            .limits
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         open.0 -= 1;
         if let Some(count) = open.1.get_mut(&self.ip) {
             *count -= 1;
@@ -86,8 +94,10 @@ pub struct FrameLimits {
 }
 
 impl FrameLimits {
+    /// Keyed limiters forget idle keys by themselves (see
+    /// `sessionfold_common::rate_limit`).
     pub fn new(settings: &GuardSettings, max_frame_bytes: usize) -> Arc<Self> {
-        let limits = Arc::new(Self {
+        Arc::new(Self {
             per_ip: KeyedLimit::new(
                 settings.ip_frames_per_sec,
                 settings.ip_bytes_per_sec,
@@ -98,19 +108,7 @@ impl FrameLimits {
                 settings.session_bytes_per_sec,
                 max_frame_bytes,
             ),
-        });
-        // Keyed limiters remember every key; forget the idle ones.
-        let weak = Arc::downgrade(&limits);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(30));
-            loop {
-                every.tick().await;
-                let Some(limits) = weak.upgrade() else { break };
-                limits.per_ip.forget_idle();
-                limits.per_session.forget_idle();
-            }
-        });
-        limits
+        })
     }
 
     /// Takes a frame of `bytes` from both budgets; `Err` is how long to wait.
@@ -148,6 +146,17 @@ mod tests {
         assert_eq!(limits.try_open(b).err(), Some(Crossed::Total));
         drop(first);
         assert!(limits.try_open(a).is_ok());
+    }
+
+    #[test]
+    fn ipv6_connections_count_per_64() {
+        let limits = ConnectionLimits::new(0, 1);
+        let _held = limits.try_open("2001:db8::1".parse().unwrap()).unwrap();
+        assert_eq!(
+            limits.try_open("2001:db8::2".parse().unwrap()).err(),
+            Some(Crossed::PerIp)
+        );
+        assert!(limits.try_open("2001:db8:0:1::1".parse().unwrap()).is_ok());
     }
 
     #[test]
