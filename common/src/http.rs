@@ -1,4 +1,5 @@
-//! What every HTTP route of every service gets, as one middleware
+//! How every service serves HTTP: [`serve`] (the accept loop with its
+//! limits, [`HttpLimits`]), and what every route gets, as one middleware
 //! ([`instrument`]):
 //!
 //! - a request id: the client's `X-Request-Id` when it is short printable
@@ -11,20 +12,333 @@
 //!   connection started by it) carries `request_id` and, when the query names
 //!   one, `session_id`; a debug line when the request is answered;
 //! - the [`HTTP_REQUESTS_TOTAL`] and [`HTTP_REQUEST_SECONDS`] metrics,
-//!   labelled by the matched route (never the raw path, so labels stay
-//!   bounded), method and status.
+//!   labelled by the matched route (never the raw path), the method (one of
+//!   the standard ones, else `other`) and the status, so that no client can
+//!   grow the label sets.
+//!
+//! [`serve`] is HTTP/1.1 on hyper with a header-read timeout (hyper starts
+//! it whenever it waits for a request head: on a new connection and after
+//! each response of a keep-alive connection, so it also closes idle
+//! keep-alive connections) and a cap on open connections that counts every
+//! kind: plain requests, SSE streams, and WebSockets, whose upgraded socket
+//! keeps its place until it closes.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Query, Request};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::metrics::{HTTP_REQUEST_SECONDS, HTTP_REQUESTS_TOTAL};
+use crate::metrics::{
+    HTTP_CONNECTIONS_OPEN, HTTP_CONNECTIONS_REFUSED_TOTAL, HTTP_REQUEST_SECONDS,
+    HTTP_REQUESTS_TOTAL,
+};
+use crate::rate_limit::IpKey;
+
+/// What every HTTP listener enforces; 0 turns a limit off.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpLimits {
+    /// Longest wait for a request's head, in seconds: from a connection's
+    /// start, and on keep-alive connections from the end of the previous
+    /// response (so it is also their idle timeout). Stops slowloris clients
+    /// that send headers a byte at a time.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+    /// Open connections of all kinds (HTTP, SSE streams, WebSockets) on one
+    /// listener; past it new connections are closed at once.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
+    /// Open connections from one client address (IPv6: one /64), counted
+    /// at the TCP level; leave it 0 behind a reverse proxy, where every
+    /// connection comes from the proxy.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub http_max_connections_per_ip: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            http_header_timeout_secs: 10,
+            http_max_connections: 10_000,
+            http_max_connections_per_ip: 0,
+        }
+    }
+}
+
+impl HttpLimits {
+    /// The names of the limits that are off, for a start-up warning.
+    pub fn off(&self) -> Vec<&'static str> {
+        let mut off = Vec::new();
+        if self.http_header_timeout_secs == 0 {
+            off.push("HTTP_HEADER_TIMEOUT_SECS");
+        }
+        if self.http_max_connections == 0 {
+            off.push("HTTP_MAX_CONNECTIONS");
+        }
+        if self.http_max_connections_per_ip == 0 {
+            off.push("HTTP_MAX_CONNECTIONS_PER_IP");
+        }
+        off
+    }
+}
+
+/// Largest buffer hyper keeps for one connection's request head (its
+/// minimum is 8 KiB); no route takes a request body.
+const MAX_REQUEST_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Pause after a failed accept (out of file descriptors, say), so that the
+/// loop does not spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Serves `app` on `listener` with `limits` until `shutdown` resolves, then
+/// stops accepting, lets open HTTP connections finish their requests and
+/// returns once they have closed (upgraded WebSockets are their service's
+/// to drain). Handlers see the peer as `ConnectInfo<SocketAddr>`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: &HttpLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let total = match limits.http_max_connections {
+        0 => Semaphore::MAX_PERMITS,
+        max => max,
+    };
+    let places = Arc::new(Semaphore::new(total));
+    let per_ip = PerIpConnections::new(limits.http_max_connections_per_ip);
+    let header_timeout = match limits.http_header_timeout_secs {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
+    };
+    let stopping = CancellationToken::new();
+    let connections = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            refuse(stream, "total");
+            continue;
+        };
+        let Some(ip_place) = per_ip.try_open(peer.ip()) else {
+            refuse(stream, "per_ip");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(CountedStream {
+            inner: stream,
+            _places: (place, ip_place, OpenHttpConnection::open()),
+        });
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                tower::ServiceExt::oneshot(app.clone(), request)
+            });
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_REQUEST_BUFFER_BYTES);
+            let connection = builder.serve_connection(io, service).with_upgrades();
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stopping.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
+            }
+        });
+    }
+    stopping.cancel();
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+fn refuse(stream: TcpStream, limit: &'static str) {
+    ::metrics::counter!(HTTP_CONNECTIONS_REFUSED_TOTAL, "limit" => limit).increment(1);
+    drop(stream);
+}
+
+/// A connection's socket with the places it holds under the connection
+/// caps: they are freed when the socket closes, which for a WebSocket is
+/// long after its HTTP request ended.
+struct CountedStream {
+    inner: TcpStream,
+    _places: (OwnedSemaphorePermit, PerIpPlace, OpenHttpConnection),
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Counts open HTTP connections for the gauge.
+struct OpenHttpConnection;
+
+impl OpenHttpConnection {
+    fn open() -> Self {
+        ::metrics::gauge!(HTTP_CONNECTIONS_OPEN).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenHttpConnection {
+    fn drop(&mut self) {
+        ::metrics::gauge!(HTTP_CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
+/// Open connections per client address (IPv6 per /64).
+#[derive(Clone)]
+struct PerIpConnections {
+    max: usize,
+    open: Arc<Mutex<HashMap<IpKey, usize>>>,
+}
+
+/// One connection's place under the per-address cap.
+struct PerIpPlace(Option<(PerIpConnections, IpKey)>);
+
+impl PerIpConnections {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    fn try_open(&self, ip: IpAddr) -> Option<PerIpPlace> {
+        if self.max == 0 {
+            return Some(PerIpPlace(None));
+        }
+        let key = IpKey::of(ip);
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(PerIpPlace(Some((self.clone(), key))))
+    }
+}
+
+impl Drop for PerIpPlace {
+    fn drop(&mut self) {
+        if let Some((connections, key)) = self.0.take() {
+            let mut open = connections
+                .open
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(count) = open.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// The `method` label: a standard method, else `other`, so that made-up
+/// methods cannot grow the label set.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// The `route` label: the matched route, else `other`.
+fn route_label(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "other".to_owned(), |path| path.as_str().to_owned())
+}
+
+/// The `status` label: a status code is three digits by construction, and
+/// hyper answers only standard ones.
+fn status_label(status: axum::http::StatusCode) -> String {
+    status.as_u16().to_string()
+}
 
 /// The request-id header, in both directions.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -54,11 +368,13 @@ pub fn new_request_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// The `session_id` query parameter, if the query names one.
+/// The `session_id` query parameter, if the query names a valid one
+/// (strictly decoded; a refused id is not recorded in the span).
 fn session_id_of(uri: &Uri) -> Option<String> {
-    Query::<HashMap<String, String>>::try_from_uri(uri)
+    sessionfold_core::session::query_value(uri.query().unwrap_or(""), "session_id")
         .ok()
-        .and_then(|Query(mut query)| query.remove("session_id"))
+        .flatten()
+        .filter(|raw| sessionfold_core::SessionId::parse_with_max(raw, 1024).is_ok())
 }
 
 /// Adds request ids, the request span and the HTTP metrics to every route of
@@ -77,11 +393,7 @@ async fn observe(mut request: Request, next: Next) -> Response {
         .headers_mut()
         .insert(REQUEST_ID_HEADER, header.clone());
     request.extensions_mut().insert(RequestId(id.clone()));
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |path| path.as_str())
-        .to_owned();
+    let route = route_label(&request);
     let method = request.method().clone();
     let span = tracing::info_span!(
         "request",
@@ -98,8 +410,8 @@ async fn observe(mut request: Request, next: Next) -> Response {
     let status = response.status();
     let labels = [
         ("route", route),
-        ("method", method.as_str().to_owned()),
-        ("status", status.as_u16().to_string()),
+        ("method", method_label(&method).to_owned()),
+        ("status", status_label(status)),
     ];
     ::metrics::counter!(HTTP_REQUESTS_TOTAL, &labels).increment(1);
     ::metrics::histogram!(HTTP_REQUEST_SECONDS, &labels).record(elapsed.as_secs_f64());
@@ -189,5 +501,16 @@ mod tests {
         let uri: Uri = "/data?x=1&session_id=a%20b".parse().unwrap();
         assert_eq!(session_id_of(&uri).as_deref(), Some("a b"));
         assert_eq!(session_id_of(&"/data".parse().unwrap()), None);
+        let lossy: Uri = "/data?session_id=%ff%fe".parse().unwrap();
+        assert_eq!(session_id_of(&lossy), None);
+    }
+
+    #[test]
+    fn made_up_methods_fold_into_other() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"M00000001").unwrap()),
+            "other"
+        );
     }
 }

@@ -61,12 +61,19 @@ pub const CONSUMER_ACK_PENDING: &str = "sessionfold_consumer_ack_pending_message
 pub const CONSUMER_REDELIVERED: &str = "sessionfold_consumer_redelivered_messages";
 
 // -------------------------------------------------------------------- http
-/// Counter, labels `route` (the matched route, `unmatched` for none),
-/// `method`, `status`: HTTP requests answered, on every service.
+/// Counter, labels `route` (the matched route, `other` for none),
+/// `method` (a standard method, else `other`), `status`: HTTP requests
+/// answered, on every service.
 pub const HTTP_REQUESTS_TOTAL: &str = "sessionfold_http_requests_total";
 /// Histogram, labels `route`, `method`, `status`: time to answer a request
 /// (for `/websocket`, until the upgrade).
 pub const HTTP_REQUEST_SECONDS: &str = "sessionfold_http_request_duration_seconds";
+/// Gauge: open connections of every kind (HTTP, SSE, WebSockets) on the
+/// process's listeners.
+pub const HTTP_CONNECTIONS_OPEN: &str = "sessionfold_http_connections_open";
+/// Counter, label `limit` (`total`, `per_ip`): connections closed at once
+/// because a connection cap was reached.
+pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "sessionfold_http_connections_refused_total";
 
 /// Buckets of the latency histograms, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -147,6 +154,11 @@ fn describe() {
     describe_gauge!(CONSUMER_ACK_PENDING, "Messages delivered and not acked yet");
     describe_gauge!(CONSUMER_REDELIVERED, "Messages being redelivered");
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests, by route and status");
+    describe_gauge!(HTTP_CONNECTIONS_OPEN, "Open connections of every kind");
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED_TOTAL,
+        "Connections closed at once because a connection cap was reached"
+    );
     describe_histogram!(
         HTTP_REQUEST_SECONDS,
         Unit::Seconds,
@@ -239,6 +251,7 @@ mod tests {
             DEAD_LETTERS_TOTAL,
             REDIS_OUTAGES_TOTAL,
             HTTP_REQUESTS_TOTAL,
+            HTTP_CONNECTIONS_REFUSED_TOTAL,
         ];
         assert!(counters.iter().all(|name| name.ends_with("_total")));
         let durations = [PUBLISH_ACK_SECONDS, APPLY_SECONDS, HTTP_REQUEST_SECONDS];
