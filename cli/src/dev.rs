@@ -61,6 +61,7 @@ impl DevConfig {
             client_ip: ClientIpSettings::default(),
             guard: GuardSettings {
                 idle_timeout_secs: 300,
+                max_pings_per_sec: 10,
                 ..GuardSettings::default()
             },
             api_limits: ApiLimitSettings::default(),

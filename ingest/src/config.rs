@@ -55,6 +55,10 @@ pub struct GuardSettings {
     /// A connection that sends no frame for this long is closed, in seconds.
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 300)]
     pub idle_timeout_secs: u64,
+    /// Pings one connection may send per second; past it the socket is
+    /// closed with 1008 (0: no limit).
+    #[arg(long, env = "MAX_PINGS_PER_SEC", default_value_t = 10)]
+    pub max_pings_per_sec: u32,
     /// Origins browsers may connect from, comma-separated; empty allows any.
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -72,6 +76,11 @@ pub struct ConnectionSettings {
     /// How long a frame may wait for JetStream before it is answered `unavailable`, in milliseconds.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
     pub publish_timeout_ms: u64,
+    /// How long one publish waits for its PubAck before the frame is sent
+    /// again with the same message id (JetStream stores it once), within
+    /// `PUBLISH_TIMEOUT_MS`, in milliseconds; 0 never sends again.
+    #[arg(long, env = "PUBLISH_RETRY_MS", default_value_t = 1000)]
+    pub publish_retry_ms: u64,
     /// Close the socket with 1000 once a frame with SESSION_END is acknowledged.
     #[arg(long, env = "CLOSE_ON_SESSION_END", default_value_t = true, action = clap::ArgAction::Set)]
     pub close_on_session_end: bool,
@@ -83,6 +92,7 @@ impl Default for ConnectionSettings {
             max_in_flight_per_connection: 32,
             max_in_flight_total: 8192,
             publish_timeout_ms: 5000,
+            publish_retry_ms: 1000,
             close_on_session_end: true,
         }
     }
@@ -101,6 +111,7 @@ impl Config {
             client_ip: ClientIpSettings::default(),
             guard: GuardSettings {
                 idle_timeout_secs: 300,
+                max_pings_per_sec: 10,
                 ..GuardSettings::default()
             },
         }

@@ -2,32 +2,47 @@
 //! are published, and up to `max_in_flight_per_connection` of them wait for
 //! their PubAck at once. Replies leave in frame order, whatever order the
 //! PubAcks come back in.
+//!
+//! Where the connection is in its life is one [`State`]; its methods are the
+//! only transitions, so the rules (nothing is read while a `SESSION_END`
+//! frame waits for its reply, every frame read is answered before a close,
+//! a client that left gets no more replies) live in one place and are unit
+//! tested without a socket.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, close_code};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use sessionfold_common::auth::Grant;
 use sessionfold_common::metrics;
 use sessionfold_common::rate_limit::retry_after_secs;
 use sessionfold_core::{ErrorCode, Frame, FrameError, Reply, SessionId};
 
+use crate::publisher::{ConnectionId, OutgoingFrame};
 use crate::server::Shared;
 
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Close code when the connection's token expires (policy violation).
+pub const TOKEN_EXPIRED_CLOSE_CODE: u16 = close_code::POLICY;
+/// Close code when a client sends pings faster than allowed.
+pub const TOO_MANY_PINGS_CLOSE_CODE: u16 = close_code::POLICY;
 
 /// What one connection knows about itself.
 pub struct Connection {
     shared: Arc<Shared>,
     session: SessionId,
     subject: String,
+    id: ConnectionId,
     request_id: String,
     client_ip: IpAddr,
+    grant: Grant,
     frames_received: u64,
 }
 
@@ -37,20 +52,111 @@ struct Outcome {
     ends_session: bool,
 }
 
+/// Where a connection is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Frames are read, as long as fewer than the in-flight bound wait.
+    Reading,
+    /// A frame with `SESSION_END` waits for its reply; nothing more is read
+    /// until it is answered.
+    AwaitingSessionEnd,
+    /// Reading has stopped (idle, shutdown, expiry, abuse): every frame read
+    /// is answered, then the socket is closed with `close`.
+    Draining { close: CloseFrame },
+    /// The client is gone: publishes under way finish, nothing is sent.
+    ClientGone,
+    /// Finished; close the socket with the frame, if there is one.
+    Closed { close: Option<CloseFrame> },
+}
+
+impl State {
+    /// Whether the next frame may be read (the in-flight bound aside).
+    pub(crate) fn may_read(&self) -> bool {
+        matches!(self, Self::Reading)
+    }
+
+    /// Whether the connection still runs normally (not stopping, not done).
+    pub(crate) fn is_live(&self) -> bool {
+        matches!(self, Self::Reading | Self::AwaitingSessionEnd)
+    }
+
+    /// A valid frame was read; a `SESSION_END` frame (when the session's end
+    /// closes the socket) stops reading until its reply.
+    pub(crate) fn frame_read(self, ends_session: bool, close_on_session_end: bool) -> Self {
+        match self {
+            Self::Reading if ends_session && close_on_session_end => Self::AwaitingSessionEnd,
+            other => other,
+        }
+    }
+
+    /// A reply was sent. An acknowledged `SESSION_END` frame closes the
+    /// socket at once (nothing after it was read); a refused one resumes
+    /// reading.
+    pub(crate) fn replied(self, ok: bool, ends_session: bool, close_on_session_end: bool) -> Self {
+        if !ends_session {
+            return self;
+        }
+        match self {
+            Self::AwaitingSessionEnd | Self::Draining { .. } if ok && close_on_session_end => {
+                Self::Closed {
+                    close: Some(close_frame(close_code::NORMAL, "session ended")),
+                }
+            }
+            Self::AwaitingSessionEnd => Self::Reading,
+            other => other,
+        }
+    }
+
+    /// Reading stops for `close`; frames read are still answered.
+    pub(crate) fn stop(self, close: CloseFrame) -> Self {
+        match self {
+            Self::Reading | Self::AwaitingSessionEnd => Self::Draining { close },
+            other => other,
+        }
+    }
+
+    /// The client left or the socket failed.
+    pub(crate) fn client_left(self) -> Self {
+        match self {
+            Self::Closed { .. } => Self::Closed { close: None },
+            _ => Self::ClientGone,
+        }
+    }
+
+    /// Once nothing is pending, a draining connection closes.
+    pub(crate) fn settle(self, nothing_pending: bool) -> Self {
+        match self {
+            Self::Draining { close } if nothing_pending => Self::Closed { close: Some(close) },
+            Self::ClientGone if nothing_pending => Self::Closed { close: None },
+            other => other,
+        }
+    }
+}
+
+fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}
+
 impl Connection {
     pub(crate) fn new(
         shared: Arc<Shared>,
         session: SessionId,
         request_id: String,
         client_ip: IpAddr,
+        grant: Grant,
     ) -> Self {
         let subject = shared.names.subject(&session);
         Self {
             shared,
             session,
             subject,
+            id: ConnectionId::random(),
             request_id,
             client_ip,
+            grant,
             frames_received: 0,
         }
     }
@@ -101,35 +207,39 @@ impl Connection {
             metrics::events_rejected(error.code.as_str(), accepted);
             return (ready_rejection(frame_number, error), false);
         };
-        let publisher = self.shared.publisher.clone();
-        let subject = self.subject.clone();
-        let message_id = format!("{}:{frame_number}", self.request_id);
-        let request_id = self.request_id.clone();
-        let payload = Bytes::from(text);
+        let publishing = self.shared.publisher.publish(OutgoingFrame {
+            subject: self.subject.clone(),
+            payload: Bytes::from(text),
+            message_id: self.id.message_id(frame_number),
+            request_id: self.request_id.clone(),
+        });
         let publish = async move {
-            let result = publisher
-                .publish(subject, payload, message_id, &request_id)
-                .await;
+            let result = publishing.await;
             drop(permit);
             match result {
-                Ok(sequence) => {
-                    tracing::debug!(frame = frame_number, sequence, "frame stored");
+                Ok(stored) => {
+                    tracing::debug!(
+                        frame = frame_number,
+                        sequence = stored.sequence,
+                        duplicate = stored.duplicate,
+                        "frame stored"
+                    );
                     metrics::frame_accepted(accepted);
                     Outcome {
-                        reply: Reply::accepted(frame_number, accepted),
+                        reply: Reply::stored(frame_number, accepted, stored.sequence),
                         ends_session,
                     }
                 }
                 Err(err) => {
                     tracing::warn!(frame = frame_number, error = %err, "frame not stored");
-                    metrics::events_rejected(ErrorCode::Unavailable.as_str(), accepted);
-                    let mut outcome = rejection(
-                        frame_number,
-                        FrameError::new(
-                            ErrorCode::Unavailable,
-                            format!("{err}; send the frame again"),
-                        ),
-                    );
+                    let code = err.code();
+                    metrics::events_rejected(code.as_str(), accepted);
+                    let message = if code.is_transient() {
+                        format!("{err}; send the frame again")
+                    } else {
+                        format!("{err}; it cannot be stored as it is")
+                    };
+                    let mut outcome = rejection(frame_number, FrameError::new(code, message));
                     // A SESSION_END frame stops reading until it is answered:
                     // its reply, stored or not, must resume it.
                     outcome.ends_session = ends_session;
@@ -138,6 +248,17 @@ impl Connection {
             }
         };
         (publish.boxed(), ends_session)
+    }
+
+    fn binary_frame(&mut self) -> BoxFuture<'static, Outcome> {
+        self.frames_received += 1;
+        ready_rejection(
+            self.frames_received,
+            FrameError::new(
+                ErrorCode::InvalidJson,
+                "frames must be text frames holding JSON",
+            ),
+        )
     }
 }
 
@@ -160,91 +281,132 @@ fn ready_rejection(frame_number: u64, error: FrameError) -> BoxFuture<'static, O
     futures::future::ready(rejection(frame_number, error)).boxed()
 }
 
+/// A timer far enough away to stand for "never" without overflowing.
+fn deadline_after(duration: Option<Duration>) -> tokio::time::Instant {
+    const FAR: Duration = Duration::from_secs(u32::MAX as u64);
+    tokio::time::Instant::now() + duration.unwrap_or(FAR).min(FAR)
+}
+
+/// Counts pings in one-second windows.
+struct PingBudget {
+    per_second: u32,
+    window_start: tokio::time::Instant,
+    in_window: u32,
+}
+
+impl PingBudget {
+    fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            window_start: tokio::time::Instant::now(),
+            in_window: 0,
+        }
+    }
+
+    /// Takes one ping; `false` once the client is past the limit (0: none).
+    fn take(&mut self) -> bool {
+        if self.per_second == 0 {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.in_window = 0;
+        }
+        self.in_window += 1;
+        self.in_window <= self.per_second
+    }
+}
+
 /// Serves one connection until the client leaves, the session ends or the
-/// service shuts down.
-pub(crate) async fn run(socket: WebSocket, mut connection: Connection) {
-    tracing::info!("connection opened");
+/// service shuts down. `sink` and `source` are the two halves of the
+/// WebSocket (channels in the unit tests).
+pub(crate) async fn run<Tx, Rx>(mut sink: Tx, mut source: Rx, mut connection: Connection)
+where
+    Tx: Sink<Message> + Unpin,
+    Rx: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    tracing::info!(connection_id = %connection.id, "connection opened");
     let _open = metrics::OpenConnection::open();
     let shared = connection.shared.clone();
+    let close_on_session_end = shared.connection.close_on_session_end;
     let max_in_flight = shared.connection.max_in_flight_per_connection.max(1);
-    let (mut sink, mut source) = socket.split();
     let mut pending: FuturesOrdered<BoxFuture<'static, Outcome>> = FuturesOrdered::new();
-    // A frame with SESSION_END waiting for its PubAck: read nothing more
-    // until it is answered.
-    let mut awaiting_session_end = false;
-    let mut client_gone = false;
-    let mut stopping = false;
-    let mut close: Option<CloseFrame> = None;
+    let mut state = State::Reading;
     let mut replies_sent = 0u64;
+    let mut pings = PingBudget::new(shared.guard.max_pings_per_sec);
     let idle_timeout = match shared.guard.idle_timeout_secs {
-        0 => Duration::MAX,
-        secs => Duration::from_secs(secs),
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
     };
-    let idle = tokio::time::sleep(idle_timeout.min(Duration::from_secs(u32::MAX.into())));
+    let idle = tokio::time::sleep_until(deadline_after(idle_timeout));
     tokio::pin!(idle);
+    let expiry = tokio::time::sleep_until(deadline_after(
+        connection.grant.remaining(sessionfold_common::auth::now()),
+    ));
+    tokio::pin!(expiry);
 
-    loop {
-        if (client_gone || stopping) && pending.is_empty() {
-            break;
+    let close = loop {
+        state = state.settle(pending.is_empty());
+        if let State::Closed { close } = state {
+            break close;
         }
-        let may_read =
-            !client_gone && !stopping && !awaiting_session_end && pending.len() < max_in_flight;
+        let may_read = state.may_read() && pending.len() < max_in_flight;
         tokio::select! {
             biased;
             Some(outcome) = pending.next(), if !pending.is_empty() => {
+                if matches!(state, State::ClientGone) {
+                    continue;
+                }
                 let ok = outcome.reply.is_ok();
                 if sink.send(Message::Text(outcome.reply.to_json().into())).await.is_err() {
-                    client_gone = true;
+                    state = state.client_left();
                     continue;
                 }
                 replies_sent += 1;
-                if outcome.ends_session {
-                    awaiting_session_end = false;
-                    if ok && shared.connection.close_on_session_end {
-                        close = Some(CloseFrame { code: close_code::NORMAL, reason: "session ended".into() });
-                        break;
-                    }
-                }
+                state = state.replied(ok, outcome.ends_session, close_on_session_end);
             }
-            () = &mut idle, if !stopping && pending.is_empty() => {
+            () = &mut idle, if state.is_live() && pending.is_empty() => {
                 tracing::info!("idle timeout");
-                stopping = true;
-                close = Some(CloseFrame { code: close_code::NORMAL, reason: "idle timeout".into() });
+                state = state.stop(close_frame(close_code::NORMAL, "idle timeout"));
             }
-            _ = shared.shutdown.cancelled(), if !stopping => {
-                stopping = true;
-                close = Some(CloseFrame { code: close_code::AWAY, reason: "server shutting down".into() });
+            () = &mut expiry, if state.is_live() => {
+                tracing::info!("token expired");
+                state = state.stop(close_frame(TOKEN_EXPIRED_CLOSE_CODE, "token expired"));
+            }
+            _ = shared.shutdown.cancelled(), if state.is_live() => {
+                state = state.stop(close_frame(close_code::AWAY, "server shutting down"));
             }
             message = source.next(), if may_read => match message {
                 Some(Ok(Message::Text(text))) => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout.min(Duration::from_secs(u32::MAX.into())));
+                    idle.as_mut().reset(deadline_after(idle_timeout));
                     let (outcome, ends_session) = connection.accept_frame(text);
                     pending.push_back(outcome);
-                    // Its own reply decides whether reading resumes.
-                    awaiting_session_end = ends_session && shared.connection.close_on_session_end;
+                    state = state.frame_read(ends_session, close_on_session_end);
                 }
                 Some(Ok(Message::Binary(_))) => {
-                    connection.frames_received += 1;
-                    pending.push_back(ready_rejection(
-                        connection.frames_received,
-                        FrameError::new(ErrorCode::InvalidJson, "frames must be text frames holding JSON"),
-                    ));
+                    pending.push_back(connection.binary_frame());
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => client_gone = true,
+                Some(Ok(Message::Ping(_))) => {
+                    if !pings.take() {
+                        tracing::info!("too many pings");
+                        state = state.stop(close_frame(TOO_MANY_PINGS_CLOSE_CODE, "too many pings"));
+                    }
+                }
+                Some(Ok(Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => state = state.client_left(),
                 Some(Err(err)) if is_message_too_big(&err) => {
                     tracing::info!(error = %err, "message over the hard size cap");
-                    stopping = true;
-                    close = Some(CloseFrame { code: close_code::SIZE, reason: "message too big".into() });
+                    state = state.stop(close_frame(close_code::SIZE, "message too big"));
                 }
                 Some(Err(err)) => {
                     tracing::info!(error = %err, "connection failed");
-                    client_gone = true;
+                    state = state.client_left();
                 }
             },
         }
-    }
-    if let Some(frame) = close.filter(|_| !client_gone) {
+    };
+    if let Some(frame) = close {
         let _ = sink.send(Message::Close(Some(frame))).await;
         // Finish the closing handshake: dropping the socket while the client
         // still sends would make the kernel reset the connection, and the
@@ -266,8 +428,15 @@ pub(crate) async fn run(socket: WebSocket, mut connection: Connection) {
 }
 
 /// A message over the hard cap is refused by the WebSocket layer with a
-/// capacity error, which axum only exposes as text.
-fn is_message_too_big(err: &axum::Error) -> bool {
-    let text = err.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long")
+/// capacity error (tungstenite's `MessageTooLong`, or a frame over the frame
+/// size limit), which axum wraps in its own error type.
+pub(crate) fn is_message_too_big(err: &axum::Error) -> bool {
+    use std::error::Error as _;
+    use tungstenite::error::{CapacityError, Error as WsError};
+    err.source()
+        .and_then(|source| source.downcast_ref::<WsError>())
+        .is_some_and(|ws| matches!(ws, WsError::Capacity(CapacityError::MessageTooLong { .. })))
 }
+
+#[cfg(test)]
+mod tests;

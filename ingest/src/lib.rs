@@ -3,9 +3,12 @@
 //!
 //! - [`config`]: the service's settings.
 //! - [`server`]: [`serve`], the shared state and the HTTP routes.
-//! - [`connection`]: one producer connection, frame by frame, replies in order.
+//! - [`connection`]: one producer connection as a state machine, frame by
+//!   frame, replies in order.
 //! - [`guard`]: connection limits, Origin checks, rate limits.
-//! - [`publisher`]: publishing a frame and waiting for its PubAck.
+//! - [`publisher`]: the [`Publish`](publisher::Publish) seam; JetStream
+//!   publishing with server-chosen message ids, retries and checked
+//!   duplicates.
 //! - [`http_error`]: JSON errors for refused HTTP requests.
 //! - [`readiness`]: what `/readyz` checks (NATS, the stream, shutdown).
 

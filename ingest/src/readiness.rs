@@ -14,9 +14,9 @@ impl Ingest {
         let shared = self.shared.clone();
         Readiness::new()
             .unless_stopping(move || shared.shutting_down.load(Ordering::Relaxed))
-            .nats(self.shared.nats.clone())
+            .nats(self.nats.clone())
             .stream(
-                async_nats::jetstream::new(self.shared.nats.clone()),
+                async_nats::jetstream::new(self.nats.clone()),
                 nats.stream_name.clone(),
             )
     }

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Query, State, ws::rejection::WebSocketUpgradeRejection};
+use axum::extract::{ConnectInfo, RawQuery, State, ws::rejection::WebSocketUpgradeRejection};
 use axum::http::header::ORIGIN;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +16,7 @@ use axum::routing::get;
 use sessionfold_common::auth::{Access, Authenticator, bearer};
 use sessionfold_common::rate_limit::ClientIpSettings;
 use sessionfold_common::{health, jetstream as js_setup, metrics, settings, shutdown};
-use sessionfold_core::session::Names;
+use sessionfold_core::session::{Names, query_value};
 use sessionfold_core::{Limits, SessionId};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -29,7 +28,7 @@ use crate::config::{Config, ConnectionSettings, GuardSettings};
 use crate::connection::{self, Connection};
 use crate::guard::{ConnectionLimits, Crossed, FrameLimits, origin_allowed};
 use crate::http_error::HttpError;
-use crate::publisher::Publisher;
+use crate::publisher::{JetStreamPublisher, Publish, PublishTiming, max_header_bytes};
 
 /// Largest WebSocket message read at all. Frames between the configured
 /// frame limit and this size get a `frame_too_large` reply; larger ones
@@ -43,8 +42,14 @@ fn hard_message_cap(limits: &Limits) -> usize {
 /// by idle connections too; a larger frame grows the buffer as it arrives.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
+/// Most bytes of replies, pongs and close frames a connection may have
+/// waiting for a client that does not read. Replies are small and at most
+/// `MAX_IN_FLIGHT_PER_CONNECTION` wait at once, so only a client that never
+/// reads (while flooding pings, say) reaches it; its connection then fails.
+pub const MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 pub(crate) struct Shared {
-    pub(crate) publisher: Publisher,
+    pub(crate) publisher: Arc<dyn Publish>,
     pub(crate) names: Names,
     pub(crate) limits: Limits,
     pub(crate) max_session_id_bytes: usize,
@@ -58,13 +63,65 @@ pub(crate) struct Shared {
     pub(crate) guard: GuardSettings,
     pub(crate) connection_limits: Arc<ConnectionLimits>,
     pub(crate) frame_limits: Arc<FrameLimits>,
-    pub(crate) nats: async_nats::Client,
+}
+
+impl Shared {
+    /// The state every connection shares, publishing through `publisher`
+    /// with `limits` (the configured ones, or lower where the broker
+    /// demands).
+    pub(crate) fn new(
+        config: &Config,
+        limits: Limits,
+        publisher: Arc<dyn Publish>,
+        authenticator: Authenticator,
+        drain: CancellationToken,
+    ) -> Self {
+        Self {
+            publisher,
+            names: settings::names(&config.nats, ""),
+            limits,
+            max_session_id_bytes: config.limits.max_session_id_bytes,
+            connection: config.connection.clone(),
+            in_flight_total: Arc::new(Semaphore::new(config.connection.max_in_flight_total)),
+            shutdown: drain,
+            shutting_down: AtomicBool::new(false),
+            connections: TaskTracker::new(),
+            authenticator,
+            client_ip: config.client_ip.clone(),
+            guard: config.guard.clone(),
+            connection_limits: ConnectionLimits::new(
+                config.guard.max_connections,
+                config.guard.max_connections_per_ip,
+            ),
+            frame_limits: FrameLimits::new(&config.guard, limits.max_frame_bytes),
+        }
+    }
 }
 
 /// A built ingest service, ready to route.
 #[derive(Clone)]
 pub struct Ingest {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) nats: async_nats::Client,
+}
+
+/// The frame limit JetStream can take: `MAX_FRAME_BYTES`, lowered so that a
+/// frame with ingest's headers fits the server's `max_payload` and the
+/// stream's `max_msg_size` (when set). A frame past it is refused with
+/// `frame_too_large` before it is published, never `unavailable`.
+pub fn effective_frame_limit(
+    configured: usize,
+    server_max_payload: usize,
+    stream_max_msg_size: i32,
+) -> usize {
+    let headers = max_header_bytes();
+    let mut limit = configured.min(server_max_payload.saturating_sub(headers));
+    if let Ok(stream_max) = usize::try_from(stream_max_msg_size)
+        && stream_max > 0
+    {
+        limit = limit.min(stream_max.saturating_sub(headers));
+    }
+    limit
 }
 
 impl Ingest {
@@ -72,38 +129,79 @@ impl Ingest {
     /// Cancelling `drain` makes every connection answer its in-flight frames
     /// and close with 1001.
     pub async fn build(config: &Config, drain: CancellationToken) -> anyhow::Result<Self> {
+        let authenticator = Authenticator::try_new(&config.auth)?;
         let nats = js_setup::connect(&config.nats, "sessionfold-ingest").await?;
         let js = async_nats::jetstream::new(nats.clone());
-        js_setup::ensure_stream(&js, &config.nats)
+        let mut stream = js_setup::ensure_stream(&js, &config.nats)
             .await
             .context("setting up the event stream")?;
-        let publisher = Publisher::new(
+        let stream_max_msg_size = stream
+            .info()
+            .await
+            .context("reading the event stream")?
+            .config
+            .max_message_size;
+        let mut limits = config.limits.limits();
+        let server_max_payload = nats.server_info().max_payload;
+        let effective = effective_frame_limit(
+            limits.max_frame_bytes,
+            server_max_payload,
+            stream_max_msg_size,
+        );
+        if effective == 0 {
+            anyhow::bail!(
+                "NATS accepts messages of at most {server_max_payload} bytes (stream max_msg_size {stream_max_msg_size}),                  too small for a frame plus ingest's {} bytes of headers",
+                max_header_bytes()
+            );
+        }
+        if effective < limits.max_frame_bytes {
+            tracing::warn!(
+                configured = limits.max_frame_bytes,
+                effective,
+                server_max_payload,
+                stream_max_msg_size,
+                header_bytes = max_header_bytes(),
+                "MAX_FRAME_BYTES lowered so that a frame with its headers fits what JetStream accepts"
+            );
+            limits.max_frame_bytes = effective;
+        }
+        let duplicate_window = config.nats.duplicate_window();
+        let timeout = Duration::from_millis(config.connection.publish_timeout_ms);
+        let retry_after = match config.connection.publish_retry_ms {
+            0 => None,
+            _ if duplicate_window <= timeout => {
+                tracing::warn!(
+                    ?duplicate_window,
+                    ?timeout,
+                    "publishes are not retried: the stream's duplicate window is not longer than PUBLISH_TIMEOUT_MS"
+                );
+                None
+            }
+            ms => Some(Duration::from_millis(ms)),
+        };
+        let publisher = JetStreamPublisher::new(
             nats.clone(),
-            Duration::from_millis(config.connection.publish_timeout_ms),
+            PublishTiming {
+                timeout,
+                retry_after,
+            },
             config.nats.clone(),
         );
         Ok(Self {
-            shared: Arc::new(Shared {
-                publisher,
-                names: settings::names(&config.nats, ""),
-                limits: config.limits.limits(),
-                max_session_id_bytes: config.limits.max_session_id_bytes,
-                connection: config.connection.clone(),
-                in_flight_total: Arc::new(Semaphore::new(config.connection.max_in_flight_total)),
-                shutdown: drain,
-                shutting_down: AtomicBool::new(false),
-                connections: TaskTracker::new(),
-                authenticator: Authenticator::new(&config.auth),
-                client_ip: config.client_ip.clone(),
-                guard: config.guard.clone(),
-                connection_limits: ConnectionLimits::new(
-                    config.guard.max_connections,
-                    config.guard.max_connections_per_ip,
-                ),
-                frame_limits: FrameLimits::new(&config.guard, config.limits.max_frame_bytes),
-                nats,
-            }),
+            shared: Arc::new(Shared::new(
+                config,
+                limits,
+                Arc::new(publisher),
+                authenticator,
+                drain,
+            )),
+            nats,
         })
+    }
+
+    /// The frame limit in force (see [`effective_frame_limit`]).
+    pub fn max_frame_bytes(&self) -> usize {
+        self.shared.limits.max_frame_bytes
     }
 
     /// The producer-facing routes (`/websocket`), without health checks, so
@@ -118,7 +216,7 @@ impl Ingest {
     /// under way.
     pub fn is_ready(&self) -> bool {
         !self.shared.shutting_down.load(Ordering::Relaxed)
-            && self.shared.nats.connection_state() == async_nats::connection::State::Connected
+            && self.nats.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Marks the service as stopping: readiness fails from now on.
@@ -130,7 +228,7 @@ impl Ingest {
     pub async fn drain(&self) {
         self.shared.connections.close();
         self.shared.connections.wait().await;
-        if let Err(err) = self.shared.nats.flush().await {
+        if let Err(err) = self.nats.flush().await {
             tracing::warn!(error = %err, "flushing NATS at shutdown");
         }
     }
@@ -168,13 +266,6 @@ pub async fn serve(
     Ok(())
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct SessionQuery {
-    session_id: Option<String>,
-    /// A bearer token, for browsers that cannot set headers on a WebSocket.
-    token: Option<String>,
-}
-
 /// The request id of an HTTP request: the client's `X-Request-Id` when it is
 /// short printable ASCII, else a new one.
 pub fn request_id(headers: &HeaderMap) -> String {
@@ -187,7 +278,7 @@ async fn websocket(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    query: Result<Query<SessionQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let request_id = request_id(&headers);
@@ -214,24 +305,20 @@ fn accept(
     shared: Arc<Shared>,
     headers: &HeaderMap,
     client_ip: IpAddr,
-    query: Result<Query<SessionQuery>, QueryRejection>,
+    query: Option<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     request_id: String,
 ) -> Result<Response, HttpError> {
-    let query = query
-        .map_err(|err| HttpError::InvalidSessionId(err.body_text()))?
-        .0;
-    let raw = query
-        .session_id
-        .ok_or_else(|| HttpError::InvalidSessionId("session_id is missing".to_owned()))?;
-    let session = SessionId::parse_with_max(&raw, shared.max_session_id_bytes)
+    let session = SessionId::from_query(query.as_deref(), shared.max_session_id_bytes)
         .map_err(|err| HttpError::InvalidSessionId(err.to_string()))?;
+    let token = query_value(query.as_deref().unwrap_or(""), "token")
+        .map_err(|_| HttpError::Auth(sessionfold_common::auth::AuthError::Invalid))?;
     let origin = headers.get(ORIGIN).and_then(|value| value.to_str().ok());
     if !origin_allowed(&shared.guard.allowed_origins, origin) {
         return Err(HttpError::OriginNotAllowed);
     }
-    shared.authenticator.authorize(
-        bearer(headers, query.token.as_deref()),
+    let grant = shared.authenticator.authorize(
+        bearer(headers, token.as_deref()),
         session.as_str(),
         Access::Write,
     )?;
@@ -251,15 +338,19 @@ fn accept(
     let span = tracing::info_span!("connection", session_id = %session, %request_id);
     Ok(upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
         .max_message_size(cap)
         .max_frame_size(cap)
         .on_upgrade(move |socket| {
             async move {
                 let _tracking = tracking;
                 let _slot = slot;
+                let (sink, source) = futures::StreamExt::split(socket);
                 connection::run(
-                    socket,
-                    Connection::new(shared, session, request_id, client_ip),
+                    sink,
+                    source,
+                    Connection::new(shared, session, request_id, client_ip, grant),
                 )
                 .await;
             }

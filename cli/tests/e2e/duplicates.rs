@@ -54,3 +54,60 @@ async fn the_same_events_rebatched_over_a_new_connection_add_nothing() {
         "the first arrival keeps its place and content"
     );
 }
+
+/// A producer connection that sends `X-Request-Id: same-value`.
+async fn connect_with_shared_request_id(
+    app: &crate::helpers::TestApp,
+    session: &str,
+) -> crate::helpers::Producer {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = app.websocket_url(session).into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-request-id", "same-value".parse().unwrap());
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket connection");
+    crate::helpers::Producer { socket }
+}
+
+#[tokio::test]
+async fn a_request_id_shared_by_sessions_reconnects_and_concurrent_connections_loses_nothing() {
+    let app = spawn_app().await;
+    let frame = |name: &str| format!(r#"[{{"type":"EVENT","timestamp":1,"name":"{name}"}}]"#);
+    // Two sessions, the same request id.
+    for session in ["one", "two"] {
+        let mut producer = connect_with_shared_request_id(&app, session).await;
+        producer.send_accepted(&frame(session)).await;
+    }
+    // One session, reconnecting with the same request id.
+    for round in ["first", "second"] {
+        let mut producer = connect_with_shared_request_id(&app, "again").await;
+        producer.send_accepted(&frame(round)).await;
+    }
+    // Two connections to one session at once, the same request id.
+    let mut a = connect_with_shared_request_id(&app, "both").await;
+    let mut b = connect_with_shared_request_id(&app, "both").await;
+    let (a_frame, b_frame) = (frame("a"), frame("b"));
+    tokio::join!(a.send_accepted(&a_frame), b.send_accepted(&b_frame));
+
+    app.wait_for_document("one", &expected_document("one", &[&frame("one")]))
+        .await;
+    app.wait_for_document("two", &expected_document("two", &[&frame("two")]))
+        .await;
+    app.wait_for_document(
+        "again",
+        &expected_document("again", &[&frame("first"), &frame("second")]),
+    )
+    .await;
+    app.wait_until_consumed().await;
+    let (_, both) = app.get_data("both").await;
+    let mut names: Vec<&str> = both["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|child| child["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["a", "b"]);
+}

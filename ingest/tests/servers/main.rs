@@ -1,0 +1,8 @@
+//! ingest against a real nats-server with JetStream (started by `testkit`
+//! on a free port): what it acknowledges is in the stream, what it refuses
+//! says truthfully whether a retry can help, and what attackers try does not
+//! take it down. `security::*` is what `make security` replays.
+
+mod acknowledged;
+mod helpers;
+mod limits;
