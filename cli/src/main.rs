@@ -15,6 +15,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up and then taken apart: the size of the largest
+// settings variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Ingest, processor and api in one process, `/websocket` and `/data` on one port.
