@@ -16,11 +16,13 @@ use sessionfold_bench::{e2e, freshness, growth, raw, read};
     about = "Measures sessionfold against the limits of its own parts and records the table in BENCHMARKS.md"
 )]
 struct Args {
-    /// Measurements to run, comma-separated: raw, e2e, fresh, read, growth, idle.
+    /// Measurements to run, comma-separated: raw, e2e, fresh, read, growth,
+    /// idle, servers (JetStream `sync_interval` always vs 2m; the apply step
+    /// on redis-server 7.0 vs Valkey, with and without the query engine).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "raw,e2e,fresh,read,growth,idle"
+        default_value = "raw,e2e,fresh,read,growth,idle,servers"
     )]
     only: Vec<String>,
     /// WebSocket producers (one session each at a time) of the throughput runs.
@@ -229,6 +231,10 @@ async fn main() -> anyhow::Result<()> {
         }
         json.insert("redis_apply".into(), serde_json::to_value(apply)?);
         raw::settle().await;
+    }
+
+    if args.wants("servers") {
+        servers_side_by_side(&args, &workload, &mut rows, &mut notes, &mut json, clock).await?;
     }
 
     if args.wants("e2e") {
@@ -525,5 +531,150 @@ async fn main() -> anyhow::Result<()> {
             servers.keep_logs().display()
         );
     }
+    Ok(())
+}
+
+/// The choices of the servers, measured side by side on servers of their
+/// own: JetStream's `sync_interval` (`always`, shipped, against nats-server's
+/// default `2m`) on raw publish and on ingest's acknowledged rate; the
+/// apply step on Debian's redis-server 7.0 (when `.deps/bin/redis-server-7.0`
+/// exists) against Valkey 9, without and with the query engine loaded.
+async fn servers_side_by_side(
+    args: &Args,
+    workload: &Workload,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+    clock: Instant,
+) -> anyhow::Result<()> {
+    use sessionfold_bench::system::REDIS_ARGS;
+    use sessionfold_testkit::{NatsOptions, RedisOptions};
+
+    let mut by_sync = serde_json::Map::new();
+    for sync in ["always", "2m"] {
+        let nats = NatsOptions {
+            sync_interval: Some(sync.to_owned()),
+            ..NatsOptions::default()
+        };
+        let servers = tokio::task::spawn_blocking(move || {
+            Servers::start_with(nats, RedisOptions::with_args(REDIS_ARGS))
+        })
+        .await??;
+        let publish = raw::jetstream_publish(&servers, workload, args.outstanding).await?;
+        raw::settle().await;
+        let run = e2e::run(&servers, workload, 1, args.connections).await?;
+        let acked = run.events as f64 / run.acked_seconds;
+        step(
+            &format!(
+                "sync_interval {sync}: publish {} events/s, ingest acks {} events/s",
+                count(publish.events_per_sec()),
+                count(acked)
+            ),
+            clock,
+        );
+        rows.push(Row::info(
+            2,
+            format!("JetStream publish, `sync_interval: {sync}`"),
+            format!(
+                "{} events/s ({} frames/s)",
+                count(publish.events_per_sec()),
+                count(publish.frames_per_sec())
+            ),
+        ));
+        rows.push(Row::info(
+            2,
+            format!(
+                "ingest's acknowledged rate, `sync_interval: {sync}`, {} connections, 1 processor",
+                args.connections
+            ),
+            format!(
+                "{} events/s ({} frames/s)",
+                count(acked),
+                count(run.frames as f64 / run.acked_seconds)
+            ),
+        ));
+        by_sync.insert(
+            sync.to_owned(),
+            serde_json::json!({"publish": publish, "ingest_acked_events_per_sec": acked}),
+        );
+        drop(servers);
+        raw::settle().await;
+    }
+    json.insert("sync_interval".into(), serde_json::Value::Object(by_sync));
+
+    let old = sessionfold_bench::system::deps_bin("redis-server-7.0");
+    let mut candidates: Vec<(String, RedisOptions)> = Vec::new();
+    match old {
+        Some(path) => candidates.push((
+            "redis-server 7.0 (Debian)".to_owned(),
+            RedisOptions {
+                server: Some(path),
+                search: Some(false),
+                extra_args: REDIS_ARGS.iter().map(|a| a.to_string()).collect(),
+                ..RedisOptions::default()
+            },
+        )),
+        None => notes.push(
+            "No `.deps/bin/redis-server-7.0` (Debian's redis-server is not installed):              the apply step was not measured on Redis 7.0."
+                .to_owned(),
+        ),
+    }
+    for (label, search) in [
+        ("Valkey 9, RedisJSON only", false),
+        ("Valkey 9, RedisJSON + query engine", true),
+    ] {
+        candidates.push((
+            label.to_owned(),
+            RedisOptions {
+                search: Some(search),
+                extra_args: REDIS_ARGS.iter().map(|a| a.to_string()).collect(),
+                ..RedisOptions::default()
+            },
+        ));
+    }
+    let mut by_server = serde_json::Map::new();
+    for (label, redis) in candidates {
+        let servers =
+            tokio::task::spawn_blocking(move || Servers::start_with(NatsOptions::default(), redis))
+                .await??;
+        let version = servers.redis_version().await.unwrap_or_default();
+        let (apply, exact) = raw::redis_apply(
+            &servers,
+            workload,
+            args.apply_batch_frames,
+            args.apply_concurrency,
+        )
+        .await?;
+        step(
+            &format!(
+                "apply step on {label} ({version}): {} events/s ({exact}/{} documents exact)",
+                count(apply.events_per_sec()),
+                args.sessions
+            ),
+            clock,
+        );
+        rows.push(Row::info(
+            5,
+            format!("Redis apply step on {label} ({version})"),
+            format!(
+                "{} events/s ({} frames/s)",
+                count(apply.events_per_sec()),
+                count(apply.frames_per_sec())
+            ),
+        ));
+        if exact != args.sessions {
+            notes.push(format!(
+                "Apply step on {label}: only {exact} of {} documents equal the reference fold.",
+                args.sessions
+            ));
+        }
+        by_server.insert(label, serde_json::to_value(apply)?);
+        drop(servers);
+        raw::settle().await;
+    }
+    json.insert(
+        "apply_by_server".into(),
+        serde_json::Value::Object(by_server),
+    );
     Ok(())
 }

@@ -12,8 +12,8 @@ use async_nats::jetstream;
 use sessionfold_common::settings::NatsSettings;
 use sessionfold_core::session::Names;
 use sessionfold_testkit::{
-    BinaryDefault, JetStreamProbe, NatsServer, RedisServer, RunNames, ServiceLauncher,
-    ServiceProcess, free_port, sessionfold_bin,
+    BinaryDefault, JetStreamProbe, NatsOptions, NatsServer, RedisOptions, RedisServer, RunNames,
+    ServiceLauncher, ServiceProcess, free_port, sessionfold_bin,
 };
 use tokio::time::Instant;
 
@@ -21,6 +21,14 @@ use tokio::time::Instant;
 /// second, what `docs/faults.md` recommends for deployments (the testkit's
 /// default, `always`, is for tests that kill Redis).
 pub const REDIS_ARGS: &[&str] = &["--appendfsync", "everysec"];
+
+/// `<workspace>/.deps/bin/<name>`, when it exists.
+pub fn deps_bin(name: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.deps/bin")
+        .join(name);
+    path.exists().then_some(path)
+}
 
 /// Fresh names for one run.
 pub fn unique_names() -> RunNames {
@@ -104,14 +112,22 @@ impl CpuMeter {
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Servers {
+    /// The shipped servers: JetStream with `sync_interval: always`, Valkey
+    /// with [`REDIS_ARGS`].
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(NatsOptions::default(), RedisOptions::with_args(REDIS_ARGS))
+    }
+
+    /// Servers started as `nats` and `redis` say (for the side-by-side rows:
+    /// another `sync_interval`, another Redis binary).
+    pub fn start_with(nats: NatsOptions, redis: RedisOptions) -> anyhow::Result<Self> {
         // `SESSIONFOLD_BIN`, or `target/release/sessionfold` beside
         // `target/release/sessionfold-bench`.
         let bin = sessionfold_bin(BinaryDefault::BesideExecutable {
             how_to_build: "run `cargo build --release -p sessionfold` (or `make bench`)",
         })?;
-        let nats = NatsServer::start().context("starting nats-server")?;
-        let redis = RedisServer::start_with_args(REDIS_ARGS).context("starting redis-server")?;
+        let nats = NatsServer::start_with(nats).context("starting nats-server")?;
+        let redis = RedisServer::start_with(redis).context("starting redis-server")?;
         let launcher = ServiceLauncher::new(
             bin,
             "bench",
@@ -129,6 +145,24 @@ impl Servers {
 
     pub fn nats_url(&self) -> String {
         self.nats.url()
+    }
+
+    /// The Redis server's name and version (`valkey 9.1.2`, `redis 7.0.15`).
+    pub async fn redis_version(&self) -> anyhow::Result<String> {
+        let mut redis = self.redis_connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut redis)
+            .await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+        };
+        Ok(match field("valkey_version") {
+            Some(v) => format!("valkey {v}"),
+            None => format!("redis {}", field("redis_version").unwrap_or_default()),
+        })
     }
 
     pub fn redis_url(&self) -> String {

@@ -1,6 +1,8 @@
-//! A Redis Cluster on loopback: testkit redis-servers (RedisJSON loaded on
-//! each) in cluster mode, joined and given the slots the way
-//! `redis-cli --cluster create … --cluster-replicas 0` does it.
+//! A Redis Cluster on loopback: testkit redis-servers (Valkey with RedisJSON
+//! on each) in cluster mode, joined and given the slots the way
+//! `redis-cli --cluster create … --cluster-replicas N` does it, and the
+//! faults of a replicated cluster: a replica cut off from its master, a
+//! master killed, a replica promoted.
 
 use std::time::Duration;
 
@@ -13,10 +15,14 @@ const SLOTS: u16 = 16_384;
 /// How long the nodes may take to agree on the cluster.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `size` masters, no replicas, each owning an equal share of the slots.
-/// Killed on drop.
+/// Masters each owning an equal share of the slots, each with the same
+/// number of replicas. Killed on drop.
 pub struct RedisCluster {
+    /// The masters first (`0..masters`), then the replicas: replica `r` of
+    /// master `m` is node `masters + m * replicas_per_master + r`.
     nodes: Vec<RedisServer>,
+    masters: usize,
+    replicas_per_master: usize,
     /// Who runs the set-up commands (`user:password`), when ACLs are on.
     admin: Option<(String, String)>,
 }
@@ -31,6 +37,30 @@ impl RedisCluster {
         extra_args: &[String],
         admin: Option<(&str, &str)>,
     ) -> anyhow::Result<Self> {
+        Self::start_with_replicas(size, 0, extra_args, admin).await
+    }
+
+    /// Like [`start`](Self::start), with `replicas_per_master` replicas of
+    /// each master; waits until every replica's link to its master is up.
+    /// The replicas authenticate to their masters as `admin`.
+    pub async fn start_with_replicas(
+        masters: usize,
+        replicas_per_master: usize,
+        extra_args: &[String],
+        admin: Option<(&str, &str)>,
+    ) -> anyhow::Result<Self> {
+        let size = masters * (1 + replicas_per_master);
+        let mut extra_args = extra_args.to_vec();
+        if let Some((user, password)) = admin
+            && replicas_per_master > 0
+        {
+            extra_args.extend([
+                "--masteruser".to_owned(),
+                user.to_owned(),
+                "--masterauth".to_owned(),
+                password.to_owned(),
+            ]);
+        }
         let mut nodes = Vec::new();
         for _ in 0..size {
             let mut args: Vec<String> = [
@@ -58,9 +88,12 @@ impl RedisCluster {
         }
         let cluster = Self {
             nodes,
+            masters,
+            replicas_per_master,
             admin: admin.map(|(user, password)| (user.to_owned(), password.to_owned())),
         };
         cluster.form().await?;
+        cluster.attach_replicas().await?;
         Ok(cluster)
     }
 
@@ -92,9 +125,9 @@ impl RedisCluster {
     }
 
     async fn form(&self) -> anyhow::Result<()> {
-        let size = self.nodes.len() as u16;
+        let size = self.masters as u16;
         let share = SLOTS / size;
-        for index in 0..self.nodes.len() {
+        for index in 0..self.masters {
             let first = index as u16 * share;
             let last = if index as u16 == size - 1 {
                 SLOTS - 1
@@ -141,6 +174,179 @@ impl RedisCluster {
                 bail!("the Redis Cluster did not form within {FORM_TIMEOUT:?}: {states:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Makes every replica node replicate its master and waits until each
+    /// link is up and every node agrees on the cluster.
+    async fn attach_replicas(&self) -> anyhow::Result<()> {
+        if self.replicas_per_master == 0 {
+            return Ok(());
+        }
+        for master in 0..self.masters {
+            let id = self.node_id(master).await?;
+            for r in 0..self.replicas_per_master {
+                let index = self.replica_index(master, r);
+                let mut connection = self.node_connection(index).await?;
+                // The replica must know the master first (CLUSTER MEET is
+                // gossiped); retry until it does.
+                let deadline = Instant::now() + FORM_TIMEOUT;
+                loop {
+                    let result = redis::cmd("CLUSTER")
+                        .arg("REPLICATE")
+                        .arg(&id)
+                        .query_async::<()>(&mut connection)
+                        .await;
+                    match result {
+                        Ok(()) => break,
+                        Err(_) if Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => {
+                            return Err(e).with_context(|| {
+                                format!("CLUSTER REPLICATE on node {index} of master {master}")
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        loop {
+            let mut waiting = Vec::new();
+            for master in 0..self.masters {
+                for r in 0..self.replicas_per_master {
+                    let index = self.replica_index(master, r);
+                    let info = self.info(index, "replication").await.unwrap_or_default();
+                    if !info.contains("master_link_status:up") {
+                        waiting.push(format!("replica {index}: link not up"));
+                    }
+                }
+            }
+            for index in 0..self.nodes.len() {
+                let info = self.cluster_info(index).await.unwrap_or_default();
+                if !info.contains("cluster_state:ok")
+                    || !info.contains(&format!("cluster_known_nodes:{}", self.nodes.len()))
+                {
+                    waiting.push(format!("node {index}: not ok with every node"));
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("the replicas did not attach within {FORM_TIMEOUT:?}: {waiting:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Masters the cluster was formed with.
+    pub fn masters(&self) -> usize {
+        self.masters
+    }
+
+    /// The node index of replica `r` of master `master` (indices as formed;
+    /// after a failover the roles are swapped, the indices stay).
+    pub fn replica_index(&self, master: usize, r: usize) -> usize {
+        self.masters + master * self.replicas_per_master + r
+    }
+
+    /// `CLUSTER MYID` of node `index`.
+    pub async fn node_id(&self, index: usize) -> anyhow::Result<String> {
+        let mut connection = self.node_connection(index).await?;
+        Ok(redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut connection)
+            .await?)
+    }
+
+    /// `INFO <section>` of node `index`.
+    pub async fn info(&self, index: usize, section: &str) -> anyhow::Result<String> {
+        let mut connection = self.node_connection(index).await?;
+        Ok(redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut connection)
+            .await?)
+    }
+
+    /// A numeric field of `INFO replication` of node `index`
+    /// (`master_repl_offset`, `slave_repl_offset`, ...).
+    pub async fn replication_offset(&self, index: usize, field: &str) -> anyhow::Result<i64> {
+        let info = self.info(index, "replication").await?;
+        info.lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse().ok())
+            .with_context(|| format!("INFO replication of node {index} has no {field}"))
+    }
+
+    /// Cuts replica node `index` off its master, deterministically and for
+    /// as long as it takes: its `masterauth` is made wrong and its link
+    /// closed, so every reconnection fails authentication. From here on,
+    /// whatever the master acknowledges is on the master alone, as with a
+    /// replica that lags behind a slow network.
+    pub async fn cut_replica_off(&self, index: usize) -> anyhow::Result<()> {
+        let mut connection = self.node_connection(index).await?;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("masterauth")
+            .arg("not-the-password")
+            .query_async::<()>(&mut connection)
+            .await
+            .context("CONFIG SET masterauth")?;
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("master")
+            .query_async::<i64>(&mut connection)
+            .await
+            .context("CLIENT KILL TYPE master")?;
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        loop {
+            let info = self.info(index, "replication").await?;
+            if info.contains("master_link_status:down") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("replica {index} still linked to its master: {info}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILLs node `index`.
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].kill();
+    }
+
+    /// Promotes replica node `index` at once, without its master's consent
+    /// (`CLUSTER FAILOVER TAKEOVER`), and waits until it is a master and
+    /// every node still running reports `cluster_state:ok`.
+    pub async fn take_over(&mut self, index: usize) -> anyhow::Result<()> {
+        let mut connection = self.node_connection(index).await?;
+        redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .arg("TAKEOVER")
+            .query_async::<()>(&mut connection)
+            .await
+            .context("CLUSTER FAILOVER TAKEOVER")?;
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        loop {
+            let role = self.info(index, "replication").await.unwrap_or_default();
+            let mut ok = role.contains("role:master");
+            for other in 0..self.nodes.len() {
+                if self.nodes[other].is_running() {
+                    let info = self.cluster_info(other).await.unwrap_or_default();
+                    ok &= info.contains("cluster_state:ok");
+                }
+            }
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("node {index} did not take over within {FORM_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -32,7 +32,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub nats_nodes: usize,
+    /// Redis Cluster masters.
     pub redis_nodes: usize,
+    /// Replicas of each Redis master.
+    pub redis_replicas_per_master: usize,
+    /// More processor environment (e.g. `REDIS_DURABILITY`).
+    pub processor_env: Vec<(String, String)>,
     /// `STREAM_REPLICAS`.
     pub stream_replicas: usize,
     /// Processor replicas sharing the durable consumer.
@@ -50,6 +55,8 @@ impl Default for ClusterOptions {
         Self {
             nats_nodes: 3,
             redis_nodes: 3,
+            redis_replicas_per_master: 0,
+            processor_env: Vec::new(),
             stream_replicas: 3,
             processors: 2,
             publish_timeout_ms: 2000,
@@ -88,8 +95,9 @@ impl ClusterSystem {
             .context("reading deploy/nats/accounts.conf")?;
         let nats = NatsCluster::start(options.nats_nodes, &accounts).await?;
         let acl = deploy_file("redis/users.acl");
-        let redis = RedisCluster::start(
+        let redis = RedisCluster::start_with_replicas(
             options.redis_nodes,
+            options.redis_replicas_per_master,
             &["--aclfile".to_owned(), acl.display().to_string()],
             Some(REDIS_ADMIN),
         )
@@ -148,22 +156,23 @@ impl ClusterSystem {
                 ),
             ],
         )?;
+        let processor_env: Vec<(String, String)> = system.options.processor_env.clone();
         for slot in 0..system.options.processors {
             let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            system.spawn(
-                &format!("processor-{slot}"),
-                "processor",
-                health,
-                &[
-                    ("PROCESSOR_LISTEN", health.to_string()),
-                    ("NATS_URL", nats_processor.clone()),
-                    ("STREAM_REPLICAS", replicas.clone()),
-                    ("REDIS_URL", redis_processor.clone()),
-                    ("REDIS_CLUSTER", "true".to_owned()),
-                    ("ACK_WAIT_SECS", system.options.ack_wait_secs.to_string()),
-                    ("BATCH_SIZE", system.options.batch_size.to_string()),
-                ],
-            )?;
+            let mut env: Vec<(&str, String)> = processor_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect();
+            env.extend([
+                ("PROCESSOR_LISTEN", health.to_string()),
+                ("NATS_URL", nats_processor.clone()),
+                ("STREAM_REPLICAS", replicas.clone()),
+                ("REDIS_URL", redis_processor.clone()),
+                ("REDIS_CLUSTER", "true".to_owned()),
+                ("ACK_WAIT_SECS", system.options.ack_wait_secs.to_string()),
+                ("BATCH_SIZE", system.options.batch_size.to_string()),
+            ]);
+            system.spawn(&format!("processor-{slot}"), "processor", health, &env)?;
         }
         let api_addr = system.api_addr;
         system.spawn(

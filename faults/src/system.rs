@@ -4,7 +4,7 @@
 //! the faults it can suffer.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -14,8 +14,8 @@ use sessionfold::client::{Producer, ProducerConfig};
 use sessionfold_core::SessionId;
 use sessionfold_core::session::Names;
 use sessionfold_testkit::{
-    BinaryDefault, JetStreamProbe, NatsServer, RedisServer, RunNames, ServiceLauncher,
-    ServiceProcess, free_port, sessionfold_bin,
+    BinaryDefault, JetStreamProbe, NatsOptions, NatsServer, RedisOptions, RedisServer,
+    RedisSnapshot, RunNames, ServiceLauncher, ServiceProcess, free_port, sessionfold_bin,
 };
 
 use crate::scenario::SystemUnderTest;
@@ -35,6 +35,15 @@ pub struct SystemOptions {
     pub ack_wait_secs: u64,
     /// Processor `BATCH_SIZE`.
     pub batch_size: usize,
+    /// Where Redis keeps its AOF (default: the testkit's temp dir), e.g. on
+    /// a power-loss test filesystem.
+    pub redis_data_dir: Option<PathBuf>,
+    /// Where JetStream keeps its store (default: the testkit's temp dir).
+    pub nats_store_dir: Option<PathBuf>,
+    /// JetStream's `sync_interval` (default: the testkit's, `always`).
+    pub nats_sync_interval: Option<String>,
+    /// More processor environment (e.g. `REDIS_DURABILITY`).
+    pub processor_env: Vec<(String, String)>,
 }
 
 impl Default for SystemOptions {
@@ -46,6 +55,10 @@ impl Default for SystemOptions {
             redis_args: vec!["--appendfsync".to_owned(), "everysec".to_owned()],
             ack_wait_secs: 3,
             batch_size: 256,
+            redis_data_dir: None,
+            nats_store_dir: None,
+            nats_sync_interval: None,
+            processor_env: Vec::new(),
         }
     }
 }
@@ -95,11 +108,19 @@ impl System {
     /// processors, and waits until every service is ready.
     pub async fn start(options: SystemOptions) -> anyhow::Result<Self> {
         let bin = sessionfold_bin(BinaryDefault::SameProfileAsTest)?;
-        let redis_args = options.redis_args.clone();
+        let redis_options = RedisOptions {
+            data_dir: options.redis_data_dir.clone(),
+            extra_args: options.redis_args.clone(),
+            ..RedisOptions::default()
+        };
+        let nats_options = NatsOptions {
+            store_dir: options.nats_store_dir.clone(),
+            sync_interval: options.nats_sync_interval.clone(),
+            ..NatsOptions::default()
+        };
         let (nats, redis) = tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = redis_args.iter().map(String::as_str).collect();
-            let nats = NatsServer::start().context("starting nats-server")?;
-            let redis = RedisServer::start_with_args(&args).context("starting redis-server")?;
+            let nats = NatsServer::start_with(nats_options).context("starting nats-server")?;
+            let redis = RedisServer::start_with(redis_options).context("starting redis-server")?;
             anyhow::Ok((nats, redis))
         })
         .await??;
@@ -205,6 +226,13 @@ impl System {
             ("BATCH_SIZE", self.options.batch_size.to_string()),
         ];
         env.extend(self.names.processor_env());
+        let extra: Vec<(&str, String)> = self
+            .options
+            .processor_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        env.extend(extra);
         let process =
             self.launcher
                 .spawn(&format!("processor-{slot}"), "processor", health, &env)?;
@@ -277,6 +305,42 @@ impl System {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .restart()
+        })
+        .await?
+    }
+
+    /// nats-server: SIGKILL, no shutdown (the store keeps what reached it).
+    pub async fn kill_nats(&self) -> anyhow::Result<()> {
+        let nats = self.nats.clone();
+        tokio::task::spawn_blocking(move || {
+            nats.lock().unwrap_or_else(PoisonError::into_inner).kill()
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Copies Redis's data files as they are now (see
+    /// [`RedisServer::snapshot`]), while it runs.
+    pub async fn snapshot_redis(&self) -> anyhow::Result<RedisSnapshot> {
+        let redis = self.redis.clone();
+        tokio::task::spawn_blocking(move || {
+            redis
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .snapshot()
+        })
+        .await?
+    }
+
+    /// redis-server: SIGKILL, then start again on the same port from
+    /// `snapshot`: Redis is back, behind by everything written since.
+    pub async fn restart_redis_from(&self, snapshot: RedisSnapshot) -> anyhow::Result<()> {
+        let redis = self.redis.clone();
+        tokio::task::spawn_blocking(move || {
+            redis
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .restart_from(&snapshot)
         })
         .await?
     }

@@ -377,3 +377,143 @@ async fn regression_a_session_end_frame_answered_unavailable_can_be_sent_again()
     }
     assert_eq!(replies, [Some(ErrorCode::Unavailable); 2]);
 }
+
+/// Redis comes back behind: killed during the load and restarted from a
+/// copy of its data taken seconds earlier (a restore from backup, an AOF
+/// that lost its last writes, a replica promoted before it caught up).
+/// Every frame folded after the copy is gone from Redis, but JetStream still
+/// holds it; the processors must notice and fold it again on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_redis_restarted_from_an_older_copy_of_its_data() {
+    let _serial = SERIAL.lock().await;
+    let name = "f: redis-server restarted behind";
+    let (mut run, mut rng) = paced_run(name).await;
+    tokio::time::sleep(rng.millis(1500, 2500)).await;
+    let snapshot = run
+        .system
+        .snapshot_redis()
+        .await
+        .expect("copying Redis's data");
+    let acked_at_copy = run.system.jetstream().stream_messages().await.unwrap_or(0);
+    run.fault(format!(
+        "copy of Redis's AOF taken ({acked_at_copy} messages in the stream then)"
+    ));
+    tokio::time::sleep(rng.millis(1500, 2500)).await;
+    let acked_at_restart = run.system.jetstream().stream_messages().await.unwrap_or(0);
+    run.system
+        .restart_redis_from(snapshot)
+        .await
+        .expect("restarting Redis from the copy");
+    run.fault(format!(
+        "redis-server SIGKILLed and restarted from the copy: behind by up to {} messages",
+        acked_at_restart.saturating_sub(acked_at_copy)
+    ));
+    run.finish_exact().await;
+    assert!(
+        acked_at_restart > acked_at_copy,
+        "nothing was stored between the copy and the restart: the fault did not hit the load"
+    );
+}
+
+/// The power goes out under load: nats-server's JetStream store and Redis's
+/// AOF live on a test filesystem that keeps only what was fsynced
+/// (`sessionfold-crashfs`). Both servers are SIGKILLed, everything not yet
+/// fsynced is dropped, both start again from what is left.
+async fn power_cut_scenario(
+    name: &str,
+    nats_sync_interval: &str,
+    appendfsync: &str,
+    redis_durability: Option<&str>,
+) -> (ScenarioReport, sessionfold_crashfs::Stats) {
+    let mut disk = sessionfold_crashfs::CrashFs::mount_temp()
+        .expect("mounting the power-loss test filesystem (needs /dev/fuse and root)");
+    let nats_dir = disk.path().join("nats");
+    let redis_dir = disk.path().join("redis");
+    let options = SystemOptions {
+        nats_store_dir: Some(nats_dir),
+        nats_sync_interval: Some(nats_sync_interval.to_owned()),
+        redis_data_dir: Some(redis_dir),
+        redis_args: vec!["--appendfsync".to_owned(), appendfsync.to_owned()],
+        processor_env: redis_durability
+            .map(|mode| vec![("REDIS_DURABILITY".to_owned(), mode.to_owned())])
+            .unwrap_or_default(),
+        ..SystemOptions::default()
+    };
+    let mut rng = fault_rng(name);
+    let mut run = Run::begin(name, options, workload(), paced()).await;
+    // The stream and the consumer were made long before the cut, as on a
+    // machine that has been running for a while.
+    disk.sync_all();
+    tokio::time::sleep(rng.millis(2000, 3500)).await;
+    let acked_before = run.system.jetstream().stream_messages().await.unwrap_or(0);
+    run.system.kill_nats().await.expect("killing nats-server");
+    run.system.kill_redis().await.expect("killing redis-server");
+    let cut = disk.power_cut().expect("cutting the power");
+    run.fault(format!(
+        "power cut: nats-server and redis-server SIGKILLed, {} unsynced bytes and {} unsynced \
+         namespace changes dropped ({acked_before} messages in the stream before)",
+        cut.bytes_lost_in_last_cut, cut.names_lost_in_last_cut
+    ));
+    tokio::time::sleep(rng.millis(300, 1000)).await;
+    run.system
+        .start_nats()
+        .await
+        .expect("restarting nats-server");
+    run.system
+        .start_redis()
+        .await
+        .expect("restarting redis-server");
+    run.fault("power back: nats-server and redis-server restarted on what was left".to_owned());
+    run.notes.push((
+        "filesystem".to_owned(),
+        format!(
+            "{} file fsyncs, {} directory fsyncs, {} bytes written before the cut",
+            cut.file_syncs, cut.dir_syncs, cut.bytes_written
+        ),
+    ));
+    let (report, _) = run.finish().await;
+    drop(disk);
+    (report, cut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_power_cut_with_the_shipped_durable_settings_loses_nothing_acknowledged() {
+    let _serial = SERIAL.lock().await;
+    let (report, _) = power_cut_scenario(
+        "g: power cut, sync_interval always + appendfsync always",
+        sessionfold_testkit::SYNC_ALWAYS,
+        "always",
+        None,
+    )
+    .await;
+    report.assert_exact();
+}
+
+/// The same power cut with nats-server's and Redis's own defaults: JetStream
+/// fsyncs every two minutes, Redis once a second. Acknowledged frames are
+/// lost; this scenario shows how many (docs/faults.md records a run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h_power_cut_with_the_servers_defaults_loses_acknowledged_frames() {
+    let _serial = SERIAL.lock().await;
+    let name = "h: power cut, sync_interval 2m + appendfsync everysec";
+    let (report, cut) = power_cut_scenario(name, "2m", "everysec", Some("none")).await;
+    let v = &report.verification;
+    println!(
+        "{name}: of {} acknowledged frames ({} events), lost children {}, missing documents {}, \
+         unequal documents {} of {}",
+        report.producers.acked,
+        report.events_acked,
+        v.lost,
+        v.documents_missing,
+        v.unequal,
+        v.sessions
+    );
+    assert!(
+        cut.bytes_lost_in_last_cut > 0,
+        "the power cut dropped nothing: the fault did not hit the load"
+    );
+    assert!(
+        v.lost + v.documents_missing > 0,
+        "the defaults lost nothing acknowledged in a power cut; docs/faults.md says they do"
+    );
+}

@@ -216,8 +216,8 @@ fn snapshot_taken_while_writes_run_restores_a_prefix_of_them() {
     }
 }
 
-#[test]
-fn default_server_answers_waitaof_and_has_the_query_engine() {
+#[tokio::test]
+async fn default_server_answers_waitaof_and_has_the_query_engine() {
     init_test_tracing();
     let redis = RedisServer::start().expect("start redis");
     let port = redis.port();
@@ -259,6 +259,6 @@ fn default_server_answers_waitaof_and_has_the_query_engine() {
                 }
             },
         );
-        futures::executor::block_on(found);
+        found.await;
     }
 }
