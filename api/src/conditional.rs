@@ -7,7 +7,10 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use xxhash_rust::xxh3::xxh3_128;
+
+use crate::read::Document;
 
 /// The strong entity tag of `document`: its 128-bit XXH3 hash in hex,
 /// quoted. A tag only has to change when the bytes do, not resist a forger
@@ -42,8 +45,9 @@ pub fn none_match(headers: &HeaderMap, etag: &str) -> bool {
 
 /// The response for a stored `document`: `200` with the JSON and its
 /// `ETag`, or `304` when the client already holds it.
-pub fn document_response(headers: &HeaderMap, document: Vec<u8>) -> Response {
-    let tag = etag(&document);
+pub fn document_response(headers: &HeaderMap, document: Document) -> Response {
+    let (bytes, slot) = document.into_parts();
+    let tag = etag(&bytes);
     let tag_value = HeaderValue::from_str(&tag).expect("a quoted hex digest is a header value");
     let no_cache = HeaderValue::from_static("no-cache");
     if none_match(headers, &tag) {
@@ -54,6 +58,10 @@ pub fn document_response(headers: &HeaderMap, document: Vec<u8>) -> Response {
         )
             .into_response();
     }
+    let body = match slot {
+        Some(slot) => Body::new(HeldBody::new(bytes, slot)),
+        None => Body::from(bytes),
+    };
     (
         [
             (
@@ -63,9 +71,68 @@ pub fn document_response(headers: &HeaderMap, document: Vec<u8>) -> Response {
             (header::ETAG, tag_value),
             (header::CACHE_CONTROL, no_cache),
         ],
-        document,
+        body,
     )
         .into_response()
+}
+
+/// Bytes sent in the second frame of a [`HeldBody`].
+const TAIL_BYTES: usize = 64 * 1024;
+
+/// A body that keeps `hold` (a large-document slot) until the body is
+/// nearly sent. Its bytes go out as two frames: the server asks for the
+/// second only once it has written out most of the first (it buffers a few
+/// hundred KiB at most), and the hold is released with the second. Without
+/// this, the slot would be freed as soon as the whole document was handed
+/// to the server, while its bytes still wait for a slow client.
+struct HeldBody<H> {
+    head: Option<Bytes>,
+    tail: Option<Bytes>,
+    hold: Option<H>,
+}
+
+impl<H> HeldBody<H> {
+    fn new(mut bytes: Bytes, hold: H) -> Self {
+        let tail = bytes.split_off(bytes.len().saturating_sub(TAIL_BYTES));
+        Self {
+            head: Some(bytes).filter(|head| !head.is_empty()),
+            tail: Some(tail).filter(|tail| !tail.is_empty()),
+            hold: Some(hold),
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        let len = |part: &Option<Bytes>| part.as_ref().map_or(0, |bytes| bytes.len() as u64);
+        len(&self.head) + len(&self.tail)
+    }
+}
+
+impl<H: Unpin> http_body::Body for HeldBody<H> {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let next = match this.head.take() {
+            Some(head) => Some(head),
+            None => {
+                this.hold = None;
+                this.tail.take()
+            }
+        };
+        std::task::Poll::Ready(next.map(|bytes| Ok(http_body::Frame::data(bytes))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.tail.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining())
+    }
 }
 
 #[cfg(test)]
@@ -102,12 +169,37 @@ mod tests {
     fn a_matching_request_gets_304_without_a_body() {
         let document = br#"{"session_id":"s"}"#.to_vec();
         let tag = etag(&document);
-        let fresh = document_response(&HeaderMap::new(), document.clone());
+        let fresh = document_response(&HeaderMap::new(), Document::small(document.clone()));
         assert_eq!(fresh.status(), StatusCode::OK);
         assert_eq!(fresh.headers()[header::ETAG], tag.as_str());
-        let cached = document_response(&with_if_none_match(&tag), document);
+        let cached = document_response(&with_if_none_match(&tag), Document::small(document));
         assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(cached.headers()[header::ETAG], tag.as_str());
         assert!(cached.headers().get(header::CONTENT_TYPE).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_held_body_sends_every_byte_and_releases_its_hold_with_the_last() {
+        use http_body::Body as _;
+        let hold = std::sync::Arc::new(());
+        let bytes: Bytes = (0..200_000u32).map(|i| i as u8).collect::<Vec<u8>>().into();
+        let mut body = HeldBody::new(bytes.clone(), hold.clone());
+        assert_eq!(body.size_hint().exact(), Some(200_000));
+        let mut sent = Vec::new();
+        let mut body = std::pin::Pin::new(&mut body);
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            let data = frame.unwrap().into_data().unwrap();
+            if sent.is_empty() {
+                assert_eq!(
+                    std::sync::Arc::strong_count(&hold),
+                    2,
+                    "held while the head goes out"
+                );
+            }
+            sent.extend_from_slice(&data);
+        }
+        assert_eq!(sent, bytes);
+        assert_eq!(std::sync::Arc::strong_count(&hold), 1, "released");
+        assert!(body.is_end_stream());
     }
 }

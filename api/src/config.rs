@@ -30,12 +30,16 @@ pub struct Config {
     pub live: crate::live::LiveSettings,
 }
 
-/// Request limits of the api; 0 turns a limit off.
+/// Request limits of the api; 0 turns a rate limit off.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ApiLimitSettings {
     /// Requests per second one client IP may make to `/data`.
     #[arg(long, env = "API_IP_REQUESTS_PER_SEC", default_value_t = 0)]
     pub api_ip_requests_per_sec: u32,
+    #[command(flatten)]
+    pub reads: crate::read::ReadSettings,
+    #[command(flatten)]
+    pub streams: crate::live::StreamSettings,
 }
 
 impl Config {

@@ -2,9 +2,15 @@
 //! as `{"error":{"code":"...","message":"..."}}`.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
+
+use crate::read::{ReadError, Unavailable};
+
+/// Where clients are sent for documents over the size limit.
+pub const PAGING_HINT: &str =
+    "read it in pages from GET /data/children once this api offers that route";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -12,14 +18,29 @@ pub enum ApiError {
     InvalidSessionId(String),
     #[error("no document for this session_id")]
     NotFound,
-    #[error("the document store is unavailable")]
-    Unavailable(#[source] redis::RedisError),
+    #[error("the document store is unavailable: {0}")]
+    Unavailable(Unavailable),
+    #[error(
+        "the document is {bytes} bytes, over this api's limit of {limit} (API_MAX_DOCUMENT_BYTES); {PAGING_HINT}"
+    )]
+    DocumentTooLarge { bytes: u64, limit: u64 },
     #[error("{0}")]
     Auth(#[from] sessionfold_common::auth::AuthError),
     #[error("rate limit reached; retry after {0} s")]
     RateLimited(u64),
+    #[error("{}", if *per_ip { "too many live streams from this address" } else { "too many live streams are open" })]
+    TooManyStreams { per_ip: bool },
     #[error("live updates are not available: {0}")]
     LiveUnavailable(String),
+}
+
+impl From<ReadError> for ApiError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::Unavailable(reason) => Self::Unavailable(reason),
+            ReadError::TooLarge { bytes, limit } => Self::DocumentTooLarge { bytes, limit },
+        }
+    }
 }
 
 impl ApiError {
@@ -28,26 +49,61 @@ impl ApiError {
             Self::InvalidSessionId(_) => (StatusCode::BAD_REQUEST, "invalid_session_id"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::DocumentTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "document_too_large"),
             Self::Auth(err) => (err.status(), err.code()),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::TooManyStreams { per_ip: true } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_streams")
+            }
+            Self::TooManyStreams { per_ip: false } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams")
+            }
             Self::LiveUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
+
+    /// Seconds a client should wait before trying again, for the refusals
+    /// that pass.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited(seconds) => Some(*seconds),
+            Self::Unavailable(_) | Self::TooManyStreams { .. } => Some(1),
+            _ => None,
+        }
+    }
+}
+
+/// The error body of a document over the size limit, also sent as the
+/// `error` event of a live stream.
+pub fn too_large_body(bytes: u64, limit: u64) -> Value {
+    let err = ApiError::DocumentTooLarge { bytes, limit };
+    json!({"error": {
+        "code": "document_too_large",
+        "message": err.to_string(),
+        "document_bytes": bytes,
+        "max_document_bytes": limit,
+    }})
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let Self::Unavailable(err) = &self {
-            tracing::warn!(error = %err, "Redis read failed");
+        match &self {
+            Self::Unavailable(Unavailable::Redis(err)) => {
+                tracing::warn!(error = %err, "Redis read failed");
+            }
+            Self::Unavailable(reason) => tracing::debug!(reason = %reason, "read refused"),
+            _ => {}
         }
-        let body = json!({"error": {"code": code, "message": self.to_string()}});
+        let body = match &self {
+            Self::DocumentTooLarge { bytes, limit } => too_large_body(*bytes, *limit),
+            _ => json!({"error": {"code": code, "message": self.to_string()}}),
+        };
         let mut response = (status, Json(body)).into_response();
-        if let Self::RateLimited(seconds) = self {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(seconds),
-            );
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -3,7 +3,11 @@
 //!
 //! - [`config`]: the service's settings.
 //! - [`server`]: [`serve`], the routes and the document read.
-//! - [`live`]: `GET /data/stream`, the document pushed as Server-Sent Events.
+//! - [`read`]: document reads with their own Redis connections, deadlines,
+//!   a lane for large documents and the maximum document size.
+//! - [`live`]: `GET /data/stream`, the document pushed as Server-Sent Events,
+//!   one shared read per update for all of a session's watchers ([`fanout`]),
+//!   with caps on streams and their lifetime.
 //! - [`error`]: JSON errors with their HTTP status.
 //! - [`conditional`]: `ETag` and `304` on a matching `If-None-Match`.
 //! - [`openapi`]: the OpenAPI document at `/openapi.json`.
@@ -12,8 +16,10 @@
 pub mod conditional;
 pub mod config;
 pub mod error;
+pub mod fanout;
 pub mod live;
 pub mod openapi;
+pub mod read;
 pub mod readiness;
 pub mod server;
 

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use sessionfold_common::auth::{Access, Authenticator, bearer};
 use sessionfold_common::rate_limit::{ClientIpSettings, KeyedLimit, retry_after_secs};
@@ -20,18 +20,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::live::Live;
+use crate::live::{Live, StreamRequest};
+use crate::read::ReadPool;
 
 pub(crate) struct Shared {
-    /// One Redis server or a Redis Cluster (`REDIS_CLUSTER`).
+    /// One Redis server or a Redis Cluster (`REDIS_CLUSTER`), for readiness;
+    /// documents are read through `reads`.
     pub(crate) redis: RedisConnection,
+    reads: Arc<ReadPool>,
     names: Names,
     max_session_id_bytes: usize,
     pub(crate) stopping: AtomicBool,
+    /// Cancelled when a shutdown starts: live streams end.
+    closing: CancellationToken,
     authenticator: Authenticator,
     client_ip: ClientIpSettings,
     per_ip: KeyedLimit<IpAddr>,
-    live: Option<Live>,
+    live: Live,
 }
 
 /// A connected api, ready to route.
@@ -43,27 +48,25 @@ pub struct Api {
 impl Api {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let redis = RedisConnection::connect(&config.redis, RedisTimeouts::default()).await?;
-        let live = match &config.live.nats_url {
+        let client = match &config.live.nats_url {
             Some(url) => {
                 let settings = sessionfold_common::settings::NatsSettings::local(url.as_str());
-                let client =
-                    sessionfold_common::jetstream::connect(&settings, "sessionfold-api").await?;
-                Some(Live {
-                    client,
-                    prefix: config.live.updates_subject_prefix.clone(),
-                })
+                Some(sessionfold_common::jetstream::connect(&settings, "sessionfold-api").await?)
             }
             None => None,
         };
+        let live = Live::new(client, &config.live, &config.limits.streams);
         Ok(Self {
             shared: Arc::new(Shared {
                 redis,
+                reads: Arc::new(ReadPool::new(&config.redis, &config.limits.reads)),
                 names: Names {
                     key_prefix: config.redis.key_prefix.clone(),
                     ..Names::default()
                 },
                 max_session_id_bytes: config.max_session_id_bytes,
                 stopping: AtomicBool::new(false),
+                closing: CancellationToken::new(),
                 authenticator: Authenticator::new(&config.auth),
                 client_ip: config.client_ip.clone(),
                 per_ip: KeyedLimit::new(config.limits.api_ip_requests_per_sec, 0, 0),
@@ -95,8 +98,21 @@ impl Api {
             .is_ok()
     }
 
+    /// Readiness turns 503 and live streams end (with `shutdown`), so the
+    /// server's graceful shutdown does not wait for them.
     pub fn begin_shutdown(&self) {
         self.shared.stopping.store(true, Ordering::Relaxed);
+        self.shared.closing.cancel();
+    }
+
+    /// Live streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.shared.live.open_streams()
+    }
+
+    /// Sessions whose live streams share a feed now.
+    pub fn live_feeds(&self) -> usize {
+        self.shared.live.feeds()
     }
 }
 
@@ -107,13 +123,21 @@ struct SessionQuery {
     token: Option<String>,
 }
 
+/// A request that passed [`admit`].
+struct Admitted {
+    session: SessionId,
+    client_ip: IpAddr,
+    /// When its credential expires, for a session token.
+    expires_at: Option<u64>,
+}
+
 /// Rate limit, session_id and credential checks shared by the read routes.
 fn admit(
     shared: &Shared,
     peer: SocketAddr,
     headers: &HeaderMap,
     query: Result<Query<SessionQuery>, QueryRejection>,
-) -> Result<SessionId, ApiError> {
+) -> Result<Admitted, ApiError> {
     let client_ip = shared.client_ip.client_ip(peer, headers);
     shared
         .per_ip
@@ -127,12 +151,15 @@ fn admit(
         .ok_or_else(|| ApiError::InvalidSessionId("session_id is missing".to_owned()))?;
     let session = SessionId::parse_with_max(&raw, shared.max_session_id_bytes)
         .map_err(|err| ApiError::InvalidSessionId(err.to_string()))?;
-    shared.authenticator.authorize(
-        bearer(headers, query.token.as_deref()),
-        session.as_str(),
-        Access::Read,
-    )?;
-    Ok(session)
+    let credential = bearer(headers, query.token.as_deref());
+    shared
+        .authenticator
+        .authorize(credential, session.as_str(), Access::Read)?;
+    Ok(Admitted {
+        expires_at: shared.authenticator.expires_at(credential),
+        session,
+        client_ip,
+    })
 }
 
 async fn data_stream(
@@ -141,16 +168,16 @@ async fn data_stream(
     headers: HeaderMap,
     query: Result<Query<SessionQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let session = admit(&shared, peer, &headers, query)?;
-    let live = shared
+    let admitted = admit(&shared, peer, &headers, query)?;
+    let request = StreamRequest {
+        key: shared.names.keys(&admitted.session).doc,
+        session: admitted.session,
+        client_ip: admitted.client_ip,
+        expires_at: admitted.expires_at,
+    };
+    shared
         .live
-        .clone()
-        .ok_or_else(|| ApiError::LiveUnavailable("the api has no NATS_URL".to_owned()))?;
-    let key = shared.names.keys(&session).doc;
-    let stream = crate::live::document_stream(live, shared.redis.clone(), key, session)
-        .await
-        .map_err(|err| ApiError::LiveUnavailable(err.to_string()))?;
-    Ok(stream.into_response())
+        .stream(request, shared.reads.clone(), shared.closing.clone())
 }
 
 #[utoipa::path(
@@ -167,17 +194,9 @@ async fn data(
     headers: HeaderMap,
     query: Result<Query<SessionQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let session = admit(&shared, peer, &headers, query)?;
-    let key = shared.names.keys(&session).doc;
-    let mut redis = shared.redis.clone();
-    // Bytes, not a String: RedisJSON writes UTF-8, and checking it again
-    // would cost a pass over every document served.
-    let document: Option<Vec<u8>> = redis::cmd("JSON.GET")
-        .arg(&key)
-        .query_async(&mut redis)
-        .await
-        .map_err(ApiError::Unavailable)?;
-    let document = document.ok_or(ApiError::NotFound)?;
+    let admitted = admit(&shared, peer, &headers, query)?;
+    let key = shared.names.keys(&admitted.session).doc;
+    let document = shared.reads.read(&key).await?.ok_or(ApiError::NotFound)?;
     Ok(crate::conditional::document_response(&headers, document))
 }
 

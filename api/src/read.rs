@@ -1,0 +1,439 @@
+//! Document reads that cannot starve Redis or the api.
+//!
+//! Every read of a document (`GET /data` and the live streams' shared reads)
+//! goes through a [`ReadPool`]:
+//!
+//! - **Connections of their own, one command at a time.** Reads use
+//!   dedicated Redis connections, never the connection other work shares,
+//!   and a connection carries one command at a time, so a reply never queues
+//!   behind another reply and Redis holds at most one reply per connection
+//!   in its output buffers. A connection whose command failed or ran past
+//!   its deadline is dropped (closing it frees what Redis still buffered for
+//!   it) and replaced on next use.
+//! - **Two lanes.** Small documents use `API_READ_CONNECTIONS` connections;
+//!   large ones (at least `API_LARGE_READ_BYTES`) their own
+//!   `API_LARGE_READS`, so big documents can never take every connection
+//!   and small reads keep their capacity.
+//! - **Deadlines.** Waiting for a connection and the command together get
+//!   `API_READ_TIMEOUT_MS`; past it the read fails at once with
+//!   [`ReadError::Unavailable`] (a 503 `unavailable`), never a hang.
+//! - **Sizes.** A document's size is the size served last time (a bounded
+//!   cache of [`SIZE_CACHE_ENTRIES`] keys); a document this api has not read
+//!   yet is estimated from its number of children (`JSON.ARRLEN`, O(1)) at
+//!   [`ESTIMATED_CHILD_BYTES`] each. Documents known to be over
+//!   `API_MAX_DOCUMENT_BYTES` are refused without reading them.
+//! - **Large documents held at once.** A large document holds one of
+//!   `API_LARGE_RESPONSES` slots from before its read until its response
+//!   body is done, so the api's memory for large bodies stays under
+//!   `API_LARGE_RESPONSES × API_MAX_DOCUMENT_BYTES`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::FromRedisValue;
+use sessionfold_common::redis_conn::{RedisConnection, RedisTimeouts};
+use sessionfold_common::settings::RedisSettings;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, timeout_at};
+
+/// Keys whose last served size is remembered.
+pub const SIZE_CACHE_ENTRIES: usize = 65_536;
+
+/// Bytes per child assumed for a document this api has not read yet (a
+/// typical event is 60–100 bytes of JSON).
+pub const ESTIMATED_CHILD_BYTES: u64 = 64;
+
+/// How the api reads documents; 0 is not allowed for the counts.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ReadSettings {
+    /// Redis connections for reads of small documents (each carries one
+    /// command at a time).
+    #[arg(long, env = "API_READ_CONNECTIONS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_connections: u32,
+    /// Large documents read from Redis at once, each on its own connection.
+    #[arg(long, env = "API_LARGE_READS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub large_reads: u32,
+    /// Size from which a document counts as large, in bytes.
+    #[arg(long, env = "API_LARGE_READ_BYTES", default_value_t = 262_144)]
+    pub large_read_bytes: u64,
+    /// Large documents the api holds at once, from their read until their
+    /// response is sent.
+    #[arg(long, env = "API_LARGE_RESPONSES", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub large_responses: u32,
+    /// Deadline of one read (waiting for a connection and Redis's answer),
+    /// in milliseconds; past it the request gets 503 `unavailable`.
+    #[arg(long, env = "API_READ_TIMEOUT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_timeout_ms: u64,
+    /// Largest document served whole, in bytes; larger ones get 413
+    /// `document_too_large`.
+    #[arg(long, env = "API_MAX_DOCUMENT_BYTES", default_value_t = 8_388_608)]
+    pub max_document_bytes: u64,
+}
+
+impl Default for ReadSettings {
+    fn default() -> Self {
+        Self {
+            read_connections: 8,
+            large_reads: 2,
+            large_read_bytes: 262_144,
+            large_responses: 16,
+            read_timeout_ms: 1000,
+            max_document_bytes: 8_388_608,
+        }
+    }
+}
+
+impl ReadSettings {
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
+    }
+}
+
+/// Why a read gave no document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// Redis could not be read in time; the client may retry.
+    #[error("{0}")]
+    Unavailable(Unavailable),
+    /// The document is larger than the api serves whole.
+    #[error("the document is {bytes} bytes, over this api's limit of {limit}")]
+    TooLarge { bytes: u64, limit: u64 },
+}
+
+/// Why Redis could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    #[error("no read connection became free within the read deadline")]
+    Busy,
+    #[error("too many large documents are being served; retry shortly")]
+    LargeBusy,
+    #[error("Redis did not answer within the read deadline")]
+    Timeout,
+    #[error("Redis: {0}")]
+    Redis(String),
+}
+
+impl From<Unavailable> for ReadError {
+    fn from(reason: Unavailable) -> Self {
+        Self::Unavailable(reason)
+    }
+}
+
+/// A document read from Redis. A large one holds its slot while this value
+/// (or the response body made from it) lives.
+pub struct Document {
+    pub bytes: Bytes,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Document {
+    /// A document that holds no slot.
+    pub fn small(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            bytes: bytes.into(),
+            slot: None,
+        }
+    }
+
+    /// Whether this document holds a large-document slot.
+    pub fn is_large(&self) -> bool {
+        self.slot.is_some()
+    }
+
+    /// The bytes and the slot, for a body that keeps the slot until sent.
+    pub fn into_parts(self) -> (Bytes, Option<OwnedSemaphorePermit>) {
+        (self.bytes, self.slot)
+    }
+}
+
+/// Reads documents with bounded connections, deadlines and large-read caps.
+pub struct ReadPool {
+    small: Lane,
+    large: Lane,
+    large_slots: Arc<Semaphore>,
+    sizes: SizeCache,
+    settings: ReadSettings,
+}
+
+impl ReadPool {
+    /// A pool for `redis`; connections are opened when first needed.
+    pub fn new(redis: &RedisSettings, settings: &ReadSettings) -> Self {
+        Self {
+            small: Lane::new("small", redis, settings.read_connections as usize),
+            large: Lane::new("large", redis, settings.large_reads as usize),
+            large_slots: Arc::new(Semaphore::new(settings.large_responses as usize)),
+            sizes: SizeCache::new(SIZE_CACHE_ENTRIES),
+            settings: settings.clone(),
+        }
+    }
+
+    pub fn settings(&self) -> &ReadSettings {
+        &self.settings
+    }
+
+    /// Reads the document at `key`: `None` when there is none.
+    pub async fn read(&self, key: &str) -> Result<Option<Document>, ReadError> {
+        let deadline = Instant::now() + self.settings.read_timeout();
+        let limit = self.settings.max_document_bytes;
+        let size = match self.sizes.get(key) {
+            Some(bytes) if bytes > limit => return Err(ReadError::TooLarge { bytes, limit }),
+            Some(bytes) => bytes,
+            None => self.estimate(key, deadline).await?,
+        };
+        let large = size >= self.settings.large_read_bytes;
+        let slot = if large {
+            let slots = self.large_slots.clone();
+            Some(
+                timeout_at(deadline, slots.acquire_owned())
+                    .await
+                    .map_err(|_| Unavailable::LargeBusy)?
+                    .expect("the large-document semaphore is never closed"),
+            )
+        } else {
+            None
+        };
+        let lane = if large { &self.large } else { &self.small };
+        let mut get = redis::cmd("JSON.GET");
+        get.arg(key);
+        // Bytes, not a String: RedisJSON writes UTF-8, and checking it again
+        // would cost a pass over every document served.
+        let document: Option<Vec<u8>> = lane.query(&get, deadline).await?;
+        let Some(document) = document else {
+            self.sizes.forget(key);
+            return Ok(None);
+        };
+        let bytes = document.len() as u64;
+        self.sizes.insert(key, bytes);
+        if bytes > limit {
+            return Err(ReadError::TooLarge { bytes, limit });
+        }
+        // A document that grew past the threshold since it was last sized
+        // takes a slot if one is free; it is already read either way.
+        let slot = match slot {
+            None if bytes >= self.settings.large_read_bytes => {
+                self.large_slots.clone().try_acquire_owned().ok()
+            }
+            slot => slot,
+        };
+        Ok(Some(Document {
+            bytes: Bytes::from(document),
+            slot,
+        }))
+    }
+
+    /// The size of a document not read before, from its number of children.
+    /// A probe that fails for any reason but Redis being unreachable (an
+    /// absent key, a document without `children`) estimates 0: the read
+    /// that follows finds out what is there.
+    async fn estimate(&self, key: &str, deadline: Instant) -> Result<u64, ReadError> {
+        let mut arrlen = redis::cmd("JSON.ARRLEN");
+        arrlen.arg(key).arg("$.children");
+        match self
+            .small
+            .query::<Vec<Option<u64>>>(&arrlen, deadline)
+            .await
+        {
+            Ok(lengths) => {
+                let children = lengths.into_iter().flatten().next().unwrap_or(0);
+                Ok(children.saturating_mul(ESTIMATED_CHILD_BYTES))
+            }
+            Err(Unavailable::Redis(_)) => Ok(0),
+            Err(reason) => Err(reason.into()),
+        }
+    }
+}
+
+/// Connections of one lane: at most `size`, each used by one command at a
+/// time.
+struct Lane {
+    name: &'static str,
+    permits: Semaphore,
+    idle: Mutex<Vec<RedisConnection>>,
+    redis: RedisSettings,
+}
+
+impl Lane {
+    fn new(name: &'static str, redis: &RedisSettings, size: usize) -> Self {
+        Self {
+            name,
+            permits: Semaphore::new(size),
+            idle: Mutex::new(Vec::with_capacity(size)),
+            redis: redis.clone(),
+        }
+    }
+
+    /// Runs `cmd` on a connection of this lane by `deadline`.
+    async fn query<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        deadline: Instant,
+    ) -> Result<T, Unavailable> {
+        let _permit = timeout_at(deadline, self.permits.acquire())
+            .await
+            .map_err(|_| Unavailable::Busy)?
+            .expect("a lane's semaphore is never closed");
+        let idle = self.idle.lock().expect("lane lock").pop();
+        let mut connection = match idle {
+            Some(connection) => connection,
+            None => self.connect(deadline).await?,
+        };
+        match timeout_at(deadline, cmd.query_async::<T>(&mut connection)).await {
+            Ok(Ok(value)) => {
+                self.idle.lock().expect("lane lock").push(connection);
+                Ok(value)
+            }
+            Ok(Err(err)) => {
+                // An error reply leaves the connection in step; anything
+                // else (I/O, a closed connection) does not.
+                if matches!(
+                    err.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::UnexpectedReturnType
+                ) {
+                    self.idle.lock().expect("lane lock").push(connection);
+                } else {
+                    tracing::debug!(lane = self.name, error = %err, "dropping a read connection");
+                }
+                Err(Unavailable::Redis(err.to_string()))
+            }
+            // Dropped with its command in flight: closing the connection
+            // discards the reply Redis may still be producing for it.
+            Err(_) => {
+                tracing::debug!(
+                    lane = self.name,
+                    "read past its deadline; connection dropped"
+                );
+                Err(Unavailable::Timeout)
+            }
+        }
+    }
+
+    async fn connect(&self, deadline: Instant) -> Result<RedisConnection, Unavailable> {
+        let timeouts = RedisTimeouts {
+            connect: Some(deadline.saturating_duration_since(Instant::now())),
+            // The lane enforces its own deadline and drops the connection
+            // past it; the client's own response timeout would keep it.
+            response: None,
+        };
+        match timeout_at(deadline, RedisConnection::connect(&self.redis, timeouts)).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(err)) => Err(Unavailable::Redis(format!("{err:#}"))),
+            Err(_) => Err(Unavailable::Timeout),
+        }
+    }
+}
+
+/// The last served size of recently read documents, bounded: two
+/// generations of at most `capacity / 2` keys each; when the newer one is
+/// full it becomes the older and the older is forgotten. Keys are stored as
+/// 64-bit hashes, so an entry costs ~16 bytes whatever the key's length.
+struct SizeCache {
+    generations: Mutex<(HashMap<u64, u64>, HashMap<u64, u64>)>,
+    half: usize,
+}
+
+impl SizeCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            generations: Mutex::new((HashMap::new(), HashMap::new())),
+            half: (capacity / 2).max(1),
+        }
+    }
+
+    fn hash(key: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+    }
+
+    fn get(&self, key: &str) -> Option<u64> {
+        let hash = Self::hash(key);
+        let generations = self.generations.lock().expect("size cache lock");
+        generations
+            .0
+            .get(&hash)
+            .or_else(|| generations.1.get(&hash))
+            .copied()
+    }
+
+    fn insert(&self, key: &str, bytes: u64) {
+        let hash = Self::hash(key);
+        let mut generations = self.generations.lock().expect("size cache lock");
+        let (newer, older) = &mut *generations;
+        older.remove(&hash);
+        if newer.len() >= self.half && !newer.contains_key(&hash) {
+            *older = std::mem::take(newer);
+        }
+        newer.insert(hash, bytes);
+    }
+
+    fn forget(&self, key: &str) {
+        let hash = Self::hash(key);
+        let mut generations = self.generations.lock().expect("size cache lock");
+        generations.0.remove(&hash);
+        generations.1.remove(&hash);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let generations = self.generations.lock().expect("size cache lock");
+        generations.0.len() + generations.1.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        reads: ReadSettings,
+    }
+
+    #[test]
+    fn the_defaults_are_the_flags_defaults() {
+        let parsed = Flags::try_parse_from(["api"]).unwrap().reads;
+        assert_eq!(parsed, ReadSettings::default());
+    }
+
+    #[test]
+    fn zero_connections_are_refused() {
+        assert!(Flags::try_parse_from(["api", "--read-connections", "0"]).is_err());
+        assert!(Flags::try_parse_from(["api", "--large-reads", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_size_cache_remembers_recent_sizes_and_stays_bounded() {
+        let cache = SizeCache::new(100);
+        cache.insert("a", 1);
+        assert_eq!(cache.get("a"), Some(1));
+        cache.insert("a", 2);
+        assert_eq!(cache.get("a"), Some(2));
+        for i in 0..10_000 {
+            cache.insert(&format!("k{i}"), i);
+            assert!(cache.len() <= 100, "{}", cache.len());
+        }
+        assert_eq!(cache.get("k9999"), Some(9999));
+        assert_eq!(cache.get("a"), None, "long forgotten");
+        cache.forget("k9999");
+        assert_eq!(cache.get("k9999"), None);
+    }
+
+    #[test]
+    fn a_size_read_again_moves_to_the_newer_generation() {
+        let cache = SizeCache::new(4);
+        cache.insert("old", 7);
+        cache.insert("x", 1);
+        // "old" and "x" fill the newer generation; the next new key moves
+        // them to the older one.
+        cache.insert("y", 1);
+        cache.insert("old", 8);
+        cache.insert("z", 1);
+        assert_eq!(cache.get("old"), Some(8));
+    }
+}
