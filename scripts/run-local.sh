@@ -217,6 +217,7 @@ if [[ -z "${REDIS_URL:-}" ]]; then
   setsid "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize no \
     "${modules[@]}" --dir "$DATA/redis" \
     --appendonly yes --appendfsync everysec --save "" \
+    --include "$ROOT/deploy/redis/sessionfold.conf" \
     --logfile "$DATA/redis.log" </dev/null >>"$DATA/redis.log" 2>&1 &
   redis_pid=$!
   echo "$redis_pid" >"$DATA/redis.pid"

@@ -320,7 +320,12 @@ impl Lane {
             // past it; the client's own response timeout would keep it.
             response: None,
         };
-        match timeout_at(deadline, RedisConnection::connect(&self.redis, timeouts)).await {
+        match timeout_at(
+            deadline,
+            RedisConnection::connect_direct(&self.redis, timeouts),
+        )
+        .await
+        {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(err)) => Err(Unavailable::Redis(format!("{err:#}"))),
             Err(_) => Err(Unavailable::Timeout),

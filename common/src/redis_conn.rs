@@ -15,7 +15,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncConnectionConfig;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
@@ -38,6 +41,9 @@ pub struct RedisTimeouts {
 pub enum RedisConnection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// One connection to one server that does not reconnect
+    /// ([`RedisConnection::connect_direct`]).
+    Direct(MultiplexedConnection),
 }
 
 impl RedisConnection {
@@ -85,6 +91,35 @@ impl RedisConnection {
         }
     }
 
+    /// Like [`connect`](Self::connect), but on a single server one plain
+    /// connection that does not reconnect: dropping its last clone closes
+    /// the socket at once, and with it whatever Redis still buffered for
+    /// it. For callers that replace failed connections themselves, like the
+    /// api's read pool. On a cluster the same as [`connect`](Self::connect).
+    pub async fn connect_direct(
+        settings: &RedisSettings,
+        timeouts: RedisTimeouts,
+    ) -> anyhow::Result<Self> {
+        if settings.is_cluster() {
+            return Self::connect(settings, timeouts).await;
+        }
+        let urls = settings.urls();
+        let shown = redacted(&settings.redis_url);
+        let [url] = urls.as_slice() else {
+            anyhow::bail!("REDIS_URL {shown:?} names no server");
+        };
+        let client = redis::Client::open(url.as_str())
+            .with_context(|| format!("invalid REDIS_URL {shown:?}"))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(timeouts.connect)
+            .set_response_timeout(timeouts.response);
+        let connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .with_context(|| format!("connecting to Redis at {shown}"))?;
+        Ok(Self::Direct(connection))
+    }
+
     /// Whether this is a Redis Cluster connection, where a pipeline must not
     /// span hash slots.
     pub fn is_cluster(&self) -> bool {
@@ -97,6 +132,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(connection) => connection.req_packed_command(cmd),
             Self::Cluster(connection) => connection.req_packed_command(cmd),
+            Self::Direct(connection) => connection.req_packed_command(cmd),
         }
     }
 
@@ -109,6 +145,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
             Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Direct(connection) => connection.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -116,6 +153,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Single(connection) => connection.get_db(),
             Self::Cluster(connection) => connection.get_db(),
+            Self::Direct(connection) => connection.get_db(),
         }
     }
 }

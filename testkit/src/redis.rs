@@ -17,6 +17,12 @@ const PORT_ATTEMPTS: usize = 5;
 /// a snapshot neither takes nor restores it.
 const NODES_CONF: &str = "nodes.conf";
 
+/// The Redis settings sessionfold ships (`deploy/redis/sessionfold.conf`).
+pub const SESSIONFOLD_CONF: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/redis/sessionfold.conf"
+);
+
 /// How to start a [`RedisServer`]; `Default` is what [`RedisServer::start`] does.
 #[derive(Clone, Debug, Default)]
 pub struct RedisOptions {
@@ -45,8 +51,8 @@ impl RedisOptions {
 
 /// A real Redis-compatible server with RedisJSON, on `127.0.0.1:<free port>`,
 /// data dir in a fresh temp dir, `appendonly yes`, `appendfsync always`,
-/// `save ""` (so data written before a stop/kill survives `restart`). Killed
-/// on drop.
+/// `save ""` (so data written before a stop/kill survives `restart`), and the
+/// shipped `deploy/redis/sessionfold.conf` included. Killed on drop.
 pub struct RedisServer {
     proc: ManagedProcess,
     port: u16,
@@ -175,6 +181,9 @@ impl RedisServer {
                 "local",
                 "--loadmodule",
                 &rejson.display().to_string(),
+                // The shipped limits (client output buffers), as deployed.
+                "--include",
+                SESSIONFOLD_CONF,
             ]
             .iter()
             .map(|s| s.to_string())

@@ -1,0 +1,8 @@
+//! The api's limits against real servers: reads that cannot starve Redis
+//! ([`reads`]), live streams that share one read per update and end on
+//! time ([`streams`]), and the shipped Redis settings ([`redis_config`]).
+
+mod harness;
+mod reads;
+mod redis_config;
+mod streams;
