@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use sessionfold_common::auth::AuthSettings;
+use sessionfold_common::http::HttpLimits;
 use sessionfold_common::rate_limit::ClientIpSettings;
 use sessionfold_common::settings::{RedisSettings, ShutdownSettings};
 
@@ -28,6 +29,8 @@ pub struct Config {
     pub limits: ApiLimitSettings,
     #[command(flatten)]
     pub live: crate::live::LiveSettings,
+    #[command(flatten)]
+    pub http: HttpLimits,
 }
 
 /// Request limits of the api; 0 turns a rate limit off.
@@ -42,6 +45,22 @@ pub struct ApiLimitSettings {
     pub streams: crate::live::StreamSettings,
 }
 
+impl ApiLimitSettings {
+    /// The names of the api's limits that are off, for a start-up warning.
+    pub fn off(&self) -> Vec<&'static str> {
+        let streams = &self.streams;
+        [
+            (self.api_ip_requests_per_sec == 0, "API_IP_REQUESTS_PER_SEC"),
+            (streams.max_streams == 0, "API_MAX_STREAMS"),
+            (streams.max_streams_per_ip == 0, "API_MAX_STREAMS_PER_IP"),
+            (streams.stream_max_secs == 0, "API_STREAM_MAX_SECS"),
+        ]
+        .into_iter()
+        .filter_map(|(off, name)| off.then_some(name))
+        .collect()
+    }
+}
+
 impl Config {
     pub fn local(redis_url: impl Into<String>) -> Self {
         Self {
@@ -53,6 +72,7 @@ impl Config {
             client_ip: ClientIpSettings::default(),
             limits: ApiLimitSettings::default(),
             live: crate::live::LiveSettings::default(),
+            http: HttpLimits::default(),
         }
     }
 }

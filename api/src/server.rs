@@ -151,12 +151,13 @@ fn admit(
         .ok_or_else(|| ApiError::InvalidSessionId("session_id is missing".to_owned()))?;
     let session = SessionId::parse_with_max(&raw, shared.max_session_id_bytes)
         .map_err(|err| ApiError::InvalidSessionId(err.to_string()))?;
-    let credential = bearer(headers, query.token.as_deref());
-    shared
-        .authenticator
-        .authorize(credential, session.as_str(), Access::Read)?;
+    let grant = shared.authenticator.authorize(
+        bearer(headers, query.token.as_deref()),
+        session.as_str(),
+        Access::Read,
+    )?;
     Ok(Admitted {
-        expires_at: shared.authenticator.expires_at(credential),
+        expires_at: grant.expires_at,
         session,
         client_ip,
     })
@@ -214,13 +215,16 @@ pub async fn serve(
             .merge(crate::openapi::routes()),
     );
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let grace = config.shutdown.grace();
-        sessionfold_common::shutdown::after_grace(shutdown, grace, || api.begin_shutdown()).await;
+    let mut off = config.http.off();
+    off.extend(config.limits.off());
+    if !off.is_empty() {
+        tracing::warn!(limits = ?off, "protections are off");
+    }
+    let stopping = api.clone();
+    let grace = config.shutdown.grace();
+    sessionfold_common::http::serve(listener, app, &config.http, async move {
+        sessionfold_common::shutdown::after_grace(shutdown, grace, || stopping.begin_shutdown())
+            .await;
     })
     .await?;
     tracing::info!("api stopped");

@@ -104,6 +104,8 @@ impl DevConfig {
                 nats_url: Some(self.nats.nats_url.clone()),
                 updates_subject_prefix: self.worker.updates_subject_prefix.clone(),
             },
+            // Dev mode serves every route on its own listener.
+            http: Default::default(),
         }
     }
 }

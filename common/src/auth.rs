@@ -254,14 +254,6 @@ impl Authenticator {
         }
     }
 
-    /// When `credential` stops being valid (Unix seconds): a session token's
-    /// `exp`. `None` for API keys, no credential, or anything that is not a
-    /// valid token; call [`authorize`](Self::authorize) first.
-    pub fn expires_at(&self, credential: Option<&str>) -> Option<u64> {
-        let credential = credential.filter(|value| !value.is_empty())?;
-        self.verify(credential, now()).ok().map(|claims| claims.exp)
-    }
-
     /// Verifies a token's signature and expiry at `now` (Unix seconds).
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
         let secret = self.secret.as_deref().ok_or(AuthError::Invalid)?;
@@ -545,17 +537,6 @@ mod tests {
             auth.authorize(Some("garbage"), "s1", Access::Write),
             Err(AuthError::Invalid)
         );
-    }
-
-    #[test]
-    fn a_token_tells_its_expiry_and_an_api_key_none() {
-        let auth = authenticator();
-        let exp = now() + 60;
-        let read = token("s1", false, Scope::Read, exp);
-        assert_eq!(auth.expires_at(Some(&read)), Some(exp));
-        assert_eq!(auth.expires_at(Some("key-1")), None);
-        assert_eq!(auth.expires_at(None), None);
-        assert_eq!(auth.expires_at(Some("garbage")), None);
     }
 
     #[test]

@@ -21,7 +21,9 @@
 //! each response of a keep-alive connection, so it also closes idle
 //! keep-alive connections) and a cap on open connections that counts every
 //! kind: plain requests, SSE streams, and WebSockets, whose upgraded socket
-//! keeps its place until it closes.
+//! keeps its place until it closes. A write the client does not take for
+//! `HTTP_WRITE_TIMEOUT_SECS` ends the connection, so a client that never
+//! reads cannot hold a response (or a stream, or a WebSocket) forever.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -68,6 +70,12 @@ pub struct HttpLimits {
     /// connection comes from the proxy.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub http_max_connections_per_ip: usize,
+    /// Longest a connection may go without the client taking any of the
+    /// bytes the server has to send, in seconds; then it is closed. Stops
+    /// clients that ask for a large response or a stream and never read,
+    /// which would otherwise hold its memory for as long as they like.
+    #[arg(long, env = "HTTP_WRITE_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_write_timeout_secs: u64,
 }
 
 impl Default for HttpLimits {
@@ -76,6 +84,7 @@ impl Default for HttpLimits {
             http_header_timeout_secs: 10,
             http_max_connections: 10_000,
             http_max_connections_per_ip: 0,
+            http_write_timeout_secs: 30,
         }
     }
 }
@@ -92,6 +101,9 @@ impl HttpLimits {
         }
         if self.http_max_connections_per_ip == 0 {
             off.push("HTTP_MAX_CONNECTIONS_PER_IP");
+        }
+        if self.http_write_timeout_secs == 0 {
+            off.push("HTTP_WRITE_TIMEOUT_SECS");
         }
         off
     }
@@ -125,6 +137,10 @@ pub async fn serve(
         0 => None,
         secs => Some(Duration::from_secs(secs)),
     };
+    let write_timeout = match limits.http_write_timeout_secs {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
+    };
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
     tokio::pin!(shutdown);
@@ -152,6 +168,8 @@ pub async fn serve(
         let io = TokioIo::new(CountedStream {
             inner: stream,
             _places: (place, ip_place, OpenHttpConnection::open()),
+            write_timeout,
+            stalled: None,
         });
         let app = app.clone();
         let service =
@@ -194,10 +212,48 @@ fn refuse(stream: TcpStream, limit: &'static str) {
 
 /// A connection's socket with the places it holds under the connection
 /// caps: they are freed when the socket closes, which for a WebSocket is
-/// long after its HTTP request ended.
+/// long after its HTTP request ended. Writes that make no progress for
+/// `write_timeout` fail with `TimedOut`, which ends the connection.
 struct CountedStream {
     inner: TcpStream,
     _places: (OwnedSemaphorePermit, PerIpPlace, OpenHttpConnection),
+    write_timeout: Option<Duration>,
+    /// Armed while a write waits for the client to take bytes.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl CountedStream {
+    /// What a write that is not ready yet answers: still pending, or the
+    /// end of the connection once it has waited `write_timeout`.
+    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let Some(timeout) = self.write_timeout else {
+            return Poll::Pending;
+        };
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no bytes within HTTP_WRITE_TIMEOUT_SECS",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progressed<T>(
+        &mut self,
+        result: Poll<std::io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<T>> {
+        match result {
+            Poll::Pending => self.stall(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
 }
 
 impl AsyncRead for CountedStream {
@@ -216,11 +272,13 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progressed(result, cx)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progressed(result, cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -232,7 +290,8 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progressed(result, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

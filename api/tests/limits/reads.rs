@@ -381,3 +381,37 @@ async fn a_missing_document_is_404_and_a_stored_one_byte_identical() {
     );
     assert_eq!(served.text().await.unwrap(), big);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_is_disconnected_after_the_write_timeout_and_frees_its_slot() {
+    let api = start_api(|config| {
+        config.limits.reads.large_responses = 1;
+        config.http.http_write_timeout_secs = 1;
+    })
+    .await;
+    let big = document(BIG, BIG_CHILDREN);
+    api.store(BIG, &big).await;
+    let mut stalled = raw_connection("127.0.0.1", api.addr, Some(4096)).await;
+    send_get(&mut stalled, &format!("/data?session_id={BIG}"), "").await;
+    // While it holds the one large-document slot, others are refused...
+    eventually(
+        "a large read refused while the slot is held",
+        Duration::from_secs(20),
+        || async { (read_discarding(&api.http, &api.data_url(BIG)).await.0 == 503).then_some(()) },
+    )
+    .await;
+    // ...until the server gives up on it, with the stalled socket still open.
+    eventually(
+        "the large document is served again",
+        Duration::from_secs(20),
+        || async { (read_discarding(&api.http, &api.data_url(BIG)).await.0 == 200).then_some(()) },
+    )
+    .await;
+    let received = read_until_end(&mut stalled, Duration::from_secs(20)).await;
+    assert!(
+        received.len() < big.len(),
+        "the stalled reader was cut off after {} of {} bytes",
+        received.len(),
+        big.len()
+    );
+}

@@ -332,6 +332,7 @@ async fn a_stream_ends_when_its_token_expires() {
         &Claims {
             sid: SESSION.to_owned(),
             prefix: false,
+            sep: None,
             scope: Scope::Read,
             exp: expires,
         },
@@ -387,4 +388,31 @@ async fn shutting_down_ends_open_streams() {
     assert_eq!(last.name, "end");
     assert_eq!(last.data, r#"{"reason":"shutdown"}"#);
     api.wait_stopped(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_never_reads_is_disconnected_after_the_write_timeout() {
+    let api = start_api(|config| {
+        config.limits.streams.max_streams = 1;
+        config.http.http_write_timeout_secs = 1;
+    })
+    .await;
+    // Larger than the kernel's socket buffers: the first event stalls.
+    api.store(SESSION, &document(SESSION, 100_000)).await;
+    let (mut stalled, status) = open_unread(&api, "127.0.0.1", SESSION).await;
+    assert!(status.contains(" 200 "), "{status}");
+    let (_, status) = open_unread(&api, "127.0.0.2", SESSION).await;
+    assert!(status.contains(" 503 "), "the one place is taken: {status}");
+    // The server closes the stalled stream and its place is free again.
+    sessionfold_testkit::eventually(
+        "a stream opens once the stalled one is closed",
+        Duration::from_secs(20),
+        || async {
+            let (connection, status) = open_unread(&api, "127.0.0.2", SESSION).await;
+            status.contains(" 200 ").then_some(connection)
+        },
+    )
+    .await;
+    let received = read_until_end(&mut stalled, Duration::from_secs(20)).await;
+    assert!(!received.ends_with(b"\r\n0\r\n\r\n"), "cut off, not ended");
 }

@@ -123,6 +123,7 @@ pub async fn spawn_split_app_on(
             nats_url: Some(config.nats.nats_url.clone()),
             updates_subject_prefix: config.worker.updates_subject_prefix.clone(),
         },
+        http: Default::default(),
     };
     configure(&mut ingest_config, &mut api_config);
     let tasks = vec![
