@@ -1,15 +1,17 @@
 //! The api describes itself: an OpenAPI document generated from the code
 //! with utoipa, served at `GET /openapi.json`.
 //!
-//! `GET /data` is described by the `#[utoipa::path]` on its handler
-//! ([`crate::server`]) with the parameter and response types below. The
+//! `GET /data` and `GET /data/stream` are described by the
+//! `#[utoipa::path]` on their handlers ([`crate::server`]) with the
+//! parameter and response types below. The
 //! health, readiness and metrics routes are shared by every service
 //! (`sessionfold_common::health`, `sessionfold_common::metrics`); the
 //! functions here describe them for this service's document.
 //!
 //! The suite runs schemathesis against a live api with this document
 //! (`cli/tests/e2e/openapi.rs`), so what it says is checked against what the
-//! service answers.
+//! service answers; `/data/stream` is left out of that run, since a stream
+//! that is working never ends.
 
 use std::collections::BTreeMap;
 
@@ -28,8 +30,16 @@ use utoipa::{IntoParams, IntoResponses, OpenApi, ToSchema};
             Every response carries `X-Request-Id` (the request's `X-Request-Id` when it is \
             1–64 bytes of printable ASCII, else a new id).",
     ),
-    paths(crate::server::data, healthz, readyz, metrics, openapi_json),
-    components(schemas(SessionDocument, Child, ErrorBody, ErrorDetail, ReadinessReport)),
+    paths(crate::server::data, crate::server::data_stream, healthz, readyz, metrics, openapi_json),
+    components(schemas(
+        SessionDocument,
+        Child,
+        ErrorBody,
+        ErrorDetail,
+        TooLargeBody,
+        TooLargeDetail,
+        ReadinessReport
+    )),
     tags(
         (name = "documents", description = "Session documents"),
         (name = "operations", description = "Health, readiness, metrics and this description"),
@@ -113,6 +123,12 @@ pub enum DataResponses {
     /// once the processor applied the session's first frame).
     #[response(status = 404)]
     NotFound(ErrorBody),
+    /// `document_too_large`: the document is larger than this api serves
+    /// whole (`API_MAX_DOCUMENT_BYTES`, 8 MiB by default). Retrying does
+    /// not help; such documents are to be read in pages from
+    /// `GET /data/children` once the api offers that route.
+    #[response(status = 413)]
+    TooLarge(TooLargeBody),
     /// `rate_limited`: this client made too many requests; retry after
     /// `Retry-After` seconds.
     #[response(
@@ -120,8 +136,60 @@ pub enum DataResponses {
         headers(("Retry-After" = u64, description = "Seconds to wait"))
     )]
     RateLimited(ErrorBody),
-    /// `unavailable`: Redis cannot be read right now.
-    #[response(status = 503)]
+    /// `unavailable`: Redis could not be read within the read deadline
+    /// (`API_READ_TIMEOUT_MS`), or too many large documents are being
+    /// served at once; retry after `Retry-After` seconds.
+    #[response(
+        status = 503,
+        headers(("Retry-After" = u64, description = "Seconds to wait"))
+    )]
+    Unavailable(ErrorBody),
+}
+
+/// The answers of `GET /data/stream`.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum StreamResponses {
+    /// A Server-Sent Events stream. Event `document`: the session's
+    /// document (the JSON `GET /data` serves), when the stream opens and
+    /// after every change. Event `error`: the document is over
+    /// `API_MAX_DOCUMENT_BYTES` (data: the JSON of `GET /data`'s 413); the
+    /// stream ends. Event `end`: the stream ends, data
+    /// `{"reason": …}`, one of `max_lifetime` (open for
+    /// `API_STREAM_MAX_SECS`; reconnect), `token_expired` (the token that
+    /// opened it expired), `too_slow` (the client fell `API_STREAM_BUFFER`
+    /// updates behind; reconnect), `shutdown`, `unavailable`. Comment
+    /// lines keep an idle stream open.
+    #[response(
+        status = 200,
+        content_type = "text/event-stream",
+        headers(("X-Request-Id" = String, description = "The request's id"))
+    )]
+    Events(String),
+    /// `invalid_session_id`: `session_id` is missing or not a valid session id.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// `unauthorized`, `invalid_token` or `token_expired` (only with
+    /// `AUTH_REQUIRED=true`).
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// `forbidden`: the credential does not grant reading this session.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// `rate_limited` (requests per second) or `too_many_streams` (this
+    /// client address has `API_MAX_STREAMS_PER_IP` streams open); retry
+    /// after `Retry-After` seconds.
+    #[response(
+        status = 429,
+        headers(("Retry-After" = u64, description = "Seconds to wait"))
+    )]
+    TooMany(ErrorBody),
+    /// `too_many_streams` (`API_MAX_STREAMS` are open in all) or
+    /// `unavailable` (the api has no NATS connection for updates).
+    #[response(
+        status = 503,
+        headers(("Retry-After" = u64, description = "Seconds to wait"))
+    )]
     Unavailable(ErrorBody),
 }
 
@@ -188,10 +256,40 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_session_id`, `not_found`,
     /// `unavailable`, `unauthorized`, `invalid_token`, `token_expired`,
-    /// `forbidden`, `rate_limited`.
+    /// `forbidden`, `rate_limited`, `too_many_streams`.
     code: String,
     /// For people.
     message: String,
+}
+
+/// The answer for a document over the size limit.
+#[derive(ToSchema)]
+#[schema(example = json!({"error": {
+    "code": "document_too_large",
+    "message": "the document is 9437184 bytes, over this api's limit of 8388608 (API_MAX_DOCUMENT_BYTES); read it in pages from GET /data/children once this api offers that route",
+    "document_bytes": 9437184,
+    "max_document_bytes": 8388608
+}}))]
+#[allow(dead_code)]
+pub struct TooLargeBody {
+    error: TooLargeDetail,
+}
+
+/// How large the document is, and the limit.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TooLargeDetail {
+    /// `document_too_large`.
+    #[schema(pattern = "^document_too_large$")]
+    code: String,
+    /// For people; names the limit and where to read the document instead.
+    message: String,
+    /// The document's size in bytes, as last read.
+    #[schema(minimum = 0)]
+    document_bytes: u64,
+    /// `API_MAX_DOCUMENT_BYTES`.
+    #[schema(minimum = 0)]
+    max_document_bytes: u64,
 }
 
 /// The body of `/readyz`.
@@ -257,13 +355,29 @@ mod tests {
     fn the_document_describes_every_route_and_the_error_schema() {
         let document = serde_json::to_value(ApiDoc::openapi()).unwrap();
         let paths = document["paths"].as_object().unwrap();
-        for path in ["/data", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        for path in [
+            "/data",
+            "/data/stream",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+        ] {
             assert!(paths.contains_key(path), "{path} is not described");
         }
         let data = &paths["/data"]["get"];
-        for status in ["200", "304", "400", "404", "503"] {
+        for status in ["200", "304", "400", "404", "413", "429", "503"] {
             assert!(data["responses"].get(status).is_some(), "{status}");
         }
+        let stream = &paths["/data/stream"]["get"];
+        for status in ["200", "400", "429", "503"] {
+            assert!(stream["responses"].get(status).is_some(), "{status}");
+        }
+        assert!(
+            stream["responses"]["200"]["content"]
+                .get("text/event-stream")
+                .is_some()
+        );
         assert!(data["responses"]["200"]["headers"].get("ETag").is_some());
         let schemas = document["components"]["schemas"].as_object().unwrap();
         assert!(schemas.contains_key("ErrorBody"));

@@ -163,6 +163,15 @@ fn admit(
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/data/stream",
+    tag = "documents",
+    params(crate::openapi::DataQuery),
+    responses(crate::openapi::StreamResponses)
+)]
+/// A session's document, live: pushed as Server-Sent Events when the
+/// stream opens and after every change.
 async fn data_stream(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
