@@ -30,6 +30,7 @@ use sessionfold_testkit::{
     sessionfold_bin,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -174,8 +175,11 @@ fn block<T>(operation: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(operation)
 }
 
+/// One line on stdout; a reader that went away is no error worth a panic.
 fn say(line: serde_json::Value) {
-    println!("{line}");
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -184,7 +188,15 @@ async fn main() -> Result<()> {
     let mut stack = Stack::start(&args).await?;
     say(stack.addresses());
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = lines.next_line().await? {
+    let mut terminate = signal(SignalKind::terminate())?;
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line?,
+            // SIGTERM and Ctrl-C stop the servers too, like `quit`.
+            _ = terminate.recv() => None,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(line) = line else { break };
         let command = line.trim();
         if command.is_empty() {
             continue;
