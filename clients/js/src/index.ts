@@ -21,7 +21,7 @@ export type EventType = "SESSION_START" | "EVENT" | "SESSION_END";
 /** `idle`: nothing to send, no socket. `offline`: waiting to reconnect. `failed`: the server refused the session for good. */
 export type State = "idle" | "connecting" | "open" | "offline" | "failed" | "closed";
 
-/** The server's input limits; the defaults are ingest's. */
+/** The server's input limits; the defaults are ingest's (1 048 406 frame bytes, 10 000 events, 64 KiB per event). */
 export interface Limits {
   maxFrameBytes: number;
   maxEventsPerFrame: number;
@@ -123,7 +123,9 @@ interface Frame {
   no: number;
 }
 
-const DEFAULT_LIMITS: Limits = { maxFrameBytes: 1 << 20, maxEventsPerFrame: 10_000, maxEventBytes: 1 << 16 };
+// Ingest's defaults; its frame limit is 1 MiB less what its message headers
+// take in NATS's default 1 MiB payload.
+const DEFAULT_LIMITS: Limits = { maxFrameBytes: 1_048_406, maxEventsPerFrame: 10_000, maxEventBytes: 1 << 16 };
 const TRANSIENT = ["rate_limited", "unavailable"];
 const RESERVED = ["type", "id", "session_id"];
 
