@@ -51,6 +51,7 @@ test: deps check-deploy ## Every test (unit, integration against real servers in
 	SESSIONFOLD_REDIS_SERVER="$(SESSIONFOLD_REDIS_SERVER)" \
 	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
 		$(CARGO) test --workspace
+	$(MAKE) --no-print-directory sdk-test
 
 check-deploy: deps ## Validate compose.yaml (docker-compose config) and deploy/k8s (kustomize + Kubernetes schemas)
 	scripts/check-deploy.sh
@@ -122,3 +123,26 @@ bench: deps ## Benchmarks (release build, own servers; records BENCHMARKS.md)
 	else \
 		echo "bench: no matplotlib for $(BENCH_PYTHON); docs/bench-throughput.png not redrawn"; \
 	fi
+	$(MAKE) --no-print-directory sdk-bench
+
+# The JavaScript producer SDK (clients/js): npm packages from the committed
+# package-lock.json, the TypeScript build and browser bundle, then node's test
+# runner: the bundle-size budget, the Node tests and the headless Chromium
+# test, each against the real system started by sessionfold-stack.
+SDK_DIR := clients/js
+SDK_ENV = SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
+	SESSIONFOLD_REDIS_SERVER="$(SESSIONFOLD_REDIS_SERVER)" \
+	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)"
+
+.PHONY: sdk-build sdk-test sdk-bench
+
+sdk-build: ## Install the SDK's npm packages (npm ci) and build clients/js (types, dist/, browser bundle)
+	cd $(SDK_DIR) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+
+sdk-test: deps sdk-build ## The JavaScript SDK's tests: bundle size, Node and headless Chromium against the real system
+	$(CARGO) build -p sessionfold -p sessionfold-stack
+	cd $(SDK_DIR) && $(SDK_ENV) SESSIONFOLD_STACK="$(CURDIR)/target/debug/sessionfold-stack" npm test --silent
+
+sdk-bench: deps sdk-build ## One Node client's events/s against the release build, and the bundle size; records BENCHMARKS.md
+	$(CARGO) build --release -p sessionfold -p sessionfold-stack
+	cd $(SDK_DIR) && $(SDK_ENV) SESSIONFOLD_STACK="$(CURDIR)/target/release/sessionfold-stack" npm run --silent bench
