@@ -2,7 +2,7 @@
 //! promoted (`make test`, docs/faults.md).
 //!
 //! Three masters with one replica each (Valkey, RedisJSON, the shipped ACL
-//! file), one nats-server, ingest, two processors and the api. While the
+//! file), the three-node NATS cluster, ingest, two processors and the api. While the
 //! load runs, the replica of master 0 is cut off from it (its replication
 //! link fails authentication from then on: a lag that lasts exactly as long
 //! as the test wants). Master 0 goes on acknowledging writes that only it
@@ -56,8 +56,6 @@ async fn failover_scenario(name: &str, durability: &str) -> Outcome {
     init_test_tracing();
     let started = Instant::now();
     let options = ClusterOptions {
-        nats_nodes: 1,
-        stream_replicas: 1,
         redis_nodes: 3,
         redis_replicas_per_master: 1,
         processor_env: vec![("REDIS_DURABILITY".to_owned(), durability.to_owned())],
