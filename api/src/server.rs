@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
@@ -14,7 +13,7 @@ use sessionfold_common::auth::{Access, Authenticator, bearer};
 use sessionfold_common::rate_limit::{ClientIpSettings, KeyedLimit, retry_after_secs};
 use sessionfold_common::redis_conn::{RedisConnection, RedisTimeouts};
 use sessionfold_core::SessionId;
-use sessionfold_core::session::Names;
+use sessionfold_core::session::{Names, query_value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -116,13 +115,6 @@ impl Api {
     }
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct SessionQuery {
-    session_id: Option<String>,
-    /// A bearer token, for links and browsers.
-    token: Option<String>,
-}
-
 /// A request that passed [`admit`].
 struct Admitted {
     session: SessionId,
@@ -132,27 +124,25 @@ struct Admitted {
 }
 
 /// Rate limit, session_id and credential checks shared by the read routes.
+/// The query is decoded strictly (the same parser as ingest's): bytes that
+/// are not UTF-8 are refused, never replaced.
 fn admit(
     shared: &Shared,
     peer: SocketAddr,
     headers: &HeaderMap,
-    query: Result<Query<SessionQuery>, QueryRejection>,
+    query: Option<&str>,
 ) -> Result<Admitted, ApiError> {
     let client_ip = shared.client_ip.client_ip(peer, headers);
     shared
         .per_ip
         .check(&client_ip, 0)
         .map_err(|wait| ApiError::RateLimited(retry_after_secs(wait)))?;
-    let query = query
-        .map_err(|err| ApiError::InvalidSessionId(err.body_text()))?
-        .0;
-    let raw = query
-        .session_id
-        .ok_or_else(|| ApiError::InvalidSessionId("session_id is missing".to_owned()))?;
-    let session = SessionId::parse_with_max(&raw, shared.max_session_id_bytes)
+    let session = SessionId::from_query(query, shared.max_session_id_bytes)
         .map_err(|err| ApiError::InvalidSessionId(err.to_string()))?;
+    let token = query_value(query.unwrap_or(""), "token")
+        .map_err(|err| ApiError::InvalidSessionId(format!("token: {err}")))?;
     let grant = shared.authenticator.authorize(
-        bearer(headers, query.token.as_deref()),
+        bearer(headers, token.as_deref()),
         session.as_str(),
         Access::Read,
     )?;
@@ -176,9 +166,9 @@ async fn data_stream(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    query: Result<Query<SessionQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let admitted = admit(&shared, peer, &headers, query)?;
+    let admitted = admit(&shared, peer, &headers, query.as_deref())?;
     let request = StreamRequest {
         key: shared.names.keys(&admitted.session).doc,
         session: admitted.session,
@@ -202,9 +192,9 @@ async fn data(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    query: Result<Query<SessionQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let admitted = admit(&shared, peer, &headers, query)?;
+    let admitted = admit(&shared, peer, &headers, query.as_deref())?;
     let key = shared.names.keys(&admitted.session).doc;
     let document = shared.reads.read(&key).await?.ok_or(ApiError::NotFound)?;
     Ok(crate::conditional::document_response(&headers, document))

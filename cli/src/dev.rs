@@ -10,6 +10,7 @@ use axum::Router;
 use sessionfold_api::Api;
 use sessionfold_api::config::ApiLimitSettings;
 use sessionfold_common::auth::AuthSettings;
+use sessionfold_common::http::HttpLimits;
 use sessionfold_common::rate_limit::ClientIpSettings;
 use sessionfold_common::settings::{LimitSettings, NatsSettings, RedisSettings, ShutdownSettings};
 use sessionfold_ingest::Ingest;
@@ -44,6 +45,8 @@ pub struct DevConfig {
     pub guard: GuardSettings,
     #[command(flatten)]
     pub api_limits: ApiLimitSettings,
+    #[command(flatten)]
+    pub http: HttpLimits,
 }
 
 impl DevConfig {
@@ -65,6 +68,7 @@ impl DevConfig {
                 ..GuardSettings::default()
             },
             api_limits: ApiLimitSettings::default(),
+            http: HttpLimits::default(),
         }
     }
 
@@ -78,6 +82,7 @@ impl DevConfig {
             auth: self.auth.clone(),
             client_ip: self.client_ip.clone(),
             guard: self.guard.clone(),
+            http: self.http.clone(),
         }
     }
 
@@ -88,6 +93,7 @@ impl DevConfig {
             redis: self.redis.clone(),
             worker: self.worker.clone(),
             shutdown: self.shutdown.clone(),
+            http: self.http.clone(),
         }
     }
 
@@ -104,8 +110,7 @@ impl DevConfig {
                 nats_url: Some(self.nats.nats_url.clone()),
                 updates_subject_prefix: self.worker.updates_subject_prefix.clone(),
             },
-            // Dev mode serves every route on its own listener.
-            http: Default::default(),
+            http: self.http.clone(),
         }
     }
 }
@@ -140,11 +145,8 @@ pub async fn serve(
     let stopping = (ingest.clone(), api.clone());
     let grace = config.shutdown.grace();
     let drain_all = drain.clone();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    warn_of_protections_off(&config);
+    sessionfold_common::http::serve(listener, app, &config.http, async move {
         sessionfold_common::shutdown::after_grace(shutdown, grace, || {
             stopping.0.begin_shutdown();
             stopping.1.begin_shutdown();
@@ -156,4 +158,50 @@ pub async fn serve(
     ingest.drain().await;
     processing.await??;
     Ok(())
+}
+
+/// Says at start-up which protections are off, so that a dev-mode set-up is
+/// never mistaken for one fit for the internet.
+fn warn_of_protections_off(config: &DevConfig) {
+    let mut off: Vec<&str> = config.http.off();
+    let guard = &config.guard;
+    for (name, value) in [
+        ("IP_FRAMES_PER_SEC", u64::from(guard.ip_frames_per_sec)),
+        ("IP_BYTES_PER_SEC", u64::from(guard.ip_bytes_per_sec)),
+        (
+            "SESSION_FRAMES_PER_SEC",
+            u64::from(guard.session_frames_per_sec),
+        ),
+        (
+            "SESSION_BYTES_PER_SEC",
+            u64::from(guard.session_bytes_per_sec),
+        ),
+        ("MAX_CONNECTIONS", guard.max_connections as u64),
+        (
+            "MAX_CONNECTIONS_PER_IP",
+            guard.max_connections_per_ip as u64,
+        ),
+        ("IDLE_TIMEOUT_SECS", guard.idle_timeout_secs),
+        ("MAX_PINGS_PER_SEC", u64::from(guard.max_pings_per_sec)),
+        (
+            "API_IP_REQUESTS_PER_SEC",
+            u64::from(config.api_limits.api_ip_requests_per_sec),
+        ),
+    ] {
+        if value == 0 {
+            off.push(name);
+        }
+    }
+    if !config.auth.auth_required {
+        off.push("AUTH_REQUIRED");
+    }
+    if guard.allowed_origins.is_empty() {
+        off.push("ALLOWED_ORIGINS");
+    }
+    if !off.is_empty() {
+        tracing::warn!(
+            off = %off.join(", "),
+            "protections that are off (set them before exposing this service)"
+        );
+    }
 }

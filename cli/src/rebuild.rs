@@ -174,6 +174,7 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<Rebuilt> {
             ..WorkerSettings::default()
         },
         shutdown: ShutdownSettings::default(),
+        http: sessionfold_common::http::HttpLimits::default(),
     };
     let processor = Processor::build(config.clone()).await?;
     // Created here rather than by the processor, so that it can start at

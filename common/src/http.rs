@@ -19,11 +19,13 @@
 //! [`serve`] is HTTP/1.1 on hyper with a header-read timeout (hyper starts
 //! it whenever it waits for a request head: on a new connection and after
 //! each response of a keep-alive connection, so it also closes idle
-//! keep-alive connections) and a cap on open connections that counts every
+//! keep-alive connections), a cap on open connections that counts every
 //! kind: plain requests, SSE streams, and WebSockets, whose upgraded socket
-//! keeps its place until it closes. A write the client does not take for
-//! `HTTP_WRITE_TIMEOUT_SECS` ends the connection, so a client that never
-//! reads cannot hold a response (or a stream, or a WebSocket) forever.
+//! keeps its place until it closes, and a cap on the bytes read from
+//! sockets but not yet consumed, across all connections ([`ReadCredit`]).
+//! A write the client does not take for `HTTP_WRITE_TIMEOUT_SECS` ends the
+//! connection, so a client that never reads cannot hold a response (or a
+//! stream, or a WebSocket) forever.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -76,6 +78,12 @@ pub struct HttpLimits {
     /// which would otherwise hold its memory for as long as they like.
     #[arg(long, env = "HTTP_WRITE_TIMEOUT_SECS", default_value_t = 30)]
     pub http_write_timeout_secs: u64,
+    /// Bytes read from sockets and not yet consumed (a half-received
+    /// WebSocket message, say), over all connections. Each connection may
+    /// hold 64 KiB outside this budget; past it, reading waits for budget,
+    /// and a connection that waits 5 s is closed.
+    #[arg(long, env = "HTTP_MAX_BUFFERED_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub http_max_buffered_bytes: usize,
 }
 
 impl Default for HttpLimits {
@@ -85,6 +93,7 @@ impl Default for HttpLimits {
             http_max_connections: 10_000,
             http_max_connections_per_ip: 0,
             http_write_timeout_secs: 30,
+            http_max_buffered_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -105,6 +114,9 @@ impl HttpLimits {
         if self.http_write_timeout_secs == 0 {
             off.push("HTTP_WRITE_TIMEOUT_SECS");
         }
+        if self.http_max_buffered_bytes == 0 {
+            off.push("HTTP_MAX_BUFFERED_BYTES");
+        }
         off
     }
 }
@@ -116,6 +128,87 @@ const MAX_REQUEST_BUFFER_BYTES: usize = 64 * 1024;
 /// Pause after a failed accept (out of file descriptors, say), so that the
 /// loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Bytes a connection may hold unconsumed outside the shared budget, so
+/// that requests and small WebSocket messages never wait for it.
+pub const UNCHARGED_READ_BYTES: usize = 64 * 1024;
+/// Budget taken from the shared pool at a time.
+const BUDGET_CHUNK_BYTES: usize = 64 * 1024;
+/// Longest wait of a connection for read budget before it is closed.
+pub const READ_BUDGET_WAIT: Duration = Duration::from_secs(5);
+
+/// A connection's account with the shared read budget. Bytes read from its
+/// socket are charged to it; whoever consumes them (hyper, when a request
+/// head is parsed; a WebSocket handler, when a message is complete) calls
+/// [`release`](Self::release). Handlers find it as a request extension;
+/// dropping the connection returns whatever it still holds.
+#[derive(Clone)]
+pub struct ReadCredit(Arc<CreditAccount>);
+
+struct CreditAccount {
+    budget: Option<Arc<Semaphore>>,
+    state: Mutex<CreditState>,
+}
+
+#[derive(Default)]
+struct CreditState {
+    /// Bytes read since the last release.
+    unconsumed: usize,
+    /// Permits taken from the budget and not yet returned.
+    held: usize,
+}
+
+impl ReadCredit {
+    fn new(budget: Option<Arc<Semaphore>>) -> Self {
+        Self(Arc::new(CreditAccount {
+            budget,
+            state: Mutex::new(CreditState::default()),
+        }))
+    }
+
+    /// Everything read so far has been consumed: give the budget back.
+    pub fn release(&self) {
+        let held = {
+            let mut state = self.0.lock_state();
+            state.unconsumed = 0;
+            std::mem::take(&mut state.held)
+        };
+        if let (Some(budget), true) = (&self.0.budget, held > 0) {
+            budget.add_permits(held);
+        }
+    }
+
+    /// Bytes this connection may still read before it needs more budget.
+    fn room(&self) -> usize {
+        let state = self.0.lock_state();
+        (UNCHARGED_READ_BYTES + state.held).saturating_sub(state.unconsumed)
+    }
+
+    fn charge(&self, bytes: usize) {
+        self.0.lock_state().unconsumed += bytes;
+    }
+
+    fn credit(&self, permits: usize) {
+        self.0.lock_state().held += permits;
+    }
+}
+
+impl CreditAccount {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, CreditState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for CreditAccount {
+    fn drop(&mut self) {
+        let held = self.lock_state().held;
+        if let (Some(budget), true) = (&self.budget, held > 0) {
+            budget.add_permits(held);
+        }
+    }
+}
 
 /// Serves `app` on `listener` with `limits` until `shutdown` resolves, then
 /// stops accepting, lets open HTTP connections finish their requests and
@@ -132,6 +225,11 @@ pub async fn serve(
         max => max,
     };
     let places = Arc::new(Semaphore::new(total));
+    let read_budget = (limits.http_max_buffered_bytes > 0).then(|| {
+        Arc::new(Semaphore::new(
+            limits.http_max_buffered_bytes.min(Semaphore::MAX_PERMITS),
+        ))
+    });
     let per_ip = PerIpConnections::new(limits.http_max_connections_per_ip);
     let header_timeout = match limits.http_header_timeout_secs {
         0 => None,
@@ -165,8 +263,14 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let credit = ReadCredit::new(read_budget.clone());
         let io = TokioIo::new(CountedStream {
             inner: stream,
+            credit: credit.clone(),
+            budget: read_budget
+                .clone()
+                .map(tokio_util::sync::PollSemaphore::new),
+            waiting_since: None,
             _places: (place, ip_place, OpenHttpConnection::open()),
             write_timeout,
             stalled: None,
@@ -174,8 +278,11 @@ pub async fn serve(
         let app = app.clone();
         let service =
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                // The head is parsed: what was read for it is consumed.
+                credit.release();
                 let mut request = request.map(axum::body::Body::new);
                 request.extensions_mut().insert(ConnectInfo(peer));
+                request.extensions_mut().insert(credit.clone());
                 tower::ServiceExt::oneshot(app.clone(), request)
             });
         let stopping = stopping.clone();
@@ -212,10 +319,14 @@ fn refuse(stream: TcpStream, limit: &'static str) {
 
 /// A connection's socket with the places it holds under the connection
 /// caps: they are freed when the socket closes, which for a WebSocket is
-/// long after its HTTP request ended. Writes that make no progress for
-/// `write_timeout` fail with `TimedOut`, which ends the connection.
+/// long after its HTTP request ended. Reads are charged to its
+/// [`ReadCredit`]; writes that make no progress for `write_timeout` fail
+/// with `TimedOut`, which ends the connection.
 struct CountedStream {
     inner: TcpStream,
+    credit: ReadCredit,
+    budget: Option<tokio_util::sync::PollSemaphore>,
+    waiting_since: Option<Pin<Box<tokio::time::Sleep>>>,
     _places: (OwnedSemaphorePermit, PerIpPlace, OpenHttpConnection),
     write_timeout: Option<Duration>,
     /// Armed while a write waits for the client to take bytes.
@@ -256,13 +367,56 @@ impl CountedStream {
     }
 }
 
+impl CountedStream {
+    /// Ready once the connection may read: it has room, or got more budget.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Some(budget) = self.budget.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while self.credit.room() == 0 {
+            match budget.poll_acquire_many(cx, BUDGET_CHUNK_BYTES as u32) {
+                Poll::Ready(Some(permit)) => {
+                    permit.forget();
+                    self.credit.credit(BUDGET_CHUNK_BYTES);
+                    self.waiting_since = None;
+                }
+                Poll::Ready(None) => return Poll::Ready(Err(std::io::ErrorKind::Other.into())),
+                Poll::Pending => {
+                    let waiting = self
+                        .waiting_since
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(READ_BUDGET_WAIT)));
+                    if waiting.as_mut().poll(cx).is_ready() {
+                        ::metrics::counter!(HTTP_CONNECTIONS_REFUSED_TOTAL, "limit" => "read_budget")
+                            .increment(1);
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "waited too long for read budget (HTTP_MAX_BUFFERED_BYTES)",
+                        )));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncRead for CountedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        std::task::ready!(self.poll_room(cx))?;
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        // Charged after the fact: a read may go past the room by at most
+        // one buffer, which the next read then needs budget for.
+        let bytes = buf.filled().len() - before;
+        if bytes > 0 {
+            self.credit.charge(bytes);
+        }
+        read
     }
 }
 

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use sessionfold_common::auth::AuthSettings;
+use sessionfold_common::http::HttpLimits;
 use sessionfold_common::rate_limit::ClientIpSettings;
 use sessionfold_common::settings::{LimitSettings, NatsSettings, ShutdownSettings};
 
@@ -29,6 +30,8 @@ pub struct Config {
     pub client_ip: ClientIpSettings,
     #[command(flatten)]
     pub guard: GuardSettings,
+    #[command(flatten)]
+    pub http: HttpLimits,
 }
 
 /// Abuse limits; 0 turns a limit off.
@@ -114,6 +117,7 @@ impl Config {
                 max_pings_per_sec: 10,
                 ..GuardSettings::default()
             },
+            http: HttpLimits::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use sessionfold_common::auth::Grant;
+use sessionfold_common::http::ReadCredit;
 use sessionfold_common::metrics;
 use sessionfold_common::rate_limit::retry_after_secs;
 use sessionfold_core::{ErrorCode, Frame, FrameError, Reply, SessionId};
@@ -28,6 +29,9 @@ use crate::server::Shared;
 
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most messages read while waiting for the client's close frame, so that a
+/// client that floods the socket cannot keep the server reading.
+const CLOSE_HANDSHAKE_MESSAGES: usize = 64;
 
 /// Close code when the connection's token expires (policy violation).
 pub const TOKEN_EXPIRED_CLOSE_CODE: u16 = close_code::POLICY;
@@ -44,6 +48,9 @@ pub struct Connection {
     client_ip: IpAddr,
     grant: Grant,
     frames_received: u64,
+    /// This connection's account with the listener's read budget: every
+    /// complete message returns what its bytes took.
+    pub(crate) read_credit: Option<ReadCredit>,
 }
 
 /// A frame's reply, once known.
@@ -158,6 +165,7 @@ impl Connection {
             client_ip,
             grant,
             frames_received: 0,
+            read_credit: None,
         }
     }
 
@@ -377,7 +385,11 @@ where
             _ = shared.shutdown.cancelled(), if state.is_live() => {
                 state = state.stop(close_frame(close_code::AWAY, "server shutting down"));
             }
-            message = source.next(), if may_read => match message {
+            message = source.next(), if may_read => {
+                if let Some(credit) = &connection.read_credit {
+                    credit.release();
+                }
+                match message {
                 Some(Ok(Message::Text(text))) => {
                     idle.as_mut().reset(deadline_after(idle_timeout));
                     let (outcome, ends_session) = connection.accept_frame(text);
@@ -403,7 +415,7 @@ where
                     tracing::info!(error = %err, "connection failed");
                     state = state.client_left();
                 }
-            },
+            }},
         }
     };
     if let Some(frame) = close {
@@ -412,8 +424,10 @@ where
         // still sends would make the kernel reset the connection, and the
         // client would lose the close frame and the replies before it.
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+            let mut read = 0;
             while let Some(Ok(message)) = source.next().await {
-                if matches!(message, Message::Close(_)) {
+                read += 1;
+                if matches!(message, Message::Close(_)) || read >= CLOSE_HANDSHAKE_MESSAGES {
                     break;
                 }
             }

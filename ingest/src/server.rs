@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sessionfold_common::auth::{Access, Authenticator, bearer};
+use sessionfold_common::http::ReadCredit;
 use sessionfold_common::rate_limit::ClientIpSettings;
 use sessionfold_common::{health, jetstream as js_setup, metrics, settings, shutdown};
 use sessionfold_core::session::{Names, query_value};
@@ -252,11 +253,7 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");
     let stopping = ingest.clone();
     let grace = config.shutdown.grace();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    sessionfold_common::http::serve(listener, app, &config.http, async move {
         shutdown::after_grace(shutdown, grace, || stopping.begin_shutdown()).await;
         drain.cancel();
     })
@@ -277,6 +274,7 @@ pub fn request_id(headers: &HeaderMap) -> String {
 async fn websocket(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    credit: Option<axum::Extension<ReadCredit>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -290,6 +288,7 @@ async fn websocket(
         query,
         upgrade,
         request_id.clone(),
+        credit.map(|axum::Extension(credit)| credit),
     )
     .unwrap_or_else(|err| {
         tracing::info!(%request_id, error = %err, "refused a connection");
@@ -308,6 +307,7 @@ fn accept(
     query: Option<String>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     request_id: String,
+    credit: Option<ReadCredit>,
 ) -> Result<Response, HttpError> {
     let session = SessionId::from_query(query.as_deref(), shared.max_session_id_bytes)
         .map_err(|err| HttpError::InvalidSessionId(err.to_string()))?;
@@ -347,12 +347,9 @@ fn accept(
                 let _tracking = tracking;
                 let _slot = slot;
                 let (sink, source) = futures::StreamExt::split(socket);
-                connection::run(
-                    sink,
-                    source,
-                    Connection::new(shared, session, request_id, client_ip, grant),
-                )
-                .await;
+                let mut connection = Connection::new(shared, session, request_id, client_ip, grant);
+                connection.read_credit = credit;
+                connection::run(sink, source, connection).await;
             }
             .instrument(span)
         }))

@@ -22,6 +22,8 @@ pub struct Config {
     pub worker: WorkerSettings,
     #[command(flatten)]
     pub shutdown: ShutdownSettings,
+    #[command(flatten)]
+    pub http: sessionfold_common::http::HttpLimits,
 }
 
 /// How the processor consumes.
@@ -114,6 +116,7 @@ impl Config {
             redis: RedisSettings::local(redis_url),
             worker: WorkerSettings::default(),
             shutdown: ShutdownSettings::default(),
+            http: sessionfold_common::http::HttpLimits::default(),
         }
     }
 }

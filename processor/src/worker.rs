@@ -6,7 +6,6 @@
 //! (a consumer deleted, a restarted server; nats.rs issue 1584) the
 //! consumer is re-created with backoff.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -485,13 +484,10 @@ pub async fn serve(
     // The health endpoints answer until consuming has stopped.
     let http_shutdown = CancellationToken::new();
     let http_stop = http_shutdown.clone();
+    let http_limits = processor.config.http.clone();
     let http = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            health.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(http_stop.cancelled_owned())
-        .await
+        sessionfold_common::http::serve(listener, health, &http_limits, http_stop.cancelled_owned())
+            .await
     });
     // Readiness turns off first; consuming stops after the grace period.
     let stopping = processor.stopping.clone();

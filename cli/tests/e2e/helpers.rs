@@ -110,6 +110,7 @@ pub async fn spawn_split_app_on(
         auth: config.auth.clone(),
         client_ip: config.client_ip.clone(),
         guard: config.guard.clone(),
+        http: config.http.clone(),
     };
     let mut api_config = sessionfold_api::Config {
         listen: api_addr,
@@ -123,7 +124,7 @@ pub async fn spawn_split_app_on(
             nats_url: Some(config.nats.nats_url.clone()),
             updates_subject_prefix: config.worker.updates_subject_prefix.clone(),
         },
-        http: Default::default(),
+        http: config.http.clone(),
     };
     configure(&mut ingest_config, &mut api_config);
     let tasks = vec![

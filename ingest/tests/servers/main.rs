@@ -6,3 +6,4 @@
 mod acknowledged;
 mod helpers;
 mod limits;
+mod security;
