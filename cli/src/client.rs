@@ -180,8 +180,10 @@ impl Producer {
 /// What happened to one frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FrameOutcome {
-    /// Stored by JetStream: the reply's `accepted` count of events.
-    Accepted { events: usize },
+    /// Stored by JetStream: the reply's `accepted` count of events, and the
+    /// stream sequence that stores it (`None` for `[]`, or a server that
+    /// does not say).
+    Accepted { events: usize, seq: Option<u64> },
     /// Refused for its content; it was not stored and sending it again would
     /// not help.
     Rejected(FrameError),
@@ -444,16 +446,20 @@ impl SessionSender {
                 .reply_timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
             match reply(&mut connection.socket, number, wait).await {
-                Ok(Reply::Accepted { accepted, .. }) => {
+                Ok(Reply::Accepted { accepted, seq, .. }) => {
                     self.counters.acked += 1;
                     self.counters.events_acked += accepted as u64;
                     if self.config.close_on_session_end && ends_session(text, &self.session) {
                         self.finish_closed_session().await;
                     }
-                    return Ok(FrameOutcome::Accepted { events: accepted });
+                    return Ok(FrameOutcome::Accepted {
+                        events: accepted,
+                        seq,
+                    });
                 }
                 Ok(Reply::Rejected { error, .. }) => match error.code {
-                    ErrorCode::Unavailable | ErrorCode::RateLimited => {
+                    // Only the transient codes are worth sending again.
+                    code if code.is_transient() => {
                         if error.code == ErrorCode::Unavailable {
                             self.counters.unavailable += 1;
                         } else {
@@ -805,7 +811,13 @@ mod tests {
         assert!(
             matches!(&report.outcomes[0], FrameOutcome::Rejected(e) if e.code == ErrorCode::InvalidEvent)
         );
-        assert_eq!(report.outcomes[1], FrameOutcome::Accepted { events: 1 });
+        assert_eq!(
+            report.outcomes[1],
+            FrameOutcome::Accepted {
+                events: 1,
+                seq: None
+            }
+        );
         assert_eq!((report.counters.rejected, report.counters.attempts), (1, 2));
     }
 

@@ -101,7 +101,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     let mut rejected = Vec::new();
     for (index, frame) in frames.into_iter().enumerate() {
         match sender.send_frame(&frame).await {
-            Ok(FrameOutcome::Accepted { events }) => {
+            Ok(FrameOutcome::Accepted { events, .. }) => {
                 accepted += events;
                 progress.inc(events as u64);
             }

@@ -443,12 +443,14 @@ async fn half_sent_large_messages_are_bounded_by_the_read_budget() {
         let buffered_rss = rss_bytes();
         let written: usize = sent.iter().map(|(written, _)| written).sum();
         // Those left waiting for budget are closed.
-        let mut closed = 0;
-        for (_, mut stream) in sent {
-            if closed_within(&mut stream, Duration::from_secs(8)).await {
-                closed += 1;
-            }
-        }
+        let closed =
+            futures::future::join_all(sent.into_iter().map(|(_, mut stream)| async move {
+                closed_within(&mut stream, Duration::from_secs(8)).await
+            }))
+            .await
+            .into_iter()
+            .filter(|closed| *closed)
+            .count();
         println!(
             "half-sent messages: RSS with {attackers} of them buffered: {} MiB",
             buffered_rss / MIB
