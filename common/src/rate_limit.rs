@@ -245,18 +245,22 @@ mod tests {
     }
 
     #[test]
-    fn idle_keys_are_forgotten() {
+    fn idle_keys_are_forgotten_without_being_asked() {
+        // The api's attack: 200 000 distinct client addresses.
         let limit = KeyedLimit::new(1000, 0, 0);
-        for n in 0..2000u32 {
+        for n in 0..200_000u32 {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
             assert!(limit.check(&ip, 0).is_ok());
         }
-        assert_eq!(limit.remembered_keys(), 2000);
+        assert_eq!(limit.remembered_keys(), 200_000);
         // One request per key leaves every budget full again within a
-        // millisecond at 1000/s.
+        // millisecond at 1000/s; the next check after the sweep interval
+        // forgets them all.
         std::thread::sleep(Duration::from_millis(5));
-        limit.forget_idle();
-        assert_eq!(limit.remembered_keys(), 0);
+        *limit.last_sweep.lock().unwrap() -= SWEEP_INTERVAL;
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(limit.check(&client, 0).is_ok());
+        assert!(limit.remembered_keys() <= 1, "{}", limit.remembered_keys());
     }
 
     #[test]

@@ -157,3 +157,48 @@ async fn a_duplicate_puback_is_believed_only_for_the_same_frame() {
     }
     assert_eq!(ingest.stream_messages().await, 1);
 }
+
+/// Stops or resumes a process (SIGSTOP / SIGCONT).
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test]
+async fn a_publish_whose_puback_is_late_is_sent_again_and_stored_once() {
+    let ingest = spawn_ingest().await;
+    let client = async_nats::connect(ingest.nats.url()).await.unwrap();
+    let publisher = JetStreamPublisher::new(
+        client,
+        PublishTiming {
+            timeout: Duration::from_secs(10),
+            retry_after: Some(Duration::from_millis(300)),
+        },
+        ingest.config.nats.clone(),
+    );
+    let pid = ingest.nats.pid().expect("nats-server runs");
+    // The server stops answering: no PubAck comes, the publish is sent
+    // again (and again) under the same message id.
+    signal(pid, "-STOP");
+    let publishing = tokio::spawn(publisher.publish(OutgoingFrame {
+        subject: ingest.subject("late"),
+        payload: Bytes::from_static(b"[\"late\"]"),
+        message_id: "fedcba9876543210fedcba9876543210:1".to_owned(),
+        request_id: "r".to_owned(),
+    }));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    signal(pid, "-CONT");
+    let stored = publishing.await.unwrap().expect("stored in the end");
+    // It was sent several times, stored once, and the copy checked.
+    assert!(
+        stored.duplicate,
+        "the answer should be to a repeated publish"
+    );
+    assert_eq!(stored.sequence, 1);
+    assert_eq!(ingest.stream_messages().await, 1);
+    let (_, payload) = ingest.stored(1).await;
+    assert_eq!(payload, b"[\"late\"]");
+}
