@@ -10,7 +10,9 @@
 //! - [`telemetry`]: tracing set-up (`LOG_FORMAT`, `RUST_LOG`).
 //! - [`shutdown`]: the SIGINT/SIGTERM future that starts a graceful stop.
 //! - [`metrics`]: every metric name, the Prometheus recorder and `/metrics`.
-//! - [`http`]: request ids, the request span and HTTP metrics for every route.
+//! - [`http`]: [`serve`](http::serve), the accept loop every listener runs
+//!   with its limits (header timeout, connection caps, read budget), and
+//!   request ids, the request span and bounded HTTP metrics for every route.
 //! - [`health`]: `/healthz` and `/readyz` with cached dependency checks.
 //! - [`redis_conn`]: one Redis connection type for a single server or a
 //!   Redis Cluster (`REDIS_CLUSTER`).

@@ -71,8 +71,9 @@ pub const HTTP_REQUEST_SECONDS: &str = "sessionfold_http_request_duration_second
 /// Gauge: open connections of every kind (HTTP, SSE, WebSockets) on the
 /// process's listeners.
 pub const HTTP_CONNECTIONS_OPEN: &str = "sessionfold_http_connections_open";
-/// Counter, label `limit` (`total`, `per_ip`): connections closed at once
-/// because a connection cap was reached.
+/// Counter, label `limit` (`total`, `per_ip`, `read_budget`): connections
+/// closed at once because a connection cap was reached, or because they
+/// waited too long for read budget.
 pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "sessionfold_http_connections_refused_total";
 
 /// Buckets of the latency histograms, in seconds.
