@@ -9,7 +9,7 @@
 //! functions here describe them for this service's document.
 //!
 //! The suite runs schemathesis against a live api with this document
-//! (`cli/tests/e2e/openapi.rs`), so what it says is checked against what the
+//! (`e2e/tests/e2e/openapi.rs`), so what it says is checked against what the
 //! service answers; `/data/stream` is left out of that run, since a stream
 //! that is working never ends.
 

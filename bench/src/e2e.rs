@@ -1,5 +1,5 @@
 //! End-to-end throughput: real WebSocket producers
-//! ([`sessionfold::loadgen`] over [`sessionfold::client`]) send the workload
+//! ([`sessionfold_client::loadgen`] over [`sessionfold_client::producer`]) send the workload
 //! to `sessionfold ingest`; `replicas` × `sessionfold processor` fold it into
 //! Redis. Timed from the first frame until the consumer has nothing pending
 //! or unacknowledged, that is until every document is complete in Redis;
@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use sessionfold::client::{Producer, ProducerConfig};
-use sessionfold::loadgen::{self, LoadOptions, LoadReport, Workload};
-use sessionfold_core::{Delivery, Frame, Limits, SessionId};
+use sessionfold_client::loadgen::{self, LoadOptions, LoadReport, Workload};
+use sessionfold_client::{Producer, ProducerConfig};
+use sessionfold_harness::{read_documents, reference};
 use sessionfold_testkit::RunNames;
 use tokio::time::Instant;
 
@@ -104,37 +104,25 @@ pub async fn run(
     })
 }
 
-/// Sessions whose stored document equals the reference fold of their
-/// acknowledged frames (in acknowledgement order, which the client makes
-/// their stream order).
+/// Sessions whose stored document equals, byte for byte, the reference fold
+/// of their acknowledged frames (in acknowledgement order, which the client
+/// makes their stream order).
 async fn exact_documents(
     servers: &Servers,
     names: &RunNames,
     workload: &Workload,
     report: &LoadReport,
 ) -> anyhow::Result<usize> {
-    let names = session_names(names);
-    let mut redis = servers.redis_connection().await?;
+    let session_ids: Vec<String> = workload
+        .sessions
+        .iter()
+        .map(|s| s.session_id.clone())
+        .collect();
+    let stored = read_documents(&servers.redis_url(), &session_names(names), &session_ids).await?;
     let mut exact = 0;
-    for (result, load) in report.sessions.iter().zip(&workload.sessions) {
-        let session = SessionId::parse(&load.session_id).expect("a valid session id");
-        let deliveries: Vec<Delivery> = result
-            .acked_frames(load)
-            .iter()
-            .enumerate()
-            .map(|(i, text)| Delivery {
-                stream_sequence: i as u64 + 1,
-                events: Frame::parse(text, &session, &Limits::default())
-                    .expect("an acknowledged frame is valid")
-                    .events,
-            })
-            .collect();
+    for ((result, load), stored) in report.sessions.iter().zip(&workload.sessions).zip(stored) {
         let expected =
-            serde_json::to_string(&sessionfold_core::fold(session.as_str(), &deliveries))?;
-        let stored: Option<String> = redis::cmd("JSON.GET")
-            .arg(names.keys(&session).doc)
-            .query_async(&mut redis)
-            .await?;
+            serde_json::to_string(&reference(&load.session_id, &result.acked_frames(load)))?;
         if stored.as_deref() == Some(expected.as_str()) {
             exact += 1;
         }

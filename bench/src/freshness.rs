@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use serde_json::json;
-use sessionfold::client::{FrameOutcome, Producer, ProducerConfig};
+use sessionfold_client::{FrameOutcome, Producer, ProducerConfig};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 

@@ -5,7 +5,7 @@
 //! Everything runs for real on loopback: nats-server and redis-server
 //! (RedisJSON) from the testkit on free ports, the services as child
 //! processes of the release `sessionfold` binary ([`system`]), the producers
-//! through [`sessionfold::client`] and [`sessionfold::loadgen`] in this
+//! through [`sessionfold_client::producer`] and [`sessionfold_client::loadgen`] in this
 //! process.
 //!
 //! - [`system`]: the servers and the service processes.

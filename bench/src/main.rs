@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use sessionfold::loadgen::{Workload, WorkloadSpec};
 use sessionfold_bench::report::{self, Machine, Row, Status};
 use sessionfold_bench::stats::{count, ms};
 use sessionfold_bench::system::Servers;
 use sessionfold_bench::{e2e, freshness, growth, raw, read};
+use sessionfold_client::loadgen::{Workload, WorkloadSpec};
 
 #[derive(Debug, Parser)]
 #[command(

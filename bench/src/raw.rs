@@ -17,7 +17,7 @@ use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use sessionfold::loadgen::Workload;
+use sessionfold_client::loadgen::Workload;
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};
 use sessionfold_processor::store::{Applied, Invocation, Store};

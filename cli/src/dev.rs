@@ -50,28 +50,6 @@ pub struct DevConfig {
 }
 
 impl DevConfig {
-    /// Settings for local servers, listening on an ephemeral port.
-    pub fn local(nats_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
-        Self {
-            listen: "127.0.0.1:0".parse().expect("a valid address"),
-            nats: NatsSettings::local(nats_url),
-            redis: RedisSettings::local(redis_url),
-            limits: LimitSettings::default(),
-            connection: ConnectionSettings::default(),
-            worker: WorkerSettings::default(),
-            shutdown: ShutdownSettings::default(),
-            auth: AuthSettings::default(),
-            client_ip: ClientIpSettings::default(),
-            guard: GuardSettings {
-                idle_timeout_secs: 300,
-                max_pings_per_sec: 10,
-                ..GuardSettings::default()
-            },
-            api_limits: ApiLimitSettings::default(),
-            http: HttpLimits::default(),
-        }
-    }
-
     fn ingest(&self) -> sessionfold_ingest::Config {
         sessionfold_ingest::Config {
             listen: self.listen,

@@ -1,5 +1,22 @@
-//! The `sessionfold` command line: flags and tracing; the work is in the
-//! service libraries and [`sessionfold::dev`].
+//! The `sessionfold` command: runs the services (each alone, or all in one
+//! process for development) and, for users, talks to a running system. It is
+//! only the binary: the services, the producer client and the domain are
+//! libraries it uses.
+//!
+//! - [`dev`]: the all-in-one mode: ingest, processor and api in one process,
+//!   `/websocket` and `/data` on one listener (default `:8080`).
+//! - [`send`]: `send` (files of events to a session), `get` and `tail` (a
+//!   document), over [`sessionfold_client`].
+//! - [`token`]: issuing signed session tokens.
+//! - [`dead_letters`]: listing and replaying messages that could not be applied.
+//! - [`rebuild`]: rebuilding every document from the stream into a fresh
+//!   key prefix through a temporary durable consumer.
+
+mod dead_letters;
+mod dev;
+mod rebuild;
+mod send;
+mod token;
 
 use clap::{Parser, Subcommand};
 use sessionfold_common::{shutdown, telemetry};
@@ -21,7 +38,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Ingest, processor and api in one process, `/websocket` and `/data` on one port.
-    Dev(sessionfold::dev::DevConfig),
+    Dev(crate::dev::DevConfig),
     /// The ingest service alone.
     Ingest(sessionfold_ingest::Config),
     /// The processor service alone.
@@ -29,17 +46,17 @@ enum Command {
     /// The api service alone.
     Api(sessionfold_api::Config),
     /// List or replay dead letters.
-    DeadLetters(sessionfold::dead_letters::DeadLetterArgs),
+    DeadLetters(crate::dead_letters::DeadLetterArgs),
     /// Send events from JSON-array or NDJSON files to a session, waiting for every ack.
-    Send(sessionfold::send::SendArgs),
+    Send(crate::send::SendArgs),
     /// Print a session's document.
-    Get(sessionfold::send::ReadArgs),
+    Get(crate::send::ReadArgs),
     /// Follow a session: print its document each time it changes.
-    Tail(sessionfold::send::ReadArgs),
+    Tail(crate::send::ReadArgs),
     /// Issue a signed token that opens a session (or a prefix) for writing or reading.
-    Token(sessionfold::token::TokenArgs),
+    Token(crate::token::TokenArgs),
     /// Rebuild every document from the stream into a fresh key prefix.
-    Rebuild(sessionfold::rebuild::RebuildArgs),
+    Rebuild(crate::rebuild::RebuildArgs),
 }
 
 #[tokio::main]
@@ -62,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     match command {
         Command::Dev(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
-            sessionfold::dev::serve(config, listener, shutdown).await
+            crate::dev::serve(config, listener, shutdown).await
         }
         Command::Ingest(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
@@ -72,12 +89,12 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             sessionfold_processor::serve(config, listener, shutdown).await
         }
-        Command::DeadLetters(args) => sessionfold::dead_letters::run(args).await,
-        Command::Token(args) => sessionfold::token::run(args),
-        Command::Send(args) => sessionfold::send::run(args).await,
-        Command::Get(args) => sessionfold::send::get(args).await,
-        Command::Tail(args) => sessionfold::send::tail(args).await,
-        Command::Rebuild(args) => sessionfold::rebuild::run(args).await,
+        Command::DeadLetters(args) => crate::dead_letters::run(args).await,
+        Command::Token(args) => crate::token::run(args),
+        Command::Send(args) => crate::send::run(args).await,
+        Command::Get(args) => crate::send::get(args).await,
+        Command::Tail(args) => crate::send::tail(args).await,
+        Command::Rebuild(args) => crate::rebuild::run(args).await,
         Command::Api(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             sessionfold_api::serve(config, listener, shutdown).await

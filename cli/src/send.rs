@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::client::{FrameOutcome, Producer, ProducerConfig};
+use sessionfold_client::sse::SseLines;
+use sessionfold_client::{FrameOutcome, Producer, ProducerConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct SendArgs {
@@ -190,6 +191,21 @@ pub async fn get(args: ReadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Follows `GET /data/stream`, printing the document (one JSON line) each
+/// time it changes, until the stream ends or Ctrl-C.
+pub async fn tail(args: ReadArgs) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let response = args.request("/data/stream").await?;
+    let mut events = SseLines::default();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        for data in events.push(&chunk?) {
+            println!("{data}");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,64 +225,5 @@ mod tests {
         assert_eq!(frames(&events, 100, 15).len(), 5);
         let all = frames(&events, 100, 1 << 20);
         assert_eq!(all, vec![r#"[{"i":0},{"i":1},{"i":2},{"i":3},{"i":4}]"#]);
-    }
-}
-
-/// Follows `GET /data/stream`, printing the document (one JSON line) each
-/// time it changes, until the stream ends or Ctrl-C.
-pub async fn tail(args: ReadArgs) -> anyhow::Result<()> {
-    use futures::StreamExt as _;
-    let response = args.request("/data/stream").await?;
-    let mut events = SseLines::default();
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        for data in events.push(&chunk?) {
-            println!("{data}");
-        }
-    }
-    Ok(())
-}
-
-/// Splits a Server-Sent Events byte stream into the `data` of its events.
-#[derive(Debug, Default)]
-pub struct SseLines {
-    buffer: String,
-    data: Vec<String>,
-}
-
-impl SseLines {
-    /// Feeds bytes; returns the data of every event they complete.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.buffer.push_str(&String::from_utf8_lossy(bytes));
-        let mut complete = Vec::new();
-        while let Some(end) = self.buffer.find('\n') {
-            let line: String = self.buffer.drain(..=end).collect();
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.is_empty() {
-                if !self.data.is_empty() {
-                    complete.push(self.data.join("\n"));
-                    self.data.clear();
-                }
-            } else if let Some(data) = line.strip_prefix("data:") {
-                self.data
-                    .push(data.strip_prefix(' ').unwrap_or(data).to_owned());
-            }
-        }
-        complete
-    }
-}
-
-#[cfg(test)]
-mod sse_tests {
-    use super::SseLines;
-
-    #[test]
-    fn events_are_split_across_chunks() {
-        let mut lines = SseLines::default();
-        assert!(lines.push(b"event: document\ndata: {\"a\"").is_empty());
-        assert_eq!(
-            lines.push(b":1}\n\n: keep-alive\n\ndata: x\n\n"),
-            vec!["{\"a\":1}", "x"]
-        );
     }
 }

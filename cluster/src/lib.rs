@@ -15,8 +15,8 @@
 //!   `REDIS_CLUSTER=true` with several `REDIS_URL`s, each service with its
 //!   own credentials).
 //!
-//! The test drives them with [`sessionfold::loadgen`] and checks the
-//! documents with [`sessionfold_faults::scenario`].
+//! The test drives them with [`sessionfold_client::loadgen`] and checks the
+//! documents with [`sessionfold_harness::scenario`].
 
 pub mod nats;
 pub mod redis_cluster;

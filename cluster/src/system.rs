@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use sessionfold::client::Producer;
+use sessionfold_client::Producer;
 use sessionfold_common::settings::NatsSettings;
-use sessionfold_faults::SystemUnderTest;
+use sessionfold_harness::{SystemUnderTest, run_producer};
 use sessionfold_testkit::{
     BinaryDefault, JetStreamProbe, ServiceLauncher, ServiceProcess, free_port, sessionfold_bin,
 };
@@ -206,7 +206,7 @@ impl ClusterSystem {
 
     /// A producer pointed at this system's ingest.
     pub fn producer(&self) -> Producer {
-        sessionfold_faults::system::producer(self.ingest_addr, self.options.publish_timeout_ms)
+        run_producer(self.ingest_addr, self.options.publish_timeout_ms)
     }
 
     /// The `server_name` of the event stream's leader, and its replicas

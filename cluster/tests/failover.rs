@@ -24,10 +24,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sessionfold::loadgen::{self, LoadOptions, Workload, WorkloadSpec};
+use sessionfold_client::loadgen::{self, LoadOptions, Workload, WorkloadSpec};
 use sessionfold_cluster::{ClusterOptions, ClusterSystem};
-use sessionfold_faults::verify::verify;
-use sessionfold_faults::{ScenarioReport, SystemUnderTest, settle};
+use sessionfold_harness::verify::verify;
+use sessionfold_harness::{ScenarioReport, SystemUnderTest, settle};
 use sessionfold_testkit::{eventually_ok, init_test_tracing};
 use tokio::time::Instant;
 

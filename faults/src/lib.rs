@@ -5,27 +5,15 @@
 //! RedisJSON) from `sessionfold-testkit`, ingest and the processors as child
 //! processes of the `sessionfold` binary (the testkit's
 //! [`ServiceLauncher`](sessionfold_testkit::ServiceLauncher)), and the
-//! producers through [`sessionfold::client`] driven by
-//! [`sessionfold::loadgen`].
+//! producers through [`sessionfold_client::producer`] driven by
+//! [`sessionfold_client::loadgen`]. The end of a scenario, the verification
+//! and the reports are `sessionfold-harness`'s, shared with the cluster test.
 //!
 //! - [`system`]: [`System`], the running system and the faults it can suffer.
-//! - [`scenario`]: the end of every scenario, once the load is over: drain,
-//!   then compare the documents.
-//! - [`verify`]: every session document against the reference fold.
-//! - [`report`]: the per-scenario counts the suite prints and asserts on.
-//!
-//! The cluster test (`cluster/`) ends its scenario and reports with
-//! [`scenario`] and [`report`] too.
 
-pub mod report;
-pub mod scenario;
 pub mod system;
-pub mod verify;
 
-pub use report::ScenarioReport;
-pub use scenario::{Settled, SystemUnderTest, settle};
 pub use system::{System, SystemOptions};
-pub use verify::Verification;
 
 /// SplitMix64, for the random moments of fault injection (seeded, printed,
 /// so a run can be repeated with `FAULTS_SEED`).

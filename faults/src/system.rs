@@ -10,15 +10,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_nats::jetstream;
-use sessionfold::client::{Producer, ProducerConfig};
-use sessionfold_core::SessionId;
+use sessionfold_client::Producer;
 use sessionfold_core::session::Names;
 use sessionfold_testkit::{
     BinaryDefault, JetStreamProbe, NatsOptions, NatsServer, RedisOptions, RedisServer,
     RedisSnapshot, RunNames, ServiceLauncher, ServiceProcess, free_port, sessionfold_bin,
 };
 
-use crate::scenario::SystemUnderTest;
+use sessionfold_harness::{SystemUnderTest, read_documents, run_producer};
 
 /// How to set the system up.
 #[derive(Debug, Clone)]
@@ -61,17 +60,6 @@ impl Default for SystemOptions {
             processor_env: Vec::new(),
         }
     }
-}
-
-/// A producer for a scenario's load, sending to the ingest at `ingest`
-/// whose `PUBLISH_TIMEOUT_MS` is `publish_timeout_ms`: it waits for a reply
-/// a little longer than ingest waits for JetStream.
-pub fn producer(ingest: SocketAddr, publish_timeout_ms: u64) -> Producer {
-    let mut config =
-        ProducerConfig::new(&format!("ws://{ingest}/websocket")).expect("a valid endpoint");
-    config.reply_timeout = Duration::from_millis(publish_timeout_ms) + Duration::from_secs(5);
-    config.deadline = Duration::from_secs(120);
-    Producer::new(config)
 }
 
 /// The running system.
@@ -361,7 +349,7 @@ impl System {
 
     /// A producer pointed at this system's ingest.
     pub fn producer(&self) -> Producer {
-        producer(self.ingest_addr, self.options.publish_timeout_ms)
+        run_producer(self.ingest_addr, self.options.publish_timeout_ms)
     }
 
     /// Lines of the processors' logs containing `needle`.
@@ -393,20 +381,7 @@ impl SystemUnderTest for System {
             events_subject_prefix: self.names.subject_prefix.clone(),
             key_prefix: self.names.key_prefix.clone(),
         };
-        let client = redis::Client::open(self.redis_url.as_str())?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
-        let mut documents = Vec::with_capacity(session_ids.len());
-        for chunk in session_ids.chunks(200) {
-            let mut pipe = redis::pipe();
-            for id in chunk {
-                let session =
-                    SessionId::parse(id).map_err(|err| anyhow::anyhow!("{id:?}: {err}"))?;
-                pipe.cmd("JSON.GET").arg(names.keys(&session).doc);
-            }
-            let chunk_docs: Vec<Option<String>> = pipe.query_async(&mut connection).await?;
-            documents.extend(chunk_docs);
-        }
-        Ok(documents)
+        read_documents(&self.redis_url, &names, session_ids).await
     }
 
     fn log_tails(&self, lines: usize) -> String {

@@ -18,10 +18,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sessionfold::loadgen::{self, LoadOptions, LoadReport, Workload, WorkloadSpec};
-use sessionfold_faults::{
-    FaultRng, ScenarioReport, System, SystemOptions, SystemUnderTest, settle,
-};
+use sessionfold_client::loadgen::{self, LoadOptions, LoadReport, Workload, WorkloadSpec};
+use sessionfold_faults::{FaultRng, System, SystemOptions};
+use sessionfold_harness::{ScenarioReport, SystemUnderTest, settle};
 use sessionfold_testkit::init_test_tracing;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

@@ -123,7 +123,8 @@ fn warn_if_stale(bin: &Path, profile_dir: &Path) {
 }
 
 /// The names one run uses (stream, subjects, key prefix, consumer,
-/// dead-letter stream), unique so that runs never share state.
+/// dead-letter stream, updates subjects), unique so that runs never share
+/// state.
 #[derive(Debug, Clone)]
 pub struct RunNames {
     pub stream: String,
@@ -132,6 +133,10 @@ pub struct RunNames {
     pub consumer: String,
     pub dead_stream: String,
     pub dead_subject_prefix: String,
+    /// Where the processors announce changes; [`RunNames::processor_env`]
+    /// leaves it out, so that runs under the shipped ACLs (which allow only
+    /// the default updates subjects) keep the default.
+    pub updates_subject_prefix: String,
 }
 
 impl RunNames {
@@ -145,7 +150,20 @@ impl RunNames {
             consumer: unique_name("processor"),
             dead_stream: unique_name("DEAD"),
             dead_subject_prefix: unique_name("dead"),
+            updates_subject_prefix: unique_name("updates"),
         }
+    }
+
+    /// Every name as the services' environment: [`RunNames::stream_env`],
+    /// [`RunNames::processor_env`] and `UPDATES_SUBJECT_PREFIX`.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = Vec::from(self.stream_env());
+        env.extend(self.processor_env());
+        env.push((
+            "UPDATES_SUBJECT_PREFIX",
+            self.updates_subject_prefix.clone(),
+        ));
+        env
     }
 
     /// The environment that points ingest and the processors at the event

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sessionfold_testkit::{NatsServer, RedisServer, init_test_tracing};
 
-use crate::helpers::{expected_document, spawn_split_app_on, test_config};
+use crate::helpers::{default_names, expected_document, spawn_split_app_on};
 
 fn deploy_file(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -36,11 +36,6 @@ async fn each_service_can_do_its_job_and_nothing_more() {
     let redis = RedisServer::start_with_args(&["--aclfile", acl.to_str().unwrap()]).unwrap();
 
     // The ACLs name the default stream, consumer and key prefix.
-    let mut config = test_config(&nats, &redis);
-    config.nats = sessionfold_common::settings::NatsSettings::local(nats.url());
-    config.redis = sessionfold_common::settings::RedisSettings::local(redis.url());
-    config.worker = Default::default();
-    config.worker.ack_wait_secs = 2;
     let nats_as = |user: &str, password: &str| with_credentials(&nats.url(), user, password);
     let redis_as = |user: &str, password: &str| with_credentials(&redis.url(), user, password);
     let ingest_nats = nats_as("ingest", "ingest-dev-password");
@@ -49,11 +44,13 @@ async fn each_service_can_do_its_job_and_nothing_more() {
     let processor_redis = redis_as("sessionfold-processor", "processor-dev-password");
 
     let api_nats = nats_as("api", "api-dev-password");
-    let app = spawn_split_app_on(nats, redis, config, |ingest, api| {
-        ingest.nats.nats_url = ingest_nats.clone();
-        api.redis.redis_url = api_redis.clone();
-        api.live.nats_url = Some(api_nats.clone());
-    })
+    let app = spawn_split_app_on(
+        nats,
+        redis,
+        default_names(),
+        &[("NATS_URL", &ingest_nats)],
+        &[("REDIS_URL", &api_redis), ("NATS_URL", &api_nats)],
+    )
     .await;
     let _processor = app.start_processor_with(&[
         ("NATS_URL", &processor_nats),

@@ -180,7 +180,7 @@ async fn metrics_count_connections_frames_events_publishes_batches_and_requests(
     assert!(!after.contains("session_id=metered"));
 
     // The consumer's lag is polled every few seconds.
-    let consumer = app.config.worker.consumer_name.clone();
+    let consumer = app.names.consumer.clone();
     let lag = eventually("the consumer's lag is reported", DEADLINE, || {
         let app = &app;
         let base = base.clone();

@@ -131,7 +131,7 @@ async fn pipelined_frames_are_answered_in_order() {
 
 #[tokio::test]
 async fn the_socket_stays_open_after_session_end_when_configured() {
-    let app = spawn_app_with(|config| config.connection.close_on_session_end = false).await;
+    let app = spawn_app_with(&[("CLOSE_ON_SESSION_END", "false")]).await;
     let mut producer = app.connect("open").await;
     producer
         .send_accepted(r#"[{"type":"SESSION_END","timestamp":9}]"#)

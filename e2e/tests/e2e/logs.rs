@@ -96,7 +96,7 @@ async fn a_connections_lines_carry_its_ids_and_nothing_is_logged_per_event() {
     let nats = NatsServer::start().expect("starting nats-server");
     let listen = format!("127.0.0.1:{}", free_port());
     let ingest = Logged::start(
-        Command::new(env!("CARGO_BIN_EXE_sessionfold"))
+        Command::new(crate::helpers::sessionfold_bin())
             .arg("ingest")
             .env("RUST_LOG", "info")
             .env("INGEST_LISTEN", &listen)
@@ -151,7 +151,7 @@ async fn a_requests_lines_carry_its_request_id_and_session_id() {
     let redis = RedisServer::start().expect("starting redis-server");
     let listen = format!("127.0.0.1:{}", free_port());
     let api = Logged::start(
-        Command::new(env!("CARGO_BIN_EXE_sessionfold"))
+        Command::new(crate::helpers::sessionfold_bin())
             .arg("api")
             .env("RUST_LOG", "info,sessionfold_common=debug")
             .env("API_LISTEN", &listen)

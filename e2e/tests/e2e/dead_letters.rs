@@ -23,7 +23,7 @@ async fn an_undecodable_message_becomes_a_dead_letter_and_blocks_nothing() {
     app.wait_for_document("poisoned", &expected_document("poisoned", &[frame]))
         .await;
     app.wait_until_consumed().await;
-    let letters = dead_letter::list(&js, &app.config.worker.dead_letter_stream)
+    let letters = dead_letter::list(&js, &app.names.dead_stream)
         .await
         .unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
@@ -49,7 +49,7 @@ async fn a_refused_frame_is_dead_lettered_after_its_attempts_and_replayed_once_f
     producer.send_accepted(overflows).await;
 
     let js = app.jetstream().await;
-    let stream = app.config.worker.dead_letter_stream.clone();
+    let stream = app.names.dead_stream.clone();
     let letters = eventually("the refused frame is a dead letter", DEADLINE, || {
         let js = js.clone();
         let stream = stream.clone();

@@ -1,12 +1,12 @@
 //! Every session's document against the reference fold
 //! ([`sessionfold_core::fold`]) of the frames the producer got acknowledged,
 //! in acknowledgement order (the order the client guarantees is also their
-//! first-stored order, see [`sessionfold::client`]).
+//! first-stored order, see [`sessionfold_client::producer`]).
 
 use std::collections::HashMap;
 
 use serde_json::Value;
-use sessionfold::loadgen::{LoadReport, Workload};
+use sessionfold_client::loadgen::{LoadReport, Workload};
 use sessionfold_core::event::write_canonical;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};
 
@@ -163,8 +163,8 @@ fn note(verification: &mut Verification, example: String) {
 mod tests {
     use super::*;
     use serde_json::json;
-    use sessionfold::client::Counters;
-    use sessionfold::loadgen::{SessionResult, WorkloadSpec};
+    use sessionfold_client::Counters;
+    use sessionfold_client::loadgen::{SessionResult, WorkloadSpec};
 
     fn all_acked(workload: &Workload) -> LoadReport {
         LoadReport {

@@ -5,8 +5,8 @@ use std::fmt;
 use std::time::Duration;
 
 use anyhow::Context;
-use sessionfold::client::Counters;
-use sessionfold::loadgen::{LoadReport, Workload};
+use sessionfold_client::Counters;
+use sessionfold_client::loadgen::{LoadReport, Workload};
 use sessionfold_testkit::JetStreamProbe;
 
 use crate::scenario::{FAILURE_LOG_LINES, SystemUnderTest};

@@ -31,7 +31,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use sessionfold::client::{Producer, ProducerConfig};
+//! use sessionfold_client::{Producer, ProducerConfig};
 //! let producer = Producer::new(ProducerConfig::new("ws://localhost:8080/websocket")?);
 //! let mut session = producer.session("e6fa79ca-d142-4046-a134-5134f16a0b5e")?;
 //! let report = session

@@ -11,7 +11,7 @@ use crate::helpers::{DEADLINE, expected_document, spawn_app_with};
 
 #[tokio::test]
 async fn documents_expire_after_the_document_ttl() {
-    let app = spawn_app_with(|config| config.worker.document_ttl_secs = 2).await;
+    let app = spawn_app_with(&[("DOCUMENT_TTL_SECS", "2")]).await;
     let frame =
         r#"[{"type":"SESSION_START","timestamp":1},{"type":"EVENT","timestamp":2,"name":"brief"}]"#;
     let mut producer = app.connect("short-lived").await;
@@ -19,7 +19,7 @@ async fn documents_expire_after_the_document_ttl() {
     app.wait_for_document("short-lived", &expected_document("short-lived", &[frame]))
         .await;
 
-    let prefix = &app.config.redis.key_prefix;
+    let prefix = &app.names.key_prefix;
     let keys = ["doc", "ids", "order"].map(|kind| format!("{prefix}{kind}:{{short-lived}}"));
     let client = redis::Client::open(app.redis.url()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
@@ -52,13 +52,13 @@ async fn documents_expire_after_the_document_ttl() {
 
 #[tokio::test]
 async fn the_stream_takes_its_retention_from_the_settings() {
-    let app = spawn_app_with(|config| {
-        config.nats.stream_max_age_secs = 3600;
-        config.nats.stream_max_bytes = 64 * 1024 * 1024;
-    })
+    let app = spawn_app_with(&[
+        ("STREAM_MAX_AGE_SECS", "3600"),
+        ("STREAM_MAX_BYTES", "67108864"),
+    ])
     .await;
     let js = app.jetstream().await;
-    let mut stream = js.get_stream(&app.config.nats.stream_name).await.unwrap();
+    let mut stream = js.get_stream(&app.names.stream).await.unwrap();
     let config = stream.info().await.unwrap().config.clone();
     assert_eq!(config.max_age, Duration::from_secs(3600));
     assert_eq!(config.max_bytes, 64 * 1024 * 1024);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sessionfold::loadgen::{LoadReport, Workload};
+use sessionfold_client::loadgen::{LoadReport, Workload};
 use sessionfold_testkit::JetStreamProbe;
 use tokio::time::Instant;
 

@@ -1,165 +1,214 @@
-//! The harness: [`spawn_app`] starts nats-server, redis-server and the
-//! all-in-one mode; [`spawn_split_app`] starts ingest and api in-process and
-//! leaves the processors to the test, as real child processes.
+//! The harness: [`spawn_app`] starts nats-server, redis-server and
+//! `sessionfold dev` (the all-in-one mode, one port); [`spawn_split_app`]
+//! starts `sessionfold ingest` and `sessionfold api` on their own ports and
+//! leaves the processors to the test. Every service is a child process of
+//! the `sessionfold` binary, configured through its environment as a
+//! deployment configures it; the settings a test passes are checked
+//! against the variables the subcommand's `--help` lists, so that a
+//! misspelt one fails the test instead of being ignored.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
-use sessionfold::dev::DevConfig;
 use sessionfold_core::Reply;
-use sessionfold_testkit::{NatsServer, RedisServer, eventually, init_test_tracing, unique_name};
+use sessionfold_core::session::Names;
+use sessionfold_testkit::{
+    BinaryDefault, NatsServer, RedisServer, RunNames, ServiceLauncher, ServiceProcess, eventually,
+    free_port, init_test_tracing,
+};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
+
+pub use sessionfold_harness::reference as expected_document;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The consumer's ack wait in every test: redeliveries after a crash come
+/// quickly.
+pub const ACK_WAIT_SECS: u64 = 2;
+
+/// One environment variable of a service: name and value.
+pub type Setting<'a> = (&'a str, &'a str);
+
+/// The `sessionfold` binary under test (`SESSIONFOLD_BIN`, else the build of
+/// this profile, which `cargo test --workspace` builds for the `sessionfold`
+/// package's own tests).
+pub fn sessionfold_bin() -> PathBuf {
+    sessionfold_testkit::sessionfold_bin(BinaryDefault::SameProfileAsTest)
+        .expect("the sessionfold binary")
+}
+
+/// Fresh names for one test: its own stream, consumer, key prefix, dead
+/// letters and updates subjects.
+pub fn unique_names() -> RunNames {
+    RunNames::unique("EVENTS", "events", "sf")
+}
+
+/// The shipped defaults, which the shipped ACLs name.
+pub fn default_names() -> RunNames {
+    RunNames {
+        stream: "SESSIONFOLD_EVENTS".to_owned(),
+        subject_prefix: "sessionfold.events".to_owned(),
+        key_prefix: "sf:".to_owned(),
+        consumer: "sessionfold-processor".to_owned(),
+        dead_stream: "SESSIONFOLD_DEAD".to_owned(),
+        dead_subject_prefix: "sessionfold.dead".to_owned(),
+        updates_subject_prefix: "sessionfold.updates".to_owned(),
+    }
+}
+
 pub struct TestApp {
+    // Dropped first: the services are killed before their servers.
+    services: Vec<ServiceProcess>,
+    launcher: ServiceLauncher,
     pub nats: NatsServer,
     pub redis: RedisServer,
-    pub config: DevConfig,
+    pub names: RunNames,
     pub ingest_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub http: reqwest::Client,
-    shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-/// Settings every test gets: its own stream, consumer and key prefix, and a
-/// short ack wait so that redeliveries after a crash come quickly.
-pub fn test_config(nats: &NatsServer, redis: &RedisServer) -> DevConfig {
-    let mut config = DevConfig::local(nats.url(), redis.url());
-    config.nats.stream_name = unique_name("EVENTS");
-    config.nats.subject_prefix = unique_name("events");
-    config.redis.key_prefix = format!("{}:", unique_name("sf"));
-    config.worker.consumer_name = unique_name("processor");
-    config.worker.dead_letter_stream = unique_name("DEAD");
-    config.worker.dead_letter_subject_prefix = unique_name("dead");
-    config.worker.ack_wait_secs = 2;
-    config.worker.updates_subject_prefix = unique_name("updates");
-    config
-}
-
-/// The whole system in one process, as `sessionfold dev` runs it.
+/// The whole system in one `sessionfold dev` process.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
+    spawn_app_with(&[]).await
 }
 
-pub async fn spawn_app_with(configure: impl FnOnce(&mut DevConfig)) -> TestApp {
+/// `sessionfold dev` with `settings` on top of the test's names.
+pub async fn spawn_app_with(settings: &[Setting<'_>]) -> TestApp {
     init_test_tracing();
     let nats = NatsServer::start().expect("starting nats-server");
     let redis = RedisServer::start().expect("starting redis-server");
-    let mut config = test_config(&nats, &redis);
-    configure(&mut config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(sessionfold::dev::serve(
-        config.clone(),
-        listener,
-        shutdown.clone(),
-    ));
-    let app = TestApp {
+    let names = unique_names();
+    let launcher = launcher(&nats, &redis, &names);
+    let addr = loopback();
+    let mut env = vec![("LISTEN", addr.to_string())];
+    env.extend(checked("dev", settings));
+    let dev = launcher
+        .spawn("dev", "dev", addr, &env)
+        .expect("starting sessionfold dev");
+    let mut app = TestApp {
+        services: vec![dev],
+        launcher,
         nats,
         redis,
-        config,
+        names,
         ingest_addr: addr,
         api_addr: addr,
         http: reqwest::Client::new(),
-        shutdown,
-        tasks: vec![task],
     };
-    app.wait_until_ready(addr).await;
+    app.wait_until_ready().await;
     app
 }
 
-/// Ingest and api in-process; no processor runs until the test starts one
-/// with [`TestApp::start_processor`].
+/// `sessionfold ingest` and `sessionfold api` on their own ports; no
+/// processor runs until the test starts one with [`TestApp::start_processor`].
 pub async fn spawn_split_app() -> TestApp {
     init_test_tracing();
     let nats = NatsServer::start().expect("starting nats-server");
     let redis = RedisServer::start().expect("starting redis-server");
-    let config = test_config(&nats, &redis);
-    spawn_split_app_on(nats, redis, config, |_, _| {}).await
+    spawn_split_app_on(nats, redis, unique_names(), &[], &[]).await
 }
 
-/// Ingest and api in-process on the given servers; `configure` may change
-/// each service's settings (its credentials, say) before it starts.
+/// `sessionfold ingest` and `sessionfold api` on the given servers with
+/// `names`; `ingest` and `api` are settings of each service alone (its
+/// credentials, say).
 pub async fn spawn_split_app_on(
     nats: NatsServer,
     redis: RedisServer,
-    config: DevConfig,
-    configure: impl FnOnce(&mut sessionfold_ingest::Config, &mut sessionfold_api::Config),
+    names: RunNames,
+    ingest: &[Setting<'_>],
+    api: &[Setting<'_>],
 ) -> TestApp {
-    let shutdown = CancellationToken::new();
-    let ingest_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ingest_addr = ingest_listener.local_addr().unwrap();
-    let api_addr = api_listener.local_addr().unwrap();
-    let mut ingest_config = sessionfold_ingest::Config {
-        listen: ingest_addr,
-        nats: config.nats.clone(),
-        limits: config.limits.clone(),
-        connection: config.connection.clone(),
-        shutdown: config.shutdown.clone(),
-        auth: config.auth.clone(),
-        client_ip: config.client_ip.clone(),
-        guard: config.guard.clone(),
-        http: config.http.clone(),
-    };
-    let mut api_config = sessionfold_api::Config {
-        listen: api_addr,
-        redis: config.redis.clone(),
-        max_session_id_bytes: config.limits.max_session_id_bytes,
-        shutdown: config.shutdown.clone(),
-        auth: config.auth.clone(),
-        client_ip: config.client_ip.clone(),
-        limits: config.api_limits.clone(),
-        live: sessionfold_api::live::LiveSettings {
-            nats_url: Some(config.nats.nats_url.clone()),
-            updates_subject_prefix: config.worker.updates_subject_prefix.clone(),
-        },
-        http: config.http.clone(),
-    };
-    configure(&mut ingest_config, &mut api_config);
-    let tasks = vec![
-        tokio::spawn(sessionfold_ingest::serve(
-            ingest_config,
-            ingest_listener,
-            shutdown.clone(),
-        )),
-        tokio::spawn(sessionfold_api::serve(
-            api_config,
-            api_listener,
-            shutdown.clone(),
-        )),
+    let launcher = launcher(&nats, &redis, &names);
+    let ingest_addr = loopback();
+    let api_addr = loopback();
+    let mut ingest_env = vec![("INGEST_LISTEN", ingest_addr.to_string())];
+    ingest_env.extend(checked("ingest", ingest));
+    let mut api_env = vec![("API_LISTEN", api_addr.to_string())];
+    api_env.extend(checked("api", api));
+    let services = vec![
+        launcher
+            .spawn("ingest", "ingest", ingest_addr, &ingest_env)
+            .expect("starting sessionfold ingest"),
+        launcher
+            .spawn("api", "api", api_addr, &api_env)
+            .expect("starting sessionfold api"),
     ];
-    let app = TestApp {
+    let mut app = TestApp {
+        services,
+        launcher,
         nats,
         redis,
-        config,
+        names,
         ingest_addr,
         api_addr,
         http: reqwest::Client::new(),
-        shutdown,
-        tasks,
     };
-    app.wait_until_ready(ingest_addr).await;
+    app.wait_until_ready().await;
     app
 }
 
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
+/// A launcher whose services use these servers and names.
+fn launcher(nats: &NatsServer, redis: &RedisServer, names: &RunNames) -> ServiceLauncher {
+    let mut env = vec![
+        ("NATS_URL", nats.url()),
+        ("REDIS_URL", redis.url()),
+        ("ACK_WAIT_SECS", ACK_WAIT_SECS.to_string()),
+    ];
+    env.extend(names.env());
+    ServiceLauncher::new(sessionfold_bin(), "e2e", env).expect("a service launcher")
+}
+
+/// A loopback address with a port nobody listens on.
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// `settings` as environment, once every name is known to be one that
+/// `sessionfold <subcommand>` reads.
+fn checked<'a>(subcommand: &str, settings: &[Setting<'a>]) -> Vec<(&'a str, String)> {
+    let known = environment_of(subcommand);
+    settings
+        .iter()
+        .map(|(name, value)| {
+            assert!(
+                known.contains(*name),
+                "sessionfold {subcommand} reads no {name}; it reads {known:?}"
+            );
+            (*name, (*value).to_owned())
+        })
+        .collect()
+}
+
+/// The environment variables `sessionfold <subcommand> --help` lists.
+fn environment_of(subcommand: &str) -> BTreeSet<String> {
+    static KNOWN: Mutex<BTreeMap<String, BTreeSet<String>>> = Mutex::new(BTreeMap::new());
+    let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    known
+        .entry(subcommand.to_owned())
+        .or_insert_with(|| {
+            let output = Command::new(sessionfold_bin())
+                .args([subcommand, "--help"])
+                .output()
+                .expect("sessionfold --help");
+            assert!(output.status.success(), "sessionfold {subcommand} --help");
+            String::from_utf8_lossy(&output.stdout)
+                .split("[env: ")
+                .skip(1)
+                .filter_map(|rest| rest.split(['=', ']']).next())
+                .map(str::to_owned)
+                .collect()
+        })
+        .clone()
 }
 
 /// A processor running as its own process (`sessionfold processor`).
@@ -193,13 +242,18 @@ impl Drop for ProcessorProcess {
 }
 
 impl TestApp {
-    async fn wait_until_ready(&self, addr: SocketAddr) {
-        self.wait_for_readiness(
-            &format!("http://{addr}/readyz"),
-            StatusCode::OK,
-            "the service is ready",
-        )
-        .await;
+    /// Waits until every service of the app answers `/readyz` with 200.
+    async fn wait_until_ready(&mut self) {
+        for service in &mut self.services {
+            if let Err(err) = service.wait_ready(DEADLINE).await {
+                panic!("{err:#}");
+            }
+        }
+    }
+
+    /// The last lines of every service's log.
+    pub fn log_tails(&self) -> String {
+        self.launcher.log_tails(40)
     }
 
     /// Polls the `/readyz` at `url` until it answers `status`.
@@ -222,33 +276,20 @@ impl TestApp {
 
     /// `sessionfold processor` with this app's servers and names.
     pub fn processor_command(&self) -> Command {
-        let config = &self.config;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sessionfold"));
+        let mut command = Command::new(sessionfold_bin());
         command
             .arg("processor")
             .env("PROCESSOR_LISTEN", "127.0.0.1:0")
             .env("NATS_URL", self.nats.url())
             .env("REDIS_URL", self.redis.url())
-            .env("STREAM_NAME", &config.nats.stream_name)
-            .env("SUBJECT_PREFIX", &config.nats.subject_prefix)
-            .env("KEY_PREFIX", &config.redis.key_prefix)
-            .env("CONSUMER_NAME", &config.worker.consumer_name)
-            .env("DEAD_LETTER_STREAM", &config.worker.dead_letter_stream)
-            .env(
-                "DEAD_LETTER_SUBJECT_PREFIX",
-                &config.worker.dead_letter_subject_prefix,
-            )
-            .env("ACK_WAIT_SECS", config.worker.ack_wait_secs.to_string())
-            .env("BATCH_SIZE", "16")
-            .env(
-                "UPDATES_SUBJECT_PREFIX",
-                &config.worker.updates_subject_prefix,
-            );
+            .envs(self.names.env())
+            .env("ACK_WAIT_SECS", ACK_WAIT_SECS.to_string())
+            .env("BATCH_SIZE", "16");
         command
     }
 
     /// Starts `sessionfold processor` with extra environment variables.
-    pub fn start_processor_with(&self, env: &[(&str, &str)]) -> ProcessorProcess {
+    pub fn start_processor_with(&self, env: &[Setting<'_>]) -> ProcessorProcess {
         let log = if std::env::var_os("TEST_LOG").is_some() {
             Stdio::inherit()
         } else {
@@ -256,7 +297,7 @@ impl TestApp {
         };
         let child = self
             .processor_command()
-            .envs(env.iter().copied())
+            .envs(checked("processor", env))
             .stdout(log)
             .stderr(Stdio::inherit())
             .spawn()
@@ -312,18 +353,21 @@ impl TestApp {
         })
         .await;
         if found.is_err() {
-            panic!("document of {session_id} never became\n{expected:#}\nlast seen: {last:?}");
+            panic!(
+                "document of {session_id} never became\n{expected:#}\nlast seen: {last:?}\n{}",
+                self.log_tails()
+            );
         }
     }
 
     /// The `sessionfold` command with this app's NATS settings in its environment.
     pub fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sessionfold"));
+        let mut command = Command::new(sessionfold_bin());
         command
             .env("NATS_URL", self.nats.url())
-            .env("STREAM_NAME", &self.config.nats.stream_name)
-            .env("SUBJECT_PREFIX", &self.config.nats.subject_prefix)
-            .env("DEAD_LETTER_STREAM", &self.config.worker.dead_letter_stream);
+            .env("STREAM_NAME", &self.names.stream)
+            .env("SUBJECT_PREFIX", &self.names.subject_prefix)
+            .env("DEAD_LETTER_STREAM", &self.names.dead_stream);
         command
     }
 
@@ -331,25 +375,27 @@ impl TestApp {
         async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap())
     }
 
+    /// The subject and key names of this app.
+    pub fn session_names(&self) -> Names {
+        Names {
+            events_subject_prefix: self.names.subject_prefix.clone(),
+            key_prefix: self.names.key_prefix.clone(),
+        }
+    }
+
     pub fn subject(&self, session_id: &str) -> String {
-        let names = sessionfold_core::session::Names {
-            events_subject_prefix: self.config.nats.subject_prefix.clone(),
-            key_prefix: self.config.redis.key_prefix.clone(),
-        };
-        names.subject(&sessionfold_core::SessionId::parse(session_id).unwrap())
+        self.session_names()
+            .subject(&sessionfold_core::SessionId::parse(session_id).unwrap())
     }
 
     /// Messages the event stream holds for one session.
     pub async fn stored_frames(&self, session_id: &str) -> u64 {
-        let client = async_nats::connect(self.nats.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let stream = js.get_stream(&self.config.nats.stream_name).await.unwrap();
-        let names = sessionfold_core::session::Names {
-            events_subject_prefix: self.config.nats.subject_prefix.clone(),
-            key_prefix: self.config.redis.key_prefix.clone(),
-        };
-        let subject = names.subject(&sessionfold_core::SessionId::parse(session_id).unwrap());
-        let info = stream.info_with_subjects(&subject).await.unwrap();
+        let js = self.jetstream().await;
+        let stream = js.get_stream(&self.names.stream).await.unwrap();
+        let info = stream
+            .info_with_subjects(self.subject(session_id))
+            .await
+            .unwrap();
         let mut total = 0;
         let mut subjects = info;
         while let Some(entry) = subjects.next().await {
@@ -361,10 +407,9 @@ impl TestApp {
 
     /// Waits until every stored frame is acked by the processors.
     pub async fn wait_until_consumed(&self) {
-        let client = async_nats::connect(self.nats.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        let stream_name = self.config.nats.stream_name.clone();
-        let consumer_name = self.config.worker.consumer_name.clone();
+        let js = self.jetstream().await;
+        let stream_name = self.names.stream.clone();
+        let consumer_name = self.names.consumer.clone();
         eventually("every frame is acked", DEADLINE, || {
             let js = js.clone();
             let stream_name = stream_name.clone();
@@ -446,25 +491,4 @@ impl Producer {
             other => panic!("expected a close frame with {code}, got {other:?}"),
         }
     }
-}
-
-/// The fold of the given frames computed by the reference implementation,
-/// with stream sequences in the order given.
-pub fn expected_document(session_id: &str, frames: &[&str]) -> Value {
-    let session = sessionfold_core::SessionId::parse(session_id).unwrap();
-    let deliveries: Vec<_> = frames
-        .iter()
-        .enumerate()
-        .map(|(i, text)| sessionfold_core::Delivery {
-            stream_sequence: i as u64 + 1,
-            events: sessionfold_core::Frame::parse(
-                text,
-                &session,
-                &sessionfold_core::Limits::default(),
-            )
-            .unwrap()
-            .events,
-        })
-        .collect();
-    sessionfold_core::fold(session_id, &deliveries)
 }

@@ -3,7 +3,7 @@
 //! order, repeated events (same content, same `id`, or the same content with
 //! its fields in another order), `SESSION_START`/`SESSION_END` in the middle
 //! of frames (sometimes more than one, sometimes none); [`run`] sends every
-//! session at once over its own [`SessionSender`](crate::client::SessionSender),
+//! session at once over its own [`SessionSender`](crate::producer::SessionSender),
 //! with bounded concurrency, and records for each session the frames that
 //! were acknowledged, in acknowledgement order — the input of the reference
 //! fold ([`SessionResult::acked_frames`]).
@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::client::{Counters, FrameOutcome, Producer};
+use crate::producer::{Counters, FrameOutcome, Producer};
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,11 +13,11 @@ use crate::helpers::{DEADLINE, Producer, expected_document, spawn_app, spawn_app
 
 #[tokio::test]
 async fn ingest_answers_unavailable_while_jetstream_is_down_and_recovers() {
-    let mut app = spawn_app_with(|config| {
-        config.connection.publish_timeout_ms = 300;
-        config.connection.max_in_flight_total = 4;
-        config.connection.max_in_flight_per_connection = 8;
-    })
+    let mut app = spawn_app_with(&[
+        ("PUBLISH_TIMEOUT_MS", "300"),
+        ("MAX_IN_FLIGHT_TOTAL", "4"),
+        ("MAX_IN_FLIGHT_PER_CONNECTION", "8"),
+    ])
     .await;
     let mut producer = app.connect("outage").await;
     app.nats.stop();
@@ -52,7 +52,7 @@ async fn ingest_answers_unavailable_while_jetstream_is_down_and_recovers() {
 
 #[tokio::test]
 async fn the_processor_recreates_a_deleted_consumer_and_stream() {
-    let app = spawn_app_with(|config| config.worker.pull_heartbeat_ms = 500).await;
+    let app = spawn_app_with(&[("PULL_HEARTBEAT_MS", "500")]).await;
     let first = r#"[{"type":"EVENT","timestamp":1,"name":"before"}]"#;
     let mut producer = app.connect("healing").await;
     producer.send_accepted(first).await;
@@ -60,11 +60,8 @@ async fn the_processor_recreates_a_deleted_consumer_and_stream() {
         .await;
 
     let js = app.jetstream().await;
-    let stream = js.get_stream(&app.config.nats.stream_name).await.unwrap();
-    stream
-        .delete_consumer(&app.config.worker.consumer_name)
-        .await
-        .unwrap();
+    let stream = js.get_stream(&app.names.stream).await.unwrap();
+    stream.delete_consumer(&app.names.consumer).await.unwrap();
     let second = r#"[{"type":"EVENT","timestamp":2,"name":"after consumer deletion"}]"#;
     producer.send_accepted(second).await;
     app.wait_for_document("healing", &expected_document("healing", &[first, second]))
@@ -72,9 +69,7 @@ async fn the_processor_recreates_a_deleted_consumer_and_stream() {
 
     // A deleted stream restarts its sequences, so a new session is used:
     // documents of sessions that span a stream deletion must be rebuilt.
-    js.delete_stream(&app.config.nats.stream_name)
-        .await
-        .unwrap();
+    js.delete_stream(&app.names.stream).await.unwrap();
     let third = r#"[{"type":"EVENT","timestamp":3,"name":"after stream deletion"}]"#;
     let mut producer = app.connect("after-deletion").await;
     producer.send_until_accepted(third).await;
@@ -152,8 +147,8 @@ async fn sigterm_under_load_answers_in_flight_frames_and_loses_nothing_acknowled
         .arg("dev")
         .env("LISTEN", format!("127.0.0.1:{port}"))
         .env("REDIS_URL", app.redis.url())
-        .env("KEY_PREFIX", &app.config.redis.key_prefix)
-        .env("CONSUMER_NAME", &app.config.worker.consumer_name)
+        .env("KEY_PREFIX", &app.names.key_prefix)
+        .env("CONSUMER_NAME", &app.names.consumer)
         .env("SHUTDOWN_GRACE_MS", "500")
         .stdout(Stdio::null())
         .spawn()

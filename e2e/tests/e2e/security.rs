@@ -9,7 +9,7 @@ use sessionfold_core::ErrorCode;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::helpers::{Producer, TestApp, expected_document, spawn_app_with};
+use crate::helpers::{Producer, Setting, TestApp, expected_document, spawn_app_with};
 
 const SECRET: &str = "test-secret-of-at-least-32-bytes";
 const API_KEY: &str = "test-api-key";
@@ -29,11 +29,11 @@ fn token(sid: &str, prefix: bool, scope: Scope, exp: u64) -> String {
 }
 
 async fn spawn_secured_app() -> TestApp {
-    spawn_app_with(|config| {
-        config.auth.auth_required = true;
-        config.auth.auth_api_keys = vec![API_KEY.into()];
-        config.auth.auth_token_secret = Some(SECRET.into());
-    })
+    spawn_app_with(&[
+        ("AUTH_REQUIRED", "true"),
+        ("AUTH_API_KEYS", API_KEY),
+        ("AUTH_TOKEN_SECRET", SECRET),
+    ])
     .await
 }
 
@@ -248,22 +248,24 @@ async fn each_rate_limit_is_enforced_and_throttled_frames_are_not_stored() {
             "p".repeat(200)
         )
     };
-    type Configure = fn(&mut sessionfold::dev::DevConfig);
-    let limits: [(&str, Configure); 4] = [
-        ("frames per session", |c| c.guard.session_frames_per_sec = 5),
-        ("bytes per session", |c| {
+    let limits: [(&str, &[Setting]); 4] = [
+        ("frames per session", &[("SESSION_FRAMES_PER_SEC", "5")]),
+        (
+            "bytes per session",
             // The byte budget's burst is one largest frame.
-            c.limits.max_frame_bytes = 2000;
-            c.guard.session_bytes_per_sec = 1000;
-        }),
-        ("frames per IP", |c| c.guard.ip_frames_per_sec = 5),
-        ("bytes per IP", |c| {
-            c.limits.max_frame_bytes = 2000;
-            c.guard.ip_bytes_per_sec = 1000;
-        }),
+            &[
+                ("MAX_FRAME_BYTES", "2000"),
+                ("SESSION_BYTES_PER_SEC", "1000"),
+            ],
+        ),
+        ("frames per IP", &[("IP_FRAMES_PER_SEC", "5")]),
+        (
+            "bytes per IP",
+            &[("MAX_FRAME_BYTES", "2000"), ("IP_BYTES_PER_SEC", "1000")],
+        ),
     ];
-    for (name, configure) in limits {
-        let app = spawn_app_with(configure).await;
+    for (name, settings) in limits {
+        let app = spawn_app_with(settings).await;
         let mut producer = app.connect("limited").await;
         let (accepted, limited) = burst(&mut producer, 30, numbered).await;
         assert!(limited > 0, "{name}: nothing was limited");
@@ -282,7 +284,7 @@ async fn each_rate_limit_is_enforced_and_throttled_frames_are_not_stored() {
 
 #[tokio::test]
 async fn the_api_answers_429_with_retry_after_past_its_rate() {
-    let app = spawn_app_with(|config| config.api_limits.api_ip_requests_per_sec = 3).await;
+    let app = spawn_app_with(&[("API_IP_REQUESTS_PER_SEC", "3")]).await;
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..10 {
@@ -310,10 +312,7 @@ async fn the_api_answers_429_with_retry_after_past_its_rate() {
 
 #[tokio::test]
 async fn connection_limits_hold_in_all_and_per_address() {
-    let app = spawn_app_with(|config| {
-        config.guard.max_connections_per_ip = 2;
-    })
-    .await;
+    let app = spawn_app_with(&[("MAX_CONNECTIONS_PER_IP", "2")]).await;
     let first = app.connect("c1").await;
     let _second = app.connect("c2").await;
     assert_eq!(
@@ -333,7 +332,7 @@ async fn connection_limits_hold_in_all_and_per_address() {
     )
     .await;
 
-    let app = spawn_app_with(|config| config.guard.max_connections = 1).await;
+    let app = spawn_app_with(&[("MAX_CONNECTIONS", "1")]).await;
     let _only = app.connect("c1").await;
     assert_eq!(
         refusal(connect_with(app.websocket_url("c2"), &[]).await),
@@ -346,7 +345,7 @@ async fn connection_limits_hold_in_all_and_per_address() {
 
 #[tokio::test]
 async fn an_idle_connection_is_closed() {
-    let app = spawn_app_with(|config| config.guard.idle_timeout_secs = 1).await;
+    let app = spawn_app_with(&[("IDLE_TIMEOUT_SECS", "1")]).await;
     let mut producer = app.connect("idle").await;
     producer.send_accepted(FRAME).await;
     let started = std::time::Instant::now();
@@ -362,10 +361,7 @@ async fn an_idle_connection_is_closed() {
 
 #[tokio::test]
 async fn only_listed_origins_may_connect() {
-    let app = spawn_app_with(|config| {
-        config.guard.allowed_origins = vec!["https://app.example".into()];
-    })
-    .await;
+    let app = spawn_app_with(&[("ALLOWED_ORIGINS", "https://app.example")]).await;
     let url = app.websocket_url("o1");
     assert_eq!(
         refusal(connect_with(url.clone(), &[("origin", "https://evil.example")]).await),
@@ -381,7 +377,7 @@ async fn only_listed_origins_may_connect() {
 
 #[tokio::test]
 async fn an_event_over_the_size_limit_is_rejected_with_its_index() {
-    let app = spawn_app_with(|config| config.limits.max_event_bytes = 100).await;
+    let app = spawn_app_with(&[("MAX_EVENT_BYTES", "100")]).await;
     let mut producer = app.connect("sizes").await;
     let big = format!(
         r#"[{{"type":"EVENT","timestamp":1}},{{"type":"EVENT","timestamp":2,"name":"{}"}}]"#,

@@ -70,15 +70,15 @@ fn frame_for(id: &str) -> String {
 
 fn names(app: &TestApp) -> Names {
     Names {
-        events_subject_prefix: app.config.nats.subject_prefix.clone(),
-        key_prefix: app.config.redis.key_prefix.clone(),
+        events_subject_prefix: app.names.subject_prefix.clone(),
+        key_prefix: app.names.key_prefix.clone(),
     }
 }
 
 /// Every subject the event stream holds, with its message count.
 async fn stream_subjects(app: &TestApp) -> BTreeMap<String, usize> {
     let js = app.jetstream().await;
-    let stream = js.get_stream(&app.config.nats.stream_name).await.unwrap();
+    let stream = js.get_stream(&app.names.stream).await.unwrap();
     let mut subjects = stream.info_with_subjects(">").await.unwrap();
     let mut found = BTreeMap::new();
     while let Some(entry) = subjects.next().await {
@@ -92,7 +92,7 @@ async fn stream_subjects(app: &TestApp) -> BTreeMap<String, usize> {
 async fn redis_keys(app: &TestApp) -> BTreeSet<String> {
     let client = redis::Client::open(app.redis.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let pattern = format!("{}*", app.config.redis.key_prefix);
+    let pattern = format!("{}*", app.names.key_prefix);
     let mut keys = BTreeSet::new();
     let mut cursor = 0u64;
     loop {

@@ -28,7 +28,7 @@ async fn the_live_stream_pushes_the_document_after_each_change() {
         "text/event-stream"
     );
     let mut body = response.bytes_stream();
-    let mut events = sessionfold::send::SseLines::default();
+    let mut events = sessionfold_client::sse::SseLines::default();
     let mut next_document = async || -> Value {
         loop {
             let chunk = tokio::time::timeout(DEADLINE, body.next())

@@ -10,11 +10,7 @@ use crate::helpers::{expected_document, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn invalid_frames_are_rejected_and_later_frames_still_count() {
-    let app = spawn_app_with(|config| {
-        config.limits.max_frame_bytes = 4096;
-        config.limits.max_events_per_frame = 5;
-    })
-    .await;
+    let app = spawn_app_with(&[("MAX_FRAME_BYTES", "4096"), ("MAX_EVENTS_PER_FRAME", "5")]).await;
     let session = "bad-input";
     let valid_before = r#"[{"type":"EVENT","timestamp":1,"name":"before"}]"#;
     let valid_after =
@@ -169,7 +165,7 @@ async fn the_api_answers_400_without_session_id_and_404_for_unknown_sessions() {
 
 #[tokio::test]
 async fn an_oversized_message_closes_the_connection_with_1009() {
-    let app = spawn_app_with(|config| config.limits.max_frame_bytes = 20_000).await;
+    let app = spawn_app_with(&[("MAX_FRAME_BYTES", "20000")]).await;
     let mut producer = app.connect("huge").await;
     producer.send(&"x".repeat(200_000)).await;
     match producer.socket.next_close().await {

@@ -7,7 +7,7 @@ use std::process::Output;
 
 use sessionfold_core::SessionId;
 use sessionfold_core::session::Names;
-use sessionfold_testkit::unique_name;
+use sessionfold_testkit::{RunNames, unique_name};
 
 use crate::helpers::{TestApp, spawn_app, spawn_split_app_on};
 
@@ -56,12 +56,9 @@ async fn rebuild(app: &TestApp, args: &[&str]) -> Output {
         .arg("rebuild")
         .args(args)
         .env("REDIS_URL", app.redis.url())
-        .env(
-            "DEAD_LETTER_SUBJECT_PREFIX",
-            &app.config.worker.dead_letter_subject_prefix,
-        )
+        .env("DEAD_LETTER_SUBJECT_PREFIX", &app.names.dead_subject_prefix)
         // The live prefix in the environment must not matter.
-        .env("KEY_PREFIX", &app.config.redis.key_prefix);
+        .env("KEY_PREFIX", &app.names.key_prefix);
     command.output().await.expect("running sessionfold rebuild")
 }
 
@@ -88,7 +85,7 @@ async fn a_rebuild_into_a_fresh_prefix_equals_the_live_documents_byte_for_byte()
     );
 
     for (session, _) in SESSIONS {
-        let live = raw_document(&app, &app.config.redis.key_prefix, session).await;
+        let live = raw_document(&app, &app.names.key_prefix, session).await;
         let rebuilt = raw_document(&app, &prefix, session).await;
         assert!(live.is_some(), "no live document for {session}");
         assert_eq!(rebuilt, live, "{session}");
@@ -96,14 +93,9 @@ async fn a_rebuild_into_a_fresh_prefix_equals_the_live_documents_byte_for_byte()
 
     // The temporary consumer is gone; the live one is untouched.
     let js = app.jetstream().await;
-    let stream = js.get_stream(&app.config.nats.stream_name).await.unwrap();
+    let stream = js.get_stream(&app.names.stream).await.unwrap();
     assert!(stream.consumer_info(&consumer).await.is_err());
-    assert!(
-        stream
-            .consumer_info(&app.config.worker.consumer_name)
-            .await
-            .is_ok()
-    );
+    assert!(stream.consumer_info(&app.names.consumer).await.is_ok());
 
     // The same prefix again is refused: a rebuild starts from nothing.
     let again = rebuild(
@@ -131,7 +123,7 @@ async fn a_rebuild_into_a_fresh_prefix_equals_the_live_documents_byte_for_byte()
         .send_accepted(r#"[{"type":"EVENT","timestamp":1569972084,"name":"late_event"}]"#)
         .await;
     app.wait_until_consumed().await;
-    let live = raw_document(&app, &app.config.redis.key_prefix, late_session).await;
+    let live = raw_document(&app, &app.names.key_prefix, late_session).await;
     assert_ne!(raw_document(&app, &prefix, late_session).await, live);
     let tail = rebuild(
         &app,
@@ -150,19 +142,22 @@ async fn a_rebuild_into_a_fresh_prefix_equals_the_live_documents_byte_for_byte()
     for (session, _) in SESSIONS {
         assert_eq!(
             raw_document(&app, &prefix, session).await,
-            raw_document(&app, &app.config.redis.key_prefix, session).await,
+            raw_document(&app, &app.names.key_prefix, session).await,
             "{session}"
         );
     }
 
     // Switching readers: an api with KEY_PREFIX=<new prefix> serves them.
-    let mut config = app.config.clone();
-    config.redis.key_prefix = prefix.clone();
+    let names = RunNames {
+        key_prefix: prefix.clone(),
+        ..app.names.clone()
+    };
     let readers = spawn_split_app_on(
         sessionfold_testkit::NatsServer::start().unwrap(),
         sessionfold_testkit::RedisServer::start().unwrap(),
-        config,
-        |_, api| api.redis.redis_url = app.redis.url(),
+        names,
+        &[],
+        &[("REDIS_URL", &app.redis.url())],
     )
     .await;
     for (session, _) in SESSIONS {
@@ -176,7 +171,7 @@ async fn a_rebuild_into_a_fresh_prefix_equals_the_live_documents_byte_for_byte()
         let body = response.text().await.unwrap();
         assert_eq!(
             Some(body),
-            raw_document(&app, &app.config.redis.key_prefix, session).await
+            raw_document(&app, &app.names.key_prefix, session).await
         );
     }
 }
@@ -203,9 +198,9 @@ async fn a_rebuild_refuses_settings_that_would_change_the_stream() {
         "{output:?}"
     );
     let js = app.jetstream().await;
-    let mut stream = js.get_stream(&app.config.nats.stream_name).await.unwrap();
+    let mut stream = js.get_stream(&app.names.stream).await.unwrap();
     assert_eq!(
         stream.info().await.unwrap().config.subjects,
-        vec![format!("{}.*", app.config.nats.subject_prefix)]
+        vec![format!("{}.*", app.names.subject_prefix)]
     );
 }

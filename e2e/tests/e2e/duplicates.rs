@@ -25,9 +25,7 @@ async fn send_all(app: &crate::helpers::TestApp, session: &str, frames: &[&str])
 
 #[tokio::test]
 async fn the_same_frames_again_on_the_same_connection_add_nothing() {
-    let app =
-        crate::helpers::spawn_app_with(|config| config.connection.close_on_session_end = false)
-            .await;
+    let app = crate::helpers::spawn_app_with(&[("CLOSE_ON_SESSION_END", "false")]).await;
     let expected = expected_document("again", &FRAMES);
     let mut producer = app.connect("again").await;
     for frame in FRAMES.iter().chain(FRAMES.iter()) {
