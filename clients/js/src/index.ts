@@ -478,6 +478,7 @@ export class Session {
 
   private retryLater() {
     clearTimeout(this.timer);
+    if (this.state == "closed" || this.state == "failed") return;
     this.waiting = true;
     const base = this.o.initialBackoffMs ?? 100;
     const step = Math.min(this.o.maxBackoffMs ?? 10_000, base * 2 ** Math.min(this.failures++, 30));
