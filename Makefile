@@ -26,7 +26,7 @@ SESSIONFOLD_NATS_SERVER ?= $(DEPS)/bin/nats-server
 SESSIONFOLD_REDIS_SERVER ?= $(DEPS)/bin/redis-server
 SESSIONFOLD_REJSON ?= $(DEPS)/lib/rejson.so
 
-.PHONY: help deps build run test check-deploy cluster-test security lint fmt clean
+.PHONY: help deps build run test check-deploy cluster-test power-test security lint fmt clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (RELEASE=1 for the release profile)"
@@ -67,6 +67,15 @@ cluster-test: deps ## The cluster test: 3-node NATS (R3 stream) + 3-master Redis
 security: deps ## Replay the hardening attacks (slowloris, label explosion, ping flood, half-sent messages, tokens, session ids, IPv6 rotation) against a real ingest and nats-server, one at a time, printing what the attacker got; SECURITY_SCALE=N multiplies their size (make test runs them at 1)
 	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
 		$(CARGO) test -p sessionfold-ingest --test servers security:: -- --nocapture --test-threads=1
+
+power-test: deps ## The power-cut scenarios with POWER_CUTS (default 4) cuts each under a longer load
+	$(CARGO) build -p sessionfold $(PROFILE_FLAGS)
+	SESSIONFOLD_BIN="$(CURDIR)/$(BIN_DIR)/sessionfold" \
+	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
+	SESSIONFOLD_REDIS_SERVER="$(SESSIONFOLD_REDIS_SERVER)" \
+	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
+	POWER_CUTS="$${POWER_CUTS:-4}" FAULTS_PACING_MS="$${FAULTS_PACING_MS:-4000}" \
+		$(CARGO) test -p sessionfold-faults --test faults $(PROFILE_FLAGS) power_cut -- --nocapture
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -414,10 +414,34 @@ async fn f_redis_restarted_from_an_older_copy_of_its_data() {
     );
 }
 
+/// Power cuts per power-cut scenario: `POWER_CUTS` (`make power-test` sets
+/// more), else 1.
+fn power_cuts() -> usize {
+    std::env::var("POWER_CUTS")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
+}
+
+/// The paced load, with the longest pause between a session's frames from
+/// `FAULTS_PACING_MS` (`make power-test` spreads the load over more cuts).
+fn power_cut_load() -> LoadOptions {
+    let mut load = paced();
+    if let Some(ms) = std::env::var("FAULTS_PACING_MS")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        load.max_pause = Duration::from_millis(ms);
+    }
+    load
+}
+
 /// The power goes out under load: nats-server's JetStream store and Redis's
 /// AOF live on a test filesystem that keeps only what was fsynced
 /// (`sessionfold-crashfs`). Both servers are SIGKILLed, everything not yet
-/// fsynced is dropped, both start again from what is left.
+/// fsynced is dropped, both start again from what is left. The returned
+/// stats count what every cut dropped.
 async fn power_cut_scenario(
     name: &str,
     nats_sync_interval: &str,
@@ -439,34 +463,47 @@ async fn power_cut_scenario(
         ..SystemOptions::default()
     };
     let mut rng = fault_rng(name);
-    let mut run = Run::begin(name, options, workload(), paced()).await;
+    let mut run = Run::begin(name, options, workload(), power_cut_load()).await;
     // The stream and the consumer were made long before the cut, as on a
     // machine that has been running for a while.
     disk.sync_all();
-    tokio::time::sleep(rng.millis(2000, 3500)).await;
-    let acked_before = run.system.jetstream().stream_messages().await.unwrap_or(0);
-    run.system.kill_nats().await.expect("killing nats-server");
-    run.system.kill_redis().await.expect("killing redis-server");
-    let cut = disk.power_cut().expect("cutting the power");
-    run.fault(format!(
-        "power cut: nats-server and redis-server SIGKILLed, {} unsynced bytes and {} unsynced \
-         namespace changes dropped ({acked_before} messages in the stream before)",
-        cut.bytes_lost_in_last_cut, cut.names_lost_in_last_cut
-    ));
-    tokio::time::sleep(rng.millis(300, 1000)).await;
-    run.system
-        .start_nats()
-        .await
-        .expect("restarting nats-server");
-    run.system
-        .start_redis()
-        .await
-        .expect("restarting redis-server");
-    run.fault("power back: nats-server and redis-server restarted on what was left".to_owned());
+    let cuts = power_cuts();
+    let mut last = sessionfold_crashfs::Stats::default();
+    let mut dropped = (0, 0);
+    for _ in 0..cuts {
+        tokio::time::sleep(rng.millis(2000, 3500)).await;
+        let acked_before = run.system.jetstream().stream_messages().await.unwrap_or(0);
+        run.system.kill_nats().await.expect("killing nats-server");
+        run.system.kill_redis().await.expect("killing redis-server");
+        let cut = disk.power_cut().expect("cutting the power");
+        dropped.0 += cut.bytes_lost_in_last_cut;
+        dropped.1 += cut.names_lost_in_last_cut;
+        run.fault(format!(
+            "power cut: nats-server and redis-server SIGKILLed, {} unsynced bytes and {} unsynced \
+             namespace changes dropped ({acked_before} messages in the stream before)",
+            cut.bytes_lost_in_last_cut, cut.names_lost_in_last_cut
+        ));
+        tokio::time::sleep(rng.millis(300, 1000)).await;
+        run.system
+            .start_nats()
+            .await
+            .expect("restarting nats-server");
+        run.system
+            .start_redis()
+            .await
+            .expect("restarting redis-server");
+        run.fault("power back: nats-server and redis-server restarted on what was left".to_owned());
+        last = cut;
+    }
+    let cut = sessionfold_crashfs::Stats {
+        bytes_lost_in_last_cut: dropped.0,
+        names_lost_in_last_cut: dropped.1,
+        ..last
+    };
     run.notes.push((
         "filesystem".to_owned(),
         format!(
-            "{} file fsyncs, {} directory fsyncs, {} bytes written before the cut",
+            "{} file fsyncs, {} directory fsyncs, {} bytes written before the last cut",
             cut.file_syncs, cut.dir_syncs, cut.bytes_written
         ),
     ));
