@@ -334,13 +334,21 @@ async fn document_feed(
             match reads.read(&key).await {
                 Ok(Some(document)) => {
                     stale = false;
-                    let hash = xxhash_rust::xxh3::xxh3_128(&document.bytes);
+                    let (bytes, slot) = document.into_parts();
+                    // Hashing and framing a large document takes a while;
+                    // off the worker threads that serve requests.
+                    let (hash, frame) = tokio::task::spawn_blocking(move || {
+                        (
+                            xxhash_rust::xxh3::xxh3_128(&bytes),
+                            sse_event("document", &bytes),
+                        )
+                    })
+                    .await
+                    .expect("framing does not panic");
+                    drop(slot);
                     if published != Some(hash) {
                         published = Some(hash);
-                        publisher.publish(LiveEvent {
-                            frame: sse_event("document", &document.bytes),
-                            last: false,
-                        });
+                        publisher.publish(LiveEvent { frame, last: false });
                     }
                 }
                 // No document yet: the note of its first apply brings it.

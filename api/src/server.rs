@@ -197,6 +197,15 @@ async fn data(
     let admitted = admit(&shared, peer, &headers, query.as_deref())?;
     let key = shared.names.keys(&admitted.session).doc;
     let document = shared.reads.read(&key).await?.ok_or(ApiError::NotFound)?;
+    if document.is_large() {
+        // Hashing megabytes for the ETag would hold up the requests
+        // waiting on this worker thread.
+        return Ok(tokio::task::spawn_blocking(move || {
+            crate::conditional::document_response(&headers, document)
+        })
+        .await
+        .expect("building a response does not panic"));
+    }
     Ok(crate::conditional::document_response(&headers, document))
 }
 

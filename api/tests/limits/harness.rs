@@ -4,6 +4,7 @@
 //! memory and command counts, this process's RSS, latency percentiles.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sessionfold_api::Config;
@@ -15,6 +16,16 @@ use tokio_util::sync::CancellationToken;
 
 pub const UPDATES_PREFIX: &str = "sessionfold.updates";
 
+/// Tests that measure this process's memory run alone: every test holds a
+/// read guard, those that measure a write guard.
+static MEASURING: std::sync::LazyLock<Arc<tokio::sync::RwLock<()>>> =
+    std::sync::LazyLock::new(Arc::default);
+
+enum Turn {
+    Shared(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>),
+    Alone(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
 pub struct Api {
     pub addr: SocketAddr,
     pub redis: RedisServer,
@@ -22,6 +33,7 @@ pub struct Api {
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _turn: Turn,
 }
 
 impl Drop for Api {
@@ -33,6 +45,18 @@ impl Drop for Api {
 
 /// Starts Redis, NATS and the api with `configure`d settings.
 pub async fn start_api(configure: impl FnOnce(&mut Config)) -> Api {
+    let turn = Turn::Shared(MEASURING.clone().read_owned().await);
+    start_api_in_turn(configure, turn).await
+}
+
+/// Like [`start_api`], with no other test of this binary running while the
+/// returned api lives, so that this process's memory is the test's own.
+pub async fn start_api_alone(configure: impl FnOnce(&mut Config)) -> Api {
+    let turn = Turn::Alone(MEASURING.clone().write_owned().await);
+    start_api_in_turn(configure, turn).await
+}
+
+async fn start_api_in_turn(configure: impl FnOnce(&mut Config), turn: Turn) -> Api {
     init_test_tracing();
     let redis = RedisServer::start().expect("starting redis-server");
     let nats = NatsServer::start().expect("starting nats-server");
@@ -61,6 +85,7 @@ pub async fn start_api(configure: impl FnOnce(&mut Config)) -> Api {
         http,
         shutdown,
         task,
+        _turn: turn,
     };
     let url = format!("http://{addr}/healthz");
     let http = api.http.clone();
@@ -102,10 +127,15 @@ impl Api {
         self.url(&format!("/data?session_id={session}"))
     }
 
+    /// A connection of the test's own; writing a large document with
+    /// `appendfsync always` may take longer than the client's default
+    /// response timeout.
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
         redis::Client::open(self.redis.url())
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .unwrap()
     }

@@ -111,7 +111,7 @@ async fn eventually_read(api: &Api, expected: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_watchers_that_never_read_cost_one_read_per_update() {
-    let api = start_api(|_| {}).await;
+    let api = start_api_alone(|_| {}).await;
     let big = document(SESSION, 100_000);
     api.store(SESSION, &big).await;
     let gets_before = api.json_gets().await;
@@ -198,9 +198,12 @@ async fn two_hundred_watchers_that_never_read_cost_one_read_per_update() {
         "Redis grew by {:.1} MiB",
         mib(redis_peak.saturating_sub(baseline_memory))
     );
-    // Shared frames, not one copy per watcher (200 copies would be 1.6 GB).
+    // Shared frames, not one copy per watcher: 200 copies would be 1.6 GB.
+    // What it does hold: a few versions in the feed's buffer, the versions
+    // stalled watchers were sent, this test's own reading watcher, and
+    // what the allocator keeps.
     assert!(
-        rss_peak.saturating_sub(baseline_rss) < 24 * big.len() as u64,
+        rss_peak.saturating_sub(baseline_rss) < 48 * big.len() as u64,
         "RSS grew by {:.1} MiB",
         mib(rss_peak.saturating_sub(baseline_rss))
     );
