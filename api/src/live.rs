@@ -16,8 +16,10 @@
 //! `API_STREAM_MAX_SECS`, when the token that opened it expires, or when the
 //! api shuts down. The last event of an ending stream is `end`, with data
 //! `{"reason":"max_lifetime"|"token_expired"|"too_slow"|"shutdown"|"unavailable"}`;
-//! a document over `API_MAX_DOCUMENT_BYTES` is announced by an `error` event
-//! (the same JSON as `GET /data`'s 413) that ends the stream.
+//! for a document over `API_MAX_DOCUMENT_BYTES` it is
+//! `{"reason":"document_too_large","error":{…}}` with the `error` of
+//! `GET /data`'s 413. (Not an event named `error`: browsers' `EventSource`
+//! reports its own connection errors under that name.)
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -354,9 +356,10 @@ async fn document_feed(
                 // No document yet: the note of its first apply brings it.
                 Ok(None) => stale = false,
                 Err(ReadError::TooLarge { bytes, limit }) => {
-                    let body = crate::error::too_large_body(bytes, limit);
+                    let mut end = crate::error::too_large_body(bytes, limit);
+                    end["reason"] = "document_too_large".into();
                     publisher.publish(LiveEvent {
-                        frame: sse_event("error", body.to_string().as_bytes()),
+                        frame: sse_event("end", end.to_string().as_bytes()),
                         last: true,
                     });
                     return;

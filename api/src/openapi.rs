@@ -152,14 +152,13 @@ pub enum DataResponses {
 pub enum StreamResponses {
     /// A Server-Sent Events stream. Event `document`: the session's
     /// document (the JSON `GET /data` serves), when the stream opens and
-    /// after every change. Event `error`: the document is over
-    /// `API_MAX_DOCUMENT_BYTES` (data: the JSON of `GET /data`'s 413); the
-    /// stream ends. Event `end`: the stream ends, data
-    /// `{"reason": …}`, one of `max_lifetime` (open for
-    /// `API_STREAM_MAX_SECS`; reconnect), `token_expired` (the token that
-    /// opened it expired), `too_slow` (the client fell `API_STREAM_BUFFER`
-    /// updates behind; reconnect), `shutdown`, `unavailable`. Comment
-    /// lines keep an idle stream open.
+    /// after every change. Event `end`, the last: data `{"reason": …}`, one
+    /// of `max_lifetime` (open for `API_STREAM_MAX_SECS`; reconnect),
+    /// `token_expired` (the token that opened it expired), `too_slow` (the
+    /// client fell `API_STREAM_BUFFER` updates behind; reconnect),
+    /// `shutdown`, `unavailable`, or `document_too_large` (over
+    /// `API_MAX_DOCUMENT_BYTES`; the data also holds the `error` of
+    /// `GET /data`'s 413). Comment lines keep an idle stream open.
     #[response(
         status = 200,
         content_type = "text/event-stream",

@@ -355,7 +355,7 @@ async fn a_stream_ends_when_its_token_expires() {
 }
 
 #[tokio::test]
-async fn a_document_over_the_size_limit_ends_its_stream_with_an_error_event() {
+async fn a_document_over_the_size_limit_ends_its_stream_saying_so() {
     let api = start_api(|config| {
         config.limits.reads.max_document_bytes = 10_000;
     })
@@ -370,8 +370,9 @@ async fn a_document_over_the_size_limit_ends_its_stream_with_an_error_event() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].name, "error");
+    assert_eq!(events[0].name, "end");
     let error: Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(error["reason"], "document_too_large");
     assert_eq!(error["error"]["code"], "document_too_large");
     assert_eq!(error["error"]["document_bytes"], big.len() as u64);
 }
