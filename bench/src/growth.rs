@@ -20,7 +20,7 @@ use futures::stream::FuturesUnordered;
 use serde_json::json;
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};
-use sessionfold_processor::store::{Applied, Invocation, Store};
+use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -82,7 +82,7 @@ fn invocation(
     Ok(Invocation::new(names, session, &[delivery], 0))
 }
 
-async fn apply(store: &mut Store, invocations: &[Invocation]) -> anyhow::Result<()> {
+async fn apply(store: &RedisStore, invocations: &[Invocation]) -> anyhow::Result<()> {
     for applied in store.apply(invocations).await? {
         if let Applied::Refused(reason) = applied {
             bail!("the apply step refused a frame: {reason}");
@@ -134,7 +134,7 @@ async fn apply_cost_at(
 ) -> anyhow::Result<ApplyCost> {
     let names = unique_names();
     let run_names = session_names(&names);
-    let mut store = Store::connect(&RedisSettings {
+    let store = RedisStore::connect(&RedisSettings {
         key_prefix: names.key_prefix.clone(),
         ..RedisSettings::local(servers.redis_url())
     })
@@ -161,11 +161,11 @@ async fn apply_cost_at(
             sequence += 1;
             batch.push(invocation(&run_names, session, sequence, events)?);
             if batch.len() == 10 {
-                apply(&mut store, &batch).await?;
+                apply(&store, &batch).await?;
                 batch.clear();
             }
         }
-        apply(&mut store, &batch).await?;
+        apply(&store, &batch).await?;
     }
     // The measured frames, round robin over the sessions.
     let mut next_timestamp = vec![children as u64; sessions];
@@ -203,7 +203,7 @@ async fn apply_cost_at(
             .await?;
         let started = Instant::now();
         for one in round {
-            apply(&mut store, std::slice::from_ref(one)).await?;
+            apply(&store, std::slice::from_ref(one)).await?;
         }
         let wall = started.elapsed();
         let usec = evalsha_usec(&mut redis).await?;

@@ -20,7 +20,7 @@ use futures::stream::FuturesUnordered;
 use sessionfold_client::loadgen::Workload;
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};
-use sessionfold_processor::store::{Applied, Invocation, Store};
+use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use tokio::time::Instant;
 
 use crate::system::{Servers, nats_settings, session_names, unique_names};
@@ -183,7 +183,7 @@ pub async fn redis_apply(
         key_prefix: names.key_prefix.clone(),
         ..RedisSettings::local(servers.redis_url())
     };
-    let store = Store::connect(&settings).await?;
+    let store = RedisStore::connect(&settings).await?;
     // Load the script outside the clock.
     store
         .clone()
@@ -195,7 +195,7 @@ pub async fn redis_apply(
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
-        let (batches, next, mut store) = (batches.clone(), next.clone(), store.clone());
+        let (batches, next, store) = (batches.clone(), next.clone(), store.clone());
         tasks.spawn(async move {
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};
-use sessionfold_processor::store::{Invocation, Store};
+use sessionfold_processor::store::{Invocation, RedisStore, Store};
 use tokio::time::Instant;
 
 use crate::http::HttpConnection;
@@ -68,7 +68,7 @@ pub async fn run(
     let session = SessionId::parse("read-path-session")?;
     let run_names = session_names(&names);
     let key = run_names.keys(&session).doc;
-    let mut store = Store::connect(&RedisSettings {
+    let store = RedisStore::connect(&RedisSettings {
         key_prefix: names.key_prefix.clone(),
         ..RedisSettings::local(servers.redis_url())
     })

@@ -16,7 +16,7 @@ use sessionfold_common::settings::{LimitSettings, NatsSettings, RedisSettings, S
 use sessionfold_ingest::Ingest;
 use sessionfold_ingest::config::{ConnectionSettings, GuardSettings};
 use sessionfold_processor::Processor;
-use sessionfold_processor::config::WorkerSettings;
+use sessionfold_processor::config::{SinkSettings, WorkerSettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,8 @@ pub struct DevConfig {
     pub connection: ConnectionSettings,
     #[command(flatten)]
     pub worker: WorkerSettings,
+    #[command(flatten)]
+    pub sink: SinkSettings,
     #[command(flatten)]
     pub shutdown: ShutdownSettings,
     #[command(flatten)]
@@ -70,6 +72,7 @@ impl DevConfig {
             nats: self.nats.clone(),
             redis: self.redis.clone(),
             worker: self.worker.clone(),
+            sink: self.sink.clone(),
             shutdown: self.shutdown.clone(),
             http: self.http.clone(),
         }

@@ -27,7 +27,7 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use sessionfold_common::jetstream as js_setup;
 use sessionfold_common::settings::{NatsSettings, RedisSettings, ShutdownSettings};
 use sessionfold_processor::Processor;
-use sessionfold_processor::config::WorkerSettings;
+use sessionfold_processor::config::{SinkSettings, WorkerSettings};
 use sessionfold_processor::consumer::consumer_config;
 use tokio_util::sync::CancellationToken;
 
@@ -172,6 +172,12 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<Rebuilt> {
             max_children_per_session: args.max_children_per_session,
             document_ttl_secs: args.document_ttl_secs,
             ..WorkerSettings::default()
+        },
+        // The rebuild replays the whole stream itself; the live processors
+        // repair the live prefix.
+        sink: SinkSettings {
+            repair_check_interval_ms: 0,
+            ..SinkSettings::default()
         },
         shutdown: ShutdownSettings::default(),
         http: sessionfold_common::http::HttpLimits::default(),

@@ -11,7 +11,7 @@ use sessionfold_common::redis_conn::{RedisConnection, RedisTimeouts};
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::session::Names;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId, fold};
-use sessionfold_processor::store::{Applied, Invocation, Store};
+use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use sessionfold_testkit::init_test_tracing;
 
 const SESSIONS: usize = 60;
@@ -40,7 +40,7 @@ fn frames(index: usize) -> [String; 2] {
     ]
 }
 
-async fn apply_all(store: &mut Store, sessions: &[SessionId], frame: usize) -> Vec<Applied> {
+async fn apply_all(store: &RedisStore, sessions: &[SessionId], frame: usize) -> Vec<Applied> {
     let invocations: Vec<Invocation> = sessions
         .iter()
         .enumerate()
@@ -72,7 +72,7 @@ async fn batches_spread_over_the_masters_and_survive_a_script_flush() {
         redis_cluster: true,
         ..RedisSettings::local(cluster.urls(Some(credentials)))
     };
-    let mut store = Store::connect(&settings(REDIS_PROCESSOR))
+    let store = RedisStore::connect(&settings(REDIS_PROCESSOR))
         .await
         .expect("the processor connects to the cluster");
     // Session ids with characters that are escaped in keys, too.
@@ -80,7 +80,7 @@ async fn batches_spread_over_the_masters_and_survive_a_script_flush() {
         .map(|index| SessionId::parse(&format!("cluster {index}.{{x}}")).unwrap())
         .collect();
 
-    let applied = apply_all(&mut store, &sessions, 0).await;
+    let applied = apply_all(&store, &sessions, 0).await;
     assert!(
         applied.iter().all(|a| matches!(a, Applied::Stored(1))),
         "{applied:?}"
@@ -95,13 +95,13 @@ async fn batches_spread_over_the_masters_and_survive_a_script_flush() {
             .await
             .unwrap();
     }
-    let applied = apply_all(&mut store, &sessions, 1).await;
+    let applied = apply_all(&store, &sessions, 1).await;
     assert!(
         applied.iter().all(|a| matches!(a, Applied::Stored(1))),
         "{applied:?}"
     );
     // Applying a batch again changes nothing.
-    let applied = apply_all(&mut store, &sessions, 1).await;
+    let applied = apply_all(&store, &sessions, 1).await;
     assert!(
         applied.iter().all(|a| matches!(a, Applied::Stored(0))),
         "{applied:?}"

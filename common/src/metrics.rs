@@ -52,6 +52,18 @@ pub const REDELIVERIES_TOTAL: &str = "sessionfold_processor_redeliveries_total";
 pub const DEAD_LETTERS_TOTAL: &str = "sessionfold_processor_dead_letters_total";
 /// Counter: apply attempts that failed because Redis was unavailable.
 pub const REDIS_OUTAGES_TOTAL: &str = "sessionfold_processor_redis_unavailable_total";
+/// Counter: apply attempts whose durability guarantee (`REDIS_DURABILITY`)
+/// did not hold in time; the batch was kept and applied again.
+pub const NOT_DURABLE_TOTAL: &str = "sessionfold_processor_not_durable_total";
+/// Counter, label `reason`: repairs started because Redis lost writes the
+/// processor had applied (`restarted`: a new server process, e.g. restarted
+/// from older data or failed over; `marker_missing`: flushed or new).
+pub const REPAIRS_TOTAL: &str = "sessionfold_repairs_total";
+/// Counter: messages re-applied by repairs.
+pub const REPAIR_MESSAGES_TOTAL: &str = "sessionfold_repair_messages_total";
+/// Gauge: the stream sequence up to which every frame is known to be in
+/// Redis (the applied floor written to each node), highest over the nodes.
+pub const APPLIED_FLOOR: &str = "sessionfold_processor_applied_floor";
 /// Gauge, label `consumer`: messages of the stream the durable consumer has
 /// not delivered yet (lag), polled from JetStream.
 pub const CONSUMER_PENDING: &str = "sessionfold_consumer_pending_messages";
@@ -147,6 +159,19 @@ fn describe() {
     describe_counter!(
         REDIS_OUTAGES_TOTAL,
         "Apply attempts that failed because Redis was unavailable"
+    );
+    describe_counter!(
+        NOT_DURABLE_TOTAL,
+        "Apply attempts whose durability guarantee did not hold in time"
+    );
+    describe_counter!(
+        REPAIRS_TOTAL,
+        "Repairs started because Redis lost applied writes, by reason"
+    );
+    describe_counter!(REPAIR_MESSAGES_TOTAL, "Messages re-applied by repairs");
+    describe_gauge!(
+        APPLIED_FLOOR,
+        "Stream sequence up to which every frame is known to be in Redis"
     );
     describe_gauge!(
         CONSUMER_PENDING,
@@ -251,6 +276,9 @@ mod tests {
             REDELIVERIES_TOTAL,
             DEAD_LETTERS_TOTAL,
             REDIS_OUTAGES_TOTAL,
+            NOT_DURABLE_TOTAL,
+            REPAIRS_TOTAL,
+            REPAIR_MESSAGES_TOTAL,
             HTTP_REQUESTS_TOTAL,
             HTTP_CONNECTIONS_REFUSED_TOTAL,
         ];

@@ -125,6 +125,49 @@ impl RedisConnection {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
+
+    /// Runs a keyless command on every master: on a cluster the answer is a
+    /// map from each master's address to its reply (errors included as
+    /// `Value::ServerError`); on a single server it is that server's reply.
+    pub async fn route_to_all_masters(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+        match self {
+            Self::Single(connection) => cmd.query_async(connection).await,
+            Self::Cluster(connection) => {
+                connection
+                    .route_command(
+                        cmd.clone(),
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await
+            }
+        }
+    }
+
+    /// Runs a keyless command on one node, by address (a cluster) or on the
+    /// server (a single server).
+    pub async fn route_to_node(
+        &mut self,
+        cmd: &Cmd,
+        host: &str,
+        port: u16,
+    ) -> redis::RedisResult<Value> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        match self {
+            Self::Single(connection) => cmd.query_async(connection).await,
+            Self::Cluster(connection) => {
+                connection
+                    .route_command(
+                        cmd.clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.to_owned(),
+                            port,
+                        }),
+                    )
+                    .await
+            }
+        }
+    }
 }
 
 impl ConnectionLike for RedisConnection {

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use sessionfold_common::settings::{NatsSettings, RedisSettings, ShutdownSettings};
 
+use crate::durability::Durability;
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "sessionfold-processor",
@@ -21,9 +23,53 @@ pub struct Config {
     #[command(flatten)]
     pub worker: WorkerSettings,
     #[command(flatten)]
+    pub sink: SinkSettings,
+    #[command(flatten)]
     pub shutdown: ShutdownSettings,
     #[command(flatten)]
     pub http: sessionfold_common::http::HttpLimits,
+}
+
+/// How durable an apply must be before it is acked, and how Redis losing
+/// writes is detected and repaired.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SinkSettings {
+    /// What must hold before a batch's messages are acked: `none` (Redis
+    /// answered), `fsync` (`WAITAOF 1 0`: in Redis's fsynced append-only
+    /// file) or `replica` (`WAIT 1`: on at least one replica).
+    #[arg(long, env = "REDIS_DURABILITY", value_enum, default_value_t = Durability::None)]
+    pub redis_durability: Durability,
+    /// How long one durability wait may take before the batch counts as not
+    /// durable yet (kept, applied again, not acked), in milliseconds.
+    #[arg(long, env = "REDIS_DURABILITY_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_durability_timeout_ms: u64,
+    /// How often every Redis node is checked for lost writes (a restart, a
+    /// failover, a flush), and its applied floor advanced, in milliseconds;
+    /// 0 turns automatic repair off.
+    #[arg(long, env = "REPAIR_CHECK_INTERVAL_MS", default_value_t = 1000)]
+    pub repair_check_interval_ms: u64,
+}
+
+impl SinkSettings {
+    pub fn durability_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_durability_timeout_ms.max(1))
+    }
+
+    /// `None` when repair is off.
+    pub fn repair_check_interval(&self) -> Option<Duration> {
+        (self.repair_check_interval_ms > 0)
+            .then(|| Duration::from_millis(self.repair_check_interval_ms))
+    }
+}
+
+impl Default for SinkSettings {
+    fn default() -> Self {
+        Self {
+            redis_durability: Durability::None,
+            redis_durability_timeout_ms: 1000,
+            repair_check_interval_ms: 1000,
+        }
+    }
 }
 
 /// How the processor consumes.
@@ -115,6 +161,7 @@ impl Config {
             nats: NatsSettings::local(nats_url),
             redis: RedisSettings::local(redis_url),
             worker: WorkerSettings::default(),
+            sink: SinkSettings::default(),
             shutdown: ShutdownSettings::default(),
             http: sessionfold_common::http::HttpLimits::default(),
         }

@@ -49,11 +49,12 @@ impl DeadLetters {
     }
 
     /// Stores a copy of `message` with `reason`. Returns once it is durable;
-    /// only then may the original be terminated.
+    /// only then may the original be terminated. `stream_sequence` is
+    /// `None` for a message without JetStream metadata.
     pub async fn send(
         &self,
         message: &jetstream::Message,
-        stream_sequence: u64,
+        stream_sequence: Option<u64>,
         reason: &str,
     ) -> anyhow::Result<()> {
         let token = message
@@ -62,12 +63,24 @@ impl DeadLetters {
             .next()
             .filter(|token| !token.is_empty())
             .unwrap_or("unknown");
-        let publish = PublishMessage::build()
+        // The message id makes a retried dead-lettering store one letter.
+        let message_id = match stream_sequence {
+            Some(sequence) => format!("dead:{sequence}"),
+            None => format!(
+                "dead:unsequenced:{:032x}",
+                xxhash_rust::xxh3::xxh3_128(
+                    &[message.subject.as_bytes(), b"\0", &message.payload].concat()
+                )
+            ),
+        };
+        let mut publish = PublishMessage::build()
             .payload(message.payload.clone())
-            .message_id(format!("dead:{stream_sequence}"))
+            .message_id(message_id)
             .header(REASON_HEADER, one_line(reason).as_str())
-            .header(SUBJECT_HEADER, message.subject.as_str())
-            .header(SEQUENCE_HEADER, stream_sequence.to_string().as_str());
+            .header(SUBJECT_HEADER, message.subject.as_str());
+        if let Some(sequence) = stream_sequence {
+            publish = publish.header(SEQUENCE_HEADER, sequence.to_string().as_str());
+        }
         self.js
             .send_publish(format!("{}.{token}", self.subject_prefix), publish)
             .await?

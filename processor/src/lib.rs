@@ -4,20 +4,34 @@
 //! confirmed. Any number of replicas may share the consumer.
 //!
 //! - [`config`]: the service's settings.
-//! - [`store`]: the Redis side: the apply script and how errors are classified.
+//! - [`store`]: the seam to Redis ([`store::Store`]) and its real
+//!   implementation: the apply script, the durability wait and how errors
+//!   are classified.
+//! - [`durability`]: `REDIS_DURABILITY`, what must hold before an ack.
 //! - [`batch`]: decoding a pulled batch and grouping it by session.
+//! - [`applier`]: applying one batch through a store, outages waited out,
+//!   refusals isolated: an outcome per message.
+//! - [`settle`]: ack, nak or dead letter, a pure function of the outcome.
+//! - [`repair`]: noticing that Redis lost applied writes and re-applying
+//!   the stream.
+//! - [`backoff`]: the delays between retries.
 //! - [`consumer`]: creating (and re-creating) the durable pull consumer.
 //! - [`dead_letter`]: where messages that can never be applied go.
 //! - [`worker`]: the pull → apply → ack loop, a few batches in flight; [`serve`] adds health routes.
 //! - [`lag`]: polls the consumer's pending and ack-pending counts into gauges.
 //! - [`readiness`]: what `/readyz` checks (NATS, Redis, stream, consumer).
 
+pub mod applier;
+pub mod backoff;
 pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;
+pub mod durability;
 pub mod lag;
 pub mod readiness;
+pub mod repair;
+pub mod settle;
 pub mod store;
 pub mod worker;
 

@@ -8,6 +8,9 @@
 //! session share the tag `{token}`), several at a time; a node that does not
 //! know the script yet gets it by `EVAL` with the script's body.
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use futures::StreamExt as _;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 use sessionfold_common::redis_conn::{RedisConnection, RedisTimeouts};
@@ -16,6 +19,9 @@ use sessionfold_core::event::normalized_number;
 use sessionfold_core::fold::{empty_document, position_member};
 use sessionfold_core::session::{Names, SessionKeys};
 use sessionfold_core::{Delivery, EventKind, SessionId};
+use tokio::sync::Semaphore;
+
+use crate::durability::Durability;
 
 /// The atomic, idempotent apply step.
 pub const APPLY_SCRIPT: &str = include_str!("apply.lua");
@@ -140,58 +146,165 @@ pub fn is_outage(err: &RedisError) -> bool {
     }
 }
 
+/// Why a batch was not stored. Nothing about the batch is wrong: keep it,
+/// do not ack, try again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Outage {
+    /// Redis could not be reached or could not run the step.
+    #[error("Redis unavailable: {0}")]
+    Unreachable(String),
+    /// The step ran, but the durability guarantee (`REDIS_DURABILITY`) does
+    /// not hold yet.
+    #[error("not durable yet: {0}")]
+    NotDurable(String),
+}
+
+impl From<RedisError> for Outage {
+    fn from(err: RedisError) -> Self {
+        Self::Unreachable(err.to_string())
+    }
+}
+
+/// Where the apply step runs: the seam between the processor's decisions
+/// and Redis. [`RedisStore`] is the real one; tests of the worker's
+/// decisions use an in-memory fake.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Applies every invocation and waits for the durability guarantee.
+    /// `Ok` has one [`Applied`] per invocation, in order; `Err` is an
+    /// outage: the caller must not ack and should try again.
+    fn apply(
+        &self,
+        invocations: &[Invocation],
+    ) -> impl Future<Output = Result<Vec<Applied>, Outage>> + Send;
+}
+
 /// Invocations in flight at once on a Redis Cluster.
 const CLUSTER_CONCURRENCY: usize = 64;
 
-/// A connection to Redis (one server or a cluster) holding the apply script.
+/// Connections to Redis (one server or a cluster) holding the apply script.
+///
+/// It keeps several independent connections, one per batch in flight: the
+/// durability wait blocks the connection it is sent on, and must only count
+/// that batch's own writes.
 #[derive(Clone)]
-pub struct Store {
-    connection: RedisConnection,
+pub struct RedisStore {
+    pool: Arc<Pool>,
     script: redis::Script,
+    durability: Durability,
+    durability_timeout: Duration,
 }
 
-impl Store {
+/// Connections handed out one at a time.
+struct Pool {
+    idle: Mutex<Vec<RedisConnection>>,
+    available: Semaphore,
+    /// For readiness checks and repair bookkeeping.
+    shared: RedisConnection,
+}
+
+/// A connection taken from the pool, given back on drop.
+struct Lease<'a> {
+    pool: &'a Pool,
+    connection: Option<RedisConnection>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.pool
+                .idle
+                .lock()
+                .expect("not poisoned")
+                .push(connection);
+        }
+    }
+}
+
+impl Lease<'_> {
+    fn connection(&mut self) -> &mut RedisConnection {
+        self.connection.as_mut().expect("held until drop")
+    }
+}
+
+/// How a [`RedisStore`] connects and waits.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Independent connections (one per batch in flight).
+    pub connections: usize,
+    pub durability: Durability,
+    /// How long one durability wait may take before the batch counts as
+    /// not durable yet.
+    pub durability_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            connections: 2,
+            durability: Durability::None,
+            durability_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connects with the default options (no durability wait).
     pub async fn connect(settings: &RedisSettings) -> anyhow::Result<Self> {
+        Self::connect_with(settings, StoreOptions::default()).await
+    }
+
+    pub async fn connect_with(
+        settings: &RedisSettings,
+        options: StoreOptions,
+    ) -> anyhow::Result<Self> {
         let timeouts = RedisTimeouts {
-            connect: Some(std::time::Duration::from_secs(2)),
-            response: Some(std::time::Duration::from_secs(10)),
+            connect: Some(Duration::from_secs(2)),
+            // A durability wait may take its whole timeout.
+            response: Some(Duration::from_secs(10) + options.durability_timeout),
         };
+        let count = options.connections.max(1);
+        let mut idle = Vec::with_capacity(count);
+        for _ in 0..count {
+            idle.push(RedisConnection::connect(settings, timeouts).await?);
+        }
+        let shared = idle[0].clone();
+        check_durability_support(&mut idle[0].clone(), options.durability).await?;
         Ok(Self {
-            connection: RedisConnection::connect(settings, timeouts).await?,
+            pool: Arc::new(Pool {
+                idle: Mutex::new(idle),
+                available: Semaphore::new(count),
+                shared,
+            }),
             script: redis::Script::new(APPLY_SCRIPT),
+            durability: options.durability,
+            durability_timeout: options.durability_timeout,
         })
     }
 
-    /// Applies every invocation: in one round trip on a single server, per
-    /// session on a cluster. `Err` is an outage: the caller must not ack and
-    /// should try again; nothing about the batch is wrong.
-    pub async fn apply(&mut self, invocations: &[Invocation]) -> Result<Vec<Applied>, RedisError> {
-        // A batch of poison only has nothing to apply; Redis refuses an
-        // empty pipeline ("empty command"), which would read as an outage.
-        if invocations.is_empty() {
-            return Ok(Vec::new());
+    async fn lease(&self) -> Lease<'_> {
+        let permit = self
+            .pool
+            .available
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let connection = self.pool.idle.lock().expect("not poisoned").pop();
+        Lease {
+            pool: &self.pool,
+            connection,
+            _permit: permit,
         }
-        let results = if self.connection.is_cluster() {
-            self.run_each(invocations).await
-        } else {
-            self.run_pipelined(invocations).await?
-        };
-        results
-            .into_iter()
-            .map(|result| match result {
-                Ok(written) => Ok(Applied::Stored(written)),
-                Err(err) if is_outage(&err) => Err(err),
-                Err(err) => Ok(Applied::Refused(err.to_string())),
-            })
-            .collect()
     }
 
-    /// One server: every invocation in one pipeline.
+    /// One server: every invocation and the durability wait in one pipeline
+    /// on one connection, so the wait counts exactly these writes.
     async fn run_pipelined(
-        &mut self,
+        &self,
+        connection: &mut RedisConnection,
         invocations: &[Invocation],
-    ) -> Result<Vec<redis::RedisResult<i64>>, RedisError> {
-        let mut results = self.run(invocations).await?;
+    ) -> Result<Vec<redis::RedisResult<i64>>, Outage> {
+        let (mut results, mut wait) = self.run(connection, invocations).await?;
         if results
             .iter()
             .any(|result| matches!(result, Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript)))
@@ -200,25 +313,65 @@ impl Store {
             // step is idempotent, so what already ran runs harmlessly twice.
             self.script
                 .prepare_invoke()
-                .load_async(&mut self.connection)
+                .load_async(connection)
                 .await?;
-            results = self.run(invocations).await?;
+            (results, wait) = self.run(connection, invocations).await?;
+        }
+        if let Some(reply) = wait {
+            self.durability
+                .check_reply(&reply)
+                .map_err(Outage::NotDurable)?;
         }
         Ok(results)
+    }
+
+    async fn run(
+        &self,
+        connection: &mut RedisConnection,
+        invocations: &[Invocation],
+    ) -> Result<(Vec<redis::RedisResult<i64>>, Option<redis::Value>), Outage> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for invocation in invocations {
+            pipe.add_command(invocation.command(&self.script));
+        }
+        let wait = self.durability.wait_command(self.durability_timeout);
+        if let Some(wait) = &wait {
+            pipe.add_command(wait.clone());
+        }
+        let started = std::time::Instant::now();
+        let mut replies: Vec<redis::Value> = pipe.query_async(connection).await?;
+        metrics::histogram!(sessionfold_common::metrics::APPLY_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        let wait_reply = wait.map(|_| replies.pop().unwrap_or(redis::Value::Nil));
+        let results = replies
+            .into_iter()
+            .map(|reply| match reply {
+                redis::Value::ServerError(err) => Err(RedisError::from(err)),
+                other => redis::from_redis_value(other).map_err(RedisError::from),
+            })
+            .collect();
+        Ok((results, wait_reply))
     }
 
     /// A cluster: a pipeline may not span hash slots, so each invocation
     /// goes alone to its session's node, [`CLUSTER_CONCURRENCY`] at a time.
     /// A node without the script (new, restarted, failed over) runs it by
-    /// `EVAL`, which also caches it there.
-    async fn run_each(&mut self, invocations: &[Invocation]) -> Vec<redis::RedisResult<i64>> {
+    /// `EVAL`, which also caches it there. The durability wait then goes to
+    /// every master on the same connections.
+    async fn run_each(
+        &self,
+        connection: &mut RedisConnection,
+        invocations: &[Invocation],
+    ) -> Result<Vec<redis::RedisResult<i64>>, Outage> {
         let started = std::time::Instant::now();
-        let (connection, script) = (&self.connection, &self.script);
+        let script = &self.script;
+        let shared = &*connection;
         // By index: a closure over `&Invocation` would make the future
         // higher-ranked over its lifetime, which `tokio::spawn` rejects.
-        let results = futures::stream::iter(0..invocations.len())
+        let results: Vec<redis::RedisResult<i64>> = futures::stream::iter(0..invocations.len())
             .map(|index| {
-                let mut connection = connection.clone();
+                let mut connection = shared.clone();
                 let invocation = &invocations[index];
                 async move {
                     match invocation
@@ -238,33 +391,115 @@ impl Store {
             .await;
         metrics::histogram!(sessionfold_common::metrics::APPLY_SECONDS)
             .record(started.elapsed().as_secs_f64());
-        results
-    }
-
-    async fn run(
-        &mut self,
-        invocations: &[Invocation],
-    ) -> Result<Vec<redis::RedisResult<i64>>, RedisError> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for invocation in invocations {
-            pipe.add_command(invocation.command(&self.script));
+        if results
+            .iter()
+            .any(|result| matches!(result, Err(err) if is_outage(err)))
+        {
+            // The caller retries the whole batch; no need to wait.
+            return Ok(results);
         }
-        let started = std::time::Instant::now();
-        let results = pipe.query_async(&mut self.connection).await;
-        metrics::histogram!(sessionfold_common::metrics::APPLY_SECONDS)
-            .record(started.elapsed().as_secs_f64());
-        results
+        if let Some(wait) = self.durability.wait_command(self.durability_timeout) {
+            let reply = connection.route_to_all_masters(&wait).await?;
+            self.durability
+                .check_cluster_reply(&reply)
+                .map_err(Outage::NotDurable)?;
+        }
+        Ok(results)
     }
 
-    /// The Redis connection, for readiness checks.
+    /// A connection shared with readiness checks and repair bookkeeping.
     pub fn connection(&self) -> RedisConnection {
-        self.connection.clone()
+        self.pool.shared.clone()
     }
 
     /// Answers when Redis does.
-    pub async fn ping(&mut self) -> Result<(), RedisError> {
-        redis::cmd("PING").query_async(&mut self.connection).await
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let mut connection = self.connection();
+        redis::cmd("PING").query_async(&mut connection).await
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+}
+
+/// Refuses to start with a durability mode the server cannot give: without
+/// `WAITAOF` (Redis before 7.2) or without an append-only file, every batch
+/// would wait forever.
+async fn check_durability_support(
+    connection: &mut RedisConnection,
+    durability: Durability,
+) -> anyhow::Result<()> {
+    let probe = match durability {
+        Durability::None => return Ok(()),
+        // Refused without an append-only file; a client without writes has
+        // nothing to wait for.
+        Durability::Fsync => {
+            let mut cmd = redis::cmd("WAITAOF");
+            cmd.arg(1).arg(0).arg(1);
+            cmd
+        }
+        // No replica may be connected yet: ask for none, to see that the
+        // command exists.
+        Durability::Replica => {
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(0).arg(1);
+            cmd
+        }
+    };
+    let reply = connection.route_to_all_masters(&probe).await;
+    let refusal = match &reply {
+        Err(err) => Some(err.to_string()),
+        Ok(redis::Value::ServerError(err)) => Some(format!("{err:?}")),
+        Ok(redis::Value::Map(per_node)) => per_node.iter().find_map(|(_, reply)| match reply {
+            redis::Value::ServerError(err) => Some(format!("{err:?}")),
+            _ => None,
+        }),
+        Ok(_) => None,
+    };
+    if let Some(refusal) = refusal {
+        anyhow::bail!(
+            "REDIS_DURABILITY={} needs {} (Redis ≥ 7.2 or Valkey ≥ 8{}); the server answered: {refusal}",
+            durability.as_str(),
+            if durability == Durability::Fsync {
+                "WAITAOF"
+            } else {
+                "WAIT"
+            },
+            if durability == Durability::Fsync {
+                ", with appendonly yes"
+            } else {
+                ""
+            },
+        );
+    }
+    Ok(())
+}
+
+impl Store for RedisStore {
+    /// Applies every invocation: in one round trip on a single server, per
+    /// session on a cluster; then waits for the durability guarantee.
+    async fn apply(&self, invocations: &[Invocation]) -> Result<Vec<Applied>, Outage> {
+        // A batch of poison only has nothing to apply; Redis refuses an
+        // empty pipeline ("empty command"), which would read as an outage.
+        if invocations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut lease = self.lease().await;
+        let connection = lease.connection();
+        let results = if connection.is_cluster() {
+            self.run_each(connection, invocations).await?
+        } else {
+            self.run_pipelined(connection, invocations).await?
+        };
+        results
+            .into_iter()
+            .map(|result| match result {
+                Ok(written) => Ok(Applied::Stored(written)),
+                Err(err) if is_outage(&err) => Err(Outage::from(err)),
+                Err(err) => Ok(Applied::Refused(err.to_string())),
+            })
+            .collect()
     }
 }
 

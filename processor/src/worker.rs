@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::stream::FuturesUnordered;
@@ -20,38 +19,28 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::batch::{self, SessionBatch};
-use crate::config::{Config, WorkerSettings};
+use crate::applier::{Applier, Metadata, Pulled};
+use crate::backoff::Backoff;
+use crate::config::Config;
 use crate::consumer::ensure_consumer;
 use crate::dead_letter::DeadLetters;
-use crate::store::{Applied, Invocation, Store};
+use crate::settle::{Settlement, settle};
+use crate::store::{RedisStore, StoreOptions};
 
 /// Pull errors in a row after which the consumer is re-created.
 const MAX_CONSECUTIVE_PULL_ERRORS: u32 = 3;
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// A connected processor.
 #[derive(Clone)]
 pub struct Processor {
     pub(crate) config: Config,
-    names: Names,
     pub(crate) nats: async_nats::Client,
     pub(crate) js: jetstream::Context,
-    pub(crate) store: Store,
+    pub(crate) store: RedisStore,
+    pub(crate) applier: Applier<RedisStore>,
     dead_letters: DeadLetters,
     pub(crate) consuming: Arc<AtomicBool>,
     pub(crate) stopping: Arc<AtomicBool>,
-}
-
-/// What became of a message in a batch.
-enum Fate {
-    Ack,
-    /// Not stored because of an outage or a shutdown: redeliver.
-    Retry,
-    /// Refused by Redis: redeliver until its attempts are used up.
-    Refused(String),
-    /// Can never be applied.
-    DeadLetter(String),
 }
 
 impl Processor {
@@ -62,28 +51,37 @@ impl Processor {
         js_setup::ensure_stream(&js, &config.nats).await?;
         let dead_letters =
             DeadLetters::ensure(js.clone(), &config.worker, config.nats.stream_replicas).await?;
-        let store = Store::connect(&config.redis).await?;
+        let store = RedisStore::connect_with(
+            &config.redis,
+            StoreOptions {
+                // One per batch in flight, and one for repairs.
+                connections: config.worker.batches_in_flight.max(1) + 1,
+                durability: config.sink.redis_durability,
+                durability_timeout: config.sink.durability_timeout(),
+            },
+        )
+        .await?;
+        let names: Names = settings::names(&config.nats, &config.redis.key_prefix);
+        let applier = Applier {
+            store: store.clone(),
+            names,
+            max_children: config.worker.max_children_per_session,
+            document_ttl_secs: config.worker.document_ttl_secs,
+        };
         Ok(Self {
-            names: settings::names(&config.nats, &config.redis.key_prefix),
             config,
             nats,
             js,
             store,
+            applier,
             dead_letters,
             consuming: Arc::new(AtomicBool::new(false)),
             stopping: Arc::new(AtomicBool::new(false)),
         })
     }
 
-    /// Ready while it holds a consumer and is not stopping.
-    pub fn is_ready(&self) -> bool {
-        !self.stopping.load(Ordering::Relaxed)
-            && self.consuming.load(Ordering::Relaxed)
-            && self.nats.connection_state() == async_nats::connection::State::Connected
-    }
-
     /// Consumes until `shutdown`; the batches in hand are finished and acked
-    /// before it returns.
+    /// before it returns. Automatic repair runs beside it.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let lag = tokio::spawn(crate::lag::poll(
             self.js.clone(),
@@ -91,6 +89,17 @@ impl Processor {
             self.config.worker.consumer_name.clone(),
             shutdown.clone(),
         ));
+        // The first check runs before consuming, so that a new deployment
+        // marks its nodes before anything is applied.
+        let repair = match crate::repair::Repairer::new(&self) {
+            Some(mut repairer) => {
+                if let Err(err) = repairer.check(&shutdown).await {
+                    tracing::warn!(error = %format!("{err:#}"), "first applied-floor check failed; retrying in the background");
+                }
+                Some(tokio::spawn(repairer.run(shutdown.clone())))
+            }
+            None => None,
+        };
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
             let consumer = match self.consumer().await {
@@ -114,6 +123,9 @@ impl Processor {
         self.stopping.store(true, Ordering::Relaxed);
         self.consuming.store(false, Ordering::Relaxed);
         lag.abort();
+        if let Some(repair) = repair {
+            repair.abort();
+        }
         if let Err(err) = self.nats.flush().await {
             tracing::warn!(error = %err, "flushing acks at shutdown");
         }
@@ -157,7 +169,7 @@ impl Processor {
                     // Hand back what was pulled but not started, so other
                     // replicas get it now rather than after the ack wait.
                     while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                        settle_with(&message, AckKind::Nak(None), "handing back").await;
                     }
                     return Ok(());
                 }
@@ -197,187 +209,71 @@ impl Processor {
         }
     }
 
-    /// Applies one batch and settles every message in it: ack when stored,
-    /// dead letter when it can never be stored, otherwise redelivery.
+    /// Applies one batch and settles every message in it (see
+    /// [`crate::settle`]).
     async fn process(&self, messages: Vec<jetstream::Message>, shutdown: &CancellationToken) {
-        let mut fates: Vec<Fate> = Vec::with_capacity(messages.len());
-        let mut sequences = Vec::with_capacity(messages.len());
-        let mut deliveries = Vec::with_capacity(messages.len());
-        let mut decoded = Vec::with_capacity(messages.len());
         metrics::histogram!(names::BATCH_MESSAGES).record(messages.len() as f64);
-        for (index, message) in messages.iter().enumerate() {
-            let (sequence, delivered) = match message.info() {
-                Ok(info) => (info.stream_sequence, info.delivered),
-                Err(err) => {
-                    tracing::warn!(error = %err, subject = %message.subject, "message without JetStream metadata");
-                    (0, 1)
-                }
-            };
-            if delivered > 1 {
+        let pulled: Vec<Pulled> = messages.iter().map(pulled).collect();
+        for metadata in pulled.iter().filter_map(|p| p.metadata) {
+            if metadata.delivered > 1 {
                 metrics::counter!(names::REDELIVERIES_TOTAL).increment(1);
             }
-            sequences.push(sequence);
-            deliveries.push(delivered);
-            match batch::decode(&self.names, &message.subject, &message.payload, sequence) {
-                Ok((session, delivery)) => {
-                    fates.push(Fate::Retry);
-                    decoded.push((index, session, delivery));
-                }
-                Err(poison) => fates.push(Fate::DeadLetter(poison.to_string())),
-            }
         }
-        let sessions: Vec<_> = batch::group(decoded).into_iter().collect();
-        let max_children = self.config.worker.max_children_per_session;
-        let invocations: Vec<Invocation> = sessions
-            .iter()
-            .map(|(session, part)| {
-                Invocation::new(&self.names, session, &part.deliveries, max_children)
-                    .with_document_ttl(self.config.worker.document_ttl_secs)
-            })
-            .collect();
-
-        let Some(results) = self
-            .apply_until_stored(&invocations, &messages, shutdown)
-            .await
-        else {
-            // Stopping during an outage: hand the batch back at once.
+        let keep_alive = || async {
             for message in &messages {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
+                settle_with(message, AckKind::Progress, "in-progress ack").await;
             }
-            return;
         };
-        for ((session, part), applied) in sessions.iter().zip(results) {
-            match applied {
-                Applied::Stored(written) => {
-                    tracing::debug!(session_id = %session, written, frames = part.messages.len(), "applied");
-                    for &index in &part.messages {
-                        fates[index] = Fate::Ack;
-                    }
-                    self.announce(session, written).await;
-                }
-                Applied::Refused(reason) => {
-                    self.isolate_refusal(session, part, &sequences, &reason, &mut fates, shutdown)
-                        .await;
-                }
-            }
+        let outcome = self.applier.apply(&pulled, keep_alive, shutdown).await;
+        for (session, written) in &outcome.stored_sessions {
+            self.announce(session, *written).await;
         }
-        for (index, fate) in fates.into_iter().enumerate() {
-            let message = &messages[index];
-            let sequence = sequences[index];
-            match fate {
-                Fate::Ack => {
-                    settled("acked");
+        let max_attempts = self.config.worker.max_attempts;
+        for ((message, pulled), outcome) in messages.iter().zip(&pulled).zip(outcome.outcomes) {
+            let delivered = pulled.metadata.map_or(1, |m| m.delivered);
+            let stream_sequence = pulled.metadata.map(|m| m.stream_sequence);
+            let settlement = settle(outcome, delivered, max_attempts);
+            match settlement {
+                Settlement::Ack => {
+                    count(&settlement);
                     if let Err(err) = message.ack().await {
-                        tracing::warn!(stream_sequence = sequence, error = %err, "ack failed; the message will be redelivered");
+                        tracing::warn!(stream_sequence, error = %err, "ack failed; the message will be redelivered");
                     }
                 }
-                Fate::Retry => {
-                    settled("retried");
-                    let delay = Duration::from_millis(200 * deliveries[index].clamp(1, 10) as u64);
-                    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                Settlement::Redeliver(delay) | Settlement::RetryRefused(delay) => {
+                    count(&settlement);
+                    settle_with(message, AckKind::Nak(Some(delay)), "nak").await;
                 }
-                Fate::Refused(reason)
-                    if self.config.worker.attempts_exhausted(deliveries[index]) =>
-                {
-                    self.dead_letter(message, sequence, &reason, "refused")
-                        .await;
-                }
-                Fate::Refused(_) => {
-                    settled("refused");
-                    let delay = Duration::from_millis(500 * deliveries[index].clamp(1, 10) as u64);
-                    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                }
-                Fate::DeadLetter(reason) => {
-                    self.dead_letter(message, sequence, &reason, "poison").await;
-                }
-            }
-        }
-    }
-
-    /// A session's part was refused. Applies its frames one by one, so that
-    /// only the frames that are refused on their own are retried or dead
-    /// lettered.
-    async fn isolate_refusal(
-        &self,
-        session: &sessionfold_core::SessionId,
-        part: &SessionBatch,
-        sequences: &[u64],
-        reason: &str,
-        fates: &mut [Fate],
-        shutdown: &CancellationToken,
-    ) {
-        let max_children = self.config.worker.max_children_per_session;
-        let single: Vec<Invocation> = part
-            .deliveries
-            .iter()
-            .map(|delivery| {
-                Invocation::new(
-                    &self.names,
-                    session,
-                    std::slice::from_ref(delivery),
-                    max_children,
-                )
-                .with_document_ttl(self.config.worker.document_ttl_secs)
-            })
-            .collect();
-        let mut store = self.store.clone();
-        let outcome = if part.messages.len() > 1 {
-            // In stream order, so that a frame that fits is not displaced by a later one.
-            let mut results = Vec::with_capacity(single.len());
-            for invocation in &single {
-                match store.apply(std::slice::from_ref(invocation)).await {
-                    Ok(mut applied) => results.push(applied.remove(0)),
-                    Err(_) => return, // An outage: all stay `Retry`.
-                }
-                if shutdown.is_cancelled() {
-                    break;
-                }
-            }
-            results
-        } else {
-            vec![Applied::Refused(reason.to_owned())]
-        };
-        for (position, applied) in outcome.into_iter().enumerate() {
-            let index = part.messages[position];
-            fates[index] = match applied {
-                Applied::Stored(_) => Fate::Ack,
-                Applied::Refused(reason) => {
-                    tracing::warn!(session_id = %session, stream_sequence = sequences[index], %reason, "Redis refused a frame");
-                    Fate::Refused(reason)
-                }
-            };
-        }
-    }
-
-    /// Retries the batch through Redis outages until it is stored. `None`
-    /// when shutdown came first.
-    async fn apply_until_stored(
-        &self,
-        invocations: &[Invocation],
-        messages: &[jetstream::Message],
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<Applied>> {
-        let mut store = self.store.clone();
-        let mut backoff = Backoff::default();
-        loop {
-            match store.apply(invocations).await {
-                Ok(results) => return Some(results),
-                Err(err) => {
-                    metrics::counter!(names::REDIS_OUTAGES_TOTAL).increment(1);
-                    tracing::warn!(error = %err, frames = messages.len(), "Redis unavailable; retrying the batch");
-                    for message in messages {
-                        let _ = message.ack_with(AckKind::Progress).await;
-                    }
-                    if shutdown.is_cancelled() || !backoff.wait(shutdown).await {
-                        return None;
+                Settlement::DeadLetter { kind, reason } => {
+                    match self
+                        .dead_letters
+                        .send(message, stream_sequence, &reason)
+                        .await
+                    {
+                        Ok(()) => {
+                            count(&Settlement::DeadLetter {
+                                kind,
+                                reason: String::new(),
+                            });
+                            metrics::counter!(names::DEAD_LETTERS_TOTAL, "kind" => kind.as_str())
+                                .increment(1);
+                            settle_with(message, AckKind::Term, "term").await;
+                        }
+                        Err(err) => {
+                            tracing::warn!(stream_sequence, error = %err, "dead letter not stored; the message will be redelivered");
+                            settle_with(
+                                message,
+                                AckKind::Nak(Some(std::time::Duration::from_secs(1))),
+                                "nak",
+                            )
+                            .await;
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Moves a message to the dead-letter stream; `kind` (`poison`,
-    /// `refused`) labels the metric.
     /// Tells live views that `session` changed. Best effort: a lost note
     /// only delays a view until the next one.
     async fn announce(&self, session: &sessionfold_core::SessionId, written: i64) {
@@ -391,33 +287,39 @@ impl Processor {
             tracing::debug!(session_id = %session, error = %err, "update note not sent");
         }
     }
+}
 
-    async fn dead_letter(
-        &self,
-        message: &jetstream::Message,
-        sequence: u64,
-        reason: &str,
-        kind: &'static str,
-    ) {
-        match self.dead_letters.send(message, sequence, reason).await {
-            Ok(()) => {
-                settled("dead_lettered");
-                metrics::counter!(names::DEAD_LETTERS_TOTAL, "kind" => kind).increment(1);
-                let _ = message.ack_with(AckKind::Term).await;
-            }
-            Err(err) => {
-                tracing::warn!(stream_sequence = sequence, error = %err, "dead letter not stored; the message will be redelivered");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-            }
+/// The parts of a pulled message the applier needs.
+fn pulled(message: &jetstream::Message) -> Pulled {
+    let metadata = match message.info() {
+        Ok(info) => Some(Metadata {
+            stream_sequence: info.stream_sequence,
+            delivered: info.delivered,
+        }),
+        Err(err) => {
+            tracing::warn!(error = %err, subject = %message.subject, "message without JetStream metadata");
+            None
         }
+    };
+    Pulled {
+        subject: message.subject.to_string(),
+        payload: message.payload.clone(),
+        metadata,
+    }
+}
+
+/// Sends `kind` for `message`; a failure is logged (the message is then
+/// redelivered after the ack wait, which the apply step makes harmless).
+async fn settle_with(message: &jetstream::Message, kind: AckKind, what: &'static str) {
+    if let Err(err) = message.ack_with(kind).await {
+        let stream_sequence = message.info().ok().map(|info| info.stream_sequence);
+        tracing::warn!(stream_sequence, error = %err, "{what} failed; the message will be redelivered after the ack wait");
     }
 }
 
 /// Counts one settled message by its outcome.
-fn settled(outcome: &'static str) {
-    metrics::counter!(names::MESSAGES_TOTAL, "outcome" => outcome).increment(1);
+fn count(settlement: &Settlement) {
+    metrics::counter!(names::MESSAGES_TOTAL, "outcome" => settlement.metric_outcome()).increment(1);
 }
 
 /// The span of one batch: every line logged while applying it carries the
@@ -444,28 +346,6 @@ fn is_fatal_pull_error(err: &jetstream::consumer::pull::MessagesError) -> bool {
             | Kind::PushBasedConsumer
             | Kind::RequestLimitExceeded
     )
-}
-
-/// Exponential backoff, capped, interrupted by shutdown.
-#[derive(Default)]
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    /// Sleeps for the next delay; `false` when shutdown interrupted it.
-    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
-        let delay = Duration::from_millis(50u64 << self.attempt.min(6)).min(MAX_BACKOFF);
-        self.attempt += 1;
-        tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep(delay) => true,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
 }
 
 /// Runs the processor with `/healthz`, `/readyz` and `/metrics` on
@@ -505,11 +385,4 @@ pub async fn serve(
     http_shutdown.cancel();
     http.await??;
     Ok(())
-}
-
-impl WorkerSettings {
-    /// Whether a refused message has used up its attempts.
-    pub fn attempts_exhausted(&self, delivered: i64) -> bool {
-        delivered >= self.max_attempts
-    }
 }

@@ -7,7 +7,7 @@ use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::session::Names;
 use sessionfold_core::strategies::any_schedule;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId, fold};
-use sessionfold_processor::store::{Applied, Invocation, Store};
+use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use sessionfold_testkit::{RedisServer, init_test_tracing, unique_name};
 
 fn names() -> Names {
@@ -33,14 +33,14 @@ fn any_delivery_schedule_stores_the_reference_document() {
     let redis = RedisServer::start().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let store = runtime
-        .block_on(Store::connect(&RedisSettings::local(redis.url())))
+        .block_on(RedisStore::connect(&RedisSettings::local(redis.url())))
         .unwrap();
     let session = SessionId::parse("s").unwrap();
     let mut runner = TestRunner::new(ProptestConfig::with_cases(96));
     runner
         .run(&any_schedule(), |(stream, schedule)| {
             let names = names();
-            let mut store = store.clone();
+            let store = store.clone();
             runtime.block_on(async {
                 // Deliveries in schedule order, batched two at a time, as a
                 // processor receiving redeliveries would see them.
@@ -77,7 +77,7 @@ fn frame(session: &SessionId, sequence: u64, text: &str) -> Delivery {
 async fn a_batch_past_the_children_limit_is_refused_and_writes_nothing() {
     init_test_tracing();
     let redis = RedisServer::start().unwrap();
-    let mut store = Store::connect(&RedisSettings::local(redis.url()))
+    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
         .await
         .unwrap();
     let names = names();
@@ -130,7 +130,7 @@ async fn a_batch_past_the_children_limit_is_refused_and_writes_nothing() {
 async fn a_restarted_redis_gets_the_script_again() {
     init_test_tracing();
     let mut redis = RedisServer::start().unwrap();
-    let mut store = Store::connect(&RedisSettings::local(redis.url()))
+    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
         .await
         .unwrap();
     let names = names();
@@ -160,7 +160,7 @@ async fn a_restarted_redis_gets_the_script_again() {
         "the store works again after a restart",
         std::time::Duration::from_secs(10),
         || {
-            let mut store = store.clone();
+            let store = store.clone();
             let invocation = invocation.clone();
             async move { store.apply(&[invocation]).await }
         },
@@ -182,7 +182,7 @@ async fn a_restarted_redis_gets_the_script_again() {
 async fn large_mixed_batches_store_the_reference_document() {
     init_test_tracing();
     let redis = RedisServer::start().unwrap();
-    let store = Store::connect(&RedisSettings::local(redis.url()))
+    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
         .await
         .unwrap();
     let session = SessionId::parse("large").unwrap();
@@ -255,7 +255,7 @@ async fn large_mixed_batches_store_the_reference_document() {
     ];
     for schedule in schedules {
         let names = names();
-        let mut store = store.clone();
+        let store = store.clone();
         for batch in &schedule {
             let deliveries: Vec<Delivery> = batch.iter().map(|&i| stream[i].clone()).collect();
             let applied = store

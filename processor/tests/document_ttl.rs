@@ -5,7 +5,7 @@
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::session::Names;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};
-use sessionfold_processor::store::{Applied, Invocation, Store};
+use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use sessionfold_testkit::{RedisServer, init_test_tracing, unique_name};
 
 fn frame(session: &SessionId, sequence: u64, text: &str) -> Delivery {
@@ -38,7 +38,7 @@ async fn ttls(redis_url: &str, keys: &[&str]) -> Vec<i64> {
 async fn an_apply_with_a_ttl_sets_it_on_all_three_keys_and_renews_it() {
     init_test_tracing();
     let redis = RedisServer::start().unwrap();
-    let mut store = Store::connect(&RedisSettings::local(redis.url()))
+    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
         .await
         .unwrap();
     let names = Names {
@@ -79,7 +79,7 @@ async fn an_apply_with_a_ttl_sets_it_on_all_three_keys_and_renews_it() {
 async fn without_a_ttl_keys_never_expire() {
     init_test_tracing();
     let redis = RedisServer::start().unwrap();
-    let mut store = Store::connect(&RedisSettings::local(redis.url()))
+    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
         .await
         .unwrap();
     let names = Names {

@@ -182,12 +182,16 @@ async fn hostile_session_ids_get_exactly_one_subject_and_their_own_keys() {
     }
 
     let keys = redis_keys(&app).await;
+    // The sessions' keys, and the processor's applied-floor marker.
     let expected_keys: BTreeSet<String> = sessions
         .iter()
         .flat_map(|session| {
             let keys = names.keys(session);
             [keys.doc, keys.ids, keys.order]
         })
+        .chain([sessionfold_processor::repair::single_marker_key(
+            &names.key_prefix,
+        )])
         .collect();
     assert_eq!(keys, expected_keys);
     for session in &sessions {

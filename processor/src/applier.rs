@@ -1,0 +1,412 @@
+//! Applying one pulled batch through a [`Store`]: decode every message,
+//! group them by session, apply, wait out outages, and find out which
+//! frames Redis refuses on their own. The result is an [`Outcome`] per
+//! message; settling them with JetStream is the worker's job
+//! ([`crate::settle`] decides how).
+//!
+//! Nothing here touches NATS, so the decisions are unit-tested with an
+//! in-memory store (see the tests below); the real-server tests exercise the
+//! same code through the processor.
+
+use bytes::Bytes;
+use sessionfold_common::metrics as names;
+use sessionfold_core::SessionId;
+use sessionfold_core::session::Names;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::batch;
+use crate::settle::Outcome;
+use crate::store::{Applied, Invocation, Outage, Store};
+
+/// One message as pulled from JetStream.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub subject: String,
+    pub payload: Bytes,
+    /// Its stream sequence and how often it has been delivered; `None` when
+    /// the message carries no JetStream metadata (it is then poison: a fold
+    /// position cannot be made up).
+    pub metadata: Option<Metadata>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    pub stream_sequence: u64,
+    pub delivered: i64,
+}
+
+/// What applying a batch did.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// One per message, in the batch's order.
+    pub outcomes: Vec<Outcome>,
+    /// Sessions whose frames were stored, with the children written.
+    pub stored_sessions: Vec<(SessionId, i64)>,
+}
+
+/// Builds invocations and applies them through a [`Store`].
+#[derive(Clone)]
+pub struct Applier<S> {
+    pub store: S,
+    pub names: Names,
+    pub max_children: u64,
+    pub document_ttl_secs: u64,
+}
+
+impl<S: Store> Applier<S> {
+    fn invocation(
+        &self,
+        session: &SessionId,
+        deliveries: &[sessionfold_core::Delivery],
+    ) -> Invocation {
+        Invocation::new(&self.names, session, deliveries, self.max_children)
+            .with_document_ttl(self.document_ttl_secs)
+    }
+
+    /// Applies `batch` until it is stored or `shutdown` comes first. While
+    /// Redis is out, `keep_alive` runs before every new attempt (the worker
+    /// sends in-progress acks there, so the batch is not redelivered
+    /// elsewhere meanwhile).
+    pub async fn apply<F, K>(
+        &self,
+        batch: &[Pulled],
+        mut keep_alive: K,
+        shutdown: &CancellationToken,
+    ) -> BatchOutcome
+    where
+        K: FnMut() -> F,
+        F: Future<Output = ()>,
+    {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut decoded = Vec::with_capacity(batch.len());
+        for (index, pulled) in batch.iter().enumerate() {
+            let Some(metadata) = pulled.metadata else {
+                outcomes.push(Outcome::Poison(
+                    "the message carries no JetStream metadata".to_owned(),
+                ));
+                continue;
+            };
+            match batch::decode(
+                &self.names,
+                &pulled.subject,
+                &pulled.payload,
+                metadata.stream_sequence,
+            ) {
+                Ok((session, delivery)) => {
+                    outcomes.push(Outcome::NotStored);
+                    decoded.push((index, session, delivery));
+                }
+                Err(poison) => outcomes.push(Outcome::Poison(poison.to_string())),
+            }
+        }
+        let sessions: Vec<_> = batch::group(decoded).into_iter().collect();
+        let invocations: Vec<Invocation> = sessions
+            .iter()
+            .map(|(session, part)| self.invocation(session, &part.deliveries))
+            .collect();
+
+        let mut result = BatchOutcome {
+            outcomes,
+            stored_sessions: Vec::new(),
+        };
+        let Some(applied) = self
+            .apply_until_stored(&invocations, &mut keep_alive, shutdown)
+            .await
+        else {
+            // Shutdown during an outage: everything decodable stays NotStored.
+            return result;
+        };
+        for ((session, part), applied) in sessions.iter().zip(applied) {
+            match applied {
+                Applied::Stored(written) => {
+                    tracing::debug!(session_id = %session, written, frames = part.messages.len(), "applied");
+                    for &index in &part.messages {
+                        result.outcomes[index] = Outcome::Stored;
+                    }
+                    result.stored_sessions.push((session.clone(), written));
+                }
+                Applied::Refused(reason) => {
+                    self.isolate_refusal(session, part, &reason, batch, &mut result, shutdown)
+                        .await;
+                }
+            }
+        }
+        result
+    }
+
+    /// Retries through outages until stored. `None` when shutdown came first.
+    async fn apply_until_stored<F, K>(
+        &self,
+        invocations: &[Invocation],
+        keep_alive: &mut K,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<Applied>>
+    where
+        K: FnMut() -> F,
+        F: Future<Output = ()>,
+    {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.store.apply(invocations).await {
+                Ok(applied) => return Some(applied),
+                Err(outage) => {
+                    count_outage(&outage);
+                    tracing::warn!(error = %outage, sessions = invocations.len(), "batch not stored; retrying it");
+                    keep_alive().await;
+                    if shutdown.is_cancelled() || !backoff.wait(shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A session's part was refused. Applies its frames one by one, in
+    /// stream order (so that a frame that fits is not displaced by a later
+    /// one), so that only the frames refused on their own are refused.
+    async fn isolate_refusal(
+        &self,
+        session: &SessionId,
+        part: &batch::SessionBatch,
+        reason: &str,
+        batch: &[Pulled],
+        result: &mut BatchOutcome,
+        shutdown: &CancellationToken,
+    ) {
+        let refuse = |result: &mut BatchOutcome, index: usize, reason: String| {
+            let stream_sequence = batch[index].metadata.map(|m| m.stream_sequence);
+            tracing::warn!(session_id = %session, stream_sequence, %reason, "Redis refused a frame");
+            result.outcomes[index] = Outcome::Refused(reason);
+        };
+        if part.messages.len() == 1 {
+            refuse(result, part.messages[0], reason.to_owned());
+            return;
+        }
+        let mut written_total = 0;
+        let mut stored_any = false;
+        for (delivery, &index) in part.deliveries.iter().zip(&part.messages) {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let invocation = self.invocation(session, std::slice::from_ref(delivery));
+            match self.store.apply(std::slice::from_ref(&invocation)).await {
+                Ok(mut applied) => match applied.pop() {
+                    Some(Applied::Stored(written)) => {
+                        result.outcomes[index] = Outcome::Stored;
+                        written_total += written;
+                        stored_any = true;
+                    }
+                    Some(Applied::Refused(reason)) => refuse(result, index, reason),
+                    None => {}
+                },
+                // An outage: this frame and the rest stay NotStored.
+                Err(outage) => {
+                    count_outage(&outage);
+                    break;
+                }
+            }
+        }
+        if stored_any {
+            result
+                .stored_sessions
+                .push((session.clone(), written_total));
+        }
+    }
+}
+
+fn count_outage(outage: &Outage) {
+    match outage {
+        Outage::Unreachable(_) => metrics::counter!(names::REDIS_OUTAGES_TOTAL).increment(1),
+        Outage::NotDurable(_) => metrics::counter!(names::NOT_DURABLE_TOTAL).increment(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    type Reply = Result<Vec<Applied>, Outage>;
+
+    /// A store that answers from a script of replies and records every call.
+    #[derive(Clone, Default)]
+    struct ScriptedStore {
+        replies: Arc<Mutex<VecDeque<Reply>>>,
+        calls: Arc<Mutex<Vec<Vec<Invocation>>>>,
+    }
+
+    impl ScriptedStore {
+        fn answering(replies: Vec<Reply>) -> Self {
+            Self {
+                replies: Arc::new(Mutex::new(replies.into())),
+                ..Self::default()
+            }
+        }
+
+        fn calls(&self) -> Vec<Vec<Invocation>> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Store for ScriptedStore {
+        async fn apply(&self, invocations: &[Invocation]) -> Result<Vec<Applied>, Outage> {
+            self.calls.lock().unwrap().push(invocations.to_vec());
+            self.replies
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| Ok(invocations.iter().map(|_| Applied::Stored(1)).collect()))
+        }
+    }
+
+    fn applier(store: ScriptedStore) -> Applier<ScriptedStore> {
+        Applier {
+            store,
+            names: Names::default(),
+            max_children: 0,
+            document_ttl_secs: 0,
+        }
+    }
+
+    fn pulled(session: &str, sequence: u64, body: &str) -> Pulled {
+        let names = Names::default();
+        Pulled {
+            subject: names.subject(&SessionId::parse(session).unwrap()),
+            payload: Bytes::from(body.to_owned()),
+            metadata: Some(Metadata {
+                stream_sequence: sequence,
+                delivered: 1,
+            }),
+        }
+    }
+
+    const EVENT: &str = r#"[{"type":"EVENT","timestamp":1}]"#;
+
+    #[tokio::test]
+    async fn one_invocation_per_session_and_every_message_stored() {
+        let store = ScriptedStore::default();
+        let batch = [
+            pulled("a", 1, EVENT),
+            pulled("b", 2, EVENT),
+            pulled("a", 3, EVENT),
+        ];
+        let outcome = applier(store.clone())
+            .apply(&batch, || async {}, &CancellationToken::new())
+            .await;
+        assert_eq!(outcome.outcomes, vec![Outcome::Stored; 3]);
+        assert_eq!(store.calls().len(), 1);
+        assert_eq!(store.calls()[0].len(), 2, "one invocation per session");
+        let sessions: Vec<_> = outcome
+            .stored_sessions
+            .iter()
+            .map(|(s, _)| s.as_str().to_owned())
+            .collect();
+        assert_eq!(sessions, ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn poison_and_messages_without_metadata_are_not_applied() {
+        let store = ScriptedStore::default();
+        let mut no_metadata = pulled("a", 1, EVENT);
+        no_metadata.metadata = None;
+        let batch = [
+            no_metadata,
+            pulled("a", 2, "[1]"),
+            Pulled {
+                subject: "elsewhere.x".to_owned(),
+                ..pulled("a", 3, EVENT)
+            },
+            pulled("a", 4, EVENT),
+        ];
+        let outcome = applier(store.clone())
+            .apply(&batch, || async {}, &CancellationToken::new())
+            .await;
+        assert!(matches!(&outcome.outcomes[0], Outcome::Poison(r) if r.contains("metadata")));
+        assert!(matches!(&outcome.outcomes[1], Outcome::Poison(_)));
+        assert!(matches!(&outcome.outcomes[2], Outcome::Poison(_)));
+        assert_eq!(outcome.outcomes[3], Outcome::Stored);
+        // Only the good frame reached the store, with its own position.
+        let calls = store.calls();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].len(), 1);
+        assert!(
+            calls[0][0]
+                .args
+                .iter()
+                .any(|arg| arg.starts_with("00000000000000000004:"))
+        );
+    }
+
+    #[tokio::test]
+    async fn outages_are_retried_with_keep_alives_until_stored() {
+        let store = ScriptedStore::answering(vec![
+            Err(Outage::Unreachable("down".to_owned())),
+            Err(Outage::NotDurable("WAITAOF: not fsynced".to_owned())),
+        ]);
+        let keep_alives = Arc::new(Mutex::new(0));
+        let counter = keep_alives.clone();
+        let outcome = applier(store.clone())
+            .apply(
+                &[pulled("a", 1, EVENT)],
+                || {
+                    *counter.lock().unwrap() += 1;
+                    async {}
+                },
+                &CancellationToken::new(),
+            )
+            .await;
+        assert_eq!(outcome.outcomes, vec![Outcome::Stored]);
+        assert_eq!(store.calls().len(), 3, "the same batch, three times");
+        assert_eq!(*keep_alives.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_during_an_outage_stores_nothing() {
+        let store = ScriptedStore::answering(vec![Err(Outage::Unreachable("down".to_owned()))]);
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let outcome = applier(store)
+            .apply(&[pulled("a", 1, EVENT)], || async {}, &shutdown)
+            .await;
+        assert_eq!(outcome.outcomes, vec![Outcome::NotStored]);
+        assert!(outcome.stored_sessions.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_session_is_retried_frame_by_frame_to_find_the_culprit() {
+        let store = ScriptedStore::answering(vec![
+            // The whole session part: refused.
+            Ok(vec![Applied::Refused("SESSIONFOLD_FULL".to_owned())]),
+            // Then frame by frame: the first fits, the second does not.
+            Ok(vec![Applied::Stored(1)]),
+            Ok(vec![Applied::Refused("SESSIONFOLD_FULL".to_owned())]),
+        ]);
+        let batch = [pulled("a", 1, EVENT), pulled("a", 2, EVENT)];
+        let outcome = applier(store.clone())
+            .apply(&batch, || async {}, &CancellationToken::new())
+            .await;
+        assert_eq!(outcome.outcomes[0], Outcome::Stored);
+        assert_eq!(
+            outcome.outcomes[1],
+            Outcome::Refused("SESSIONFOLD_FULL".to_owned())
+        );
+        assert_eq!(store.calls().len(), 3);
+        assert_eq!(outcome.stored_sessions.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_outage_while_isolating_leaves_the_rest_not_stored() {
+        let store = ScriptedStore::answering(vec![
+            Ok(vec![Applied::Refused("SESSIONFOLD_FULL".to_owned())]),
+            Err(Outage::Unreachable("down".to_owned())),
+        ]);
+        let batch = [pulled("a", 1, EVENT), pulled("a", 2, EVENT)];
+        let outcome = applier(store)
+            .apply(&batch, || async {}, &CancellationToken::new())
+            .await;
+        assert_eq!(outcome.outcomes, vec![Outcome::NotStored; 2]);
+    }
+}
