@@ -133,36 +133,12 @@ impl RedisConnection {
         use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
         match self {
             Self::Single(connection) => cmd.query_async(connection).await,
+            Self::Direct(connection) => cmd.query_async(connection).await,
             Self::Cluster(connection) => {
                 connection
                     .route_command(
                         cmd.clone(),
                         RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
-                    )
-                    .await
-            }
-        }
-    }
-
-    /// Runs a keyless command on one node, by address (a cluster) or on the
-    /// server (a single server).
-    pub async fn route_to_node(
-        &mut self,
-        cmd: &Cmd,
-        host: &str,
-        port: u16,
-    ) -> redis::RedisResult<Value> {
-        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-        match self {
-            Self::Single(connection) => cmd.query_async(connection).await,
-            Self::Cluster(connection) => {
-                connection
-                    .route_command(
-                        cmd.clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: host.to_owned(),
-                            port,
-                        }),
                     )
                     .await
             }
