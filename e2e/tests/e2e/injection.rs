@@ -1,6 +1,7 @@
 //! Hostile session_ids end to end: every accepted id gets exactly one subject
 //! in the stream and exactly its own three keys in Redis, under one hash tag;
-//! refused ids (control characters, 129 bytes, empty) leave neither.
+//! refused ids (control and format characters, 129 bytes, empty) leave
+//! neither.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,7 +35,7 @@ fn hostile_ids() -> Vec<String> {
         "a+b",
         "a&session_id=b",
         "[*]?",
-        "é☃🦀\u{301}\u{feff}",
+        "é☃🦀\u{301}",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -48,10 +49,20 @@ fn hostile_ids() -> Vec<String> {
 }
 
 /// Ids refused before the upgrade: empty, a byte too long, control
-/// characters (C0, DEL, C1).
+/// characters (C0, DEL, C1), invisible format characters (a BOM, bidi
+/// overrides).
 fn refused_ids() -> Vec<String> {
     [
-        "", "a\u{0}b", "a\nb", "\t", "a\r\n*", "\u{7f}", "a\u{85}b", "\u{9b}",
+        "",
+        "a\u{0}b",
+        "a\nb",
+        "\t",
+        "a\r\n*",
+        "\u{7f}",
+        "a\u{85}b",
+        "\u{9b}",
+        "é☃🦀\u{301}\u{feff}",
+        "a\u{202e}b",
     ]
     .into_iter()
     .map(str::to_owned)
