@@ -573,7 +573,7 @@ async fn servers_side_by_side(
             clock,
         );
         rows.push(Row::info(
-            2,
+            1,
             format!("JetStream publish, `sync_interval: {sync}`"),
             format!(
                 "{} events/s ({} frames/s)",
@@ -654,7 +654,7 @@ async fn servers_side_by_side(
             clock,
         );
         rows.push(Row::info(
-            5,
+            1,
             format!("Redis apply step on {label} ({version})"),
             format!(
                 "{} events/s ({} frames/s)",
