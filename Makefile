@@ -153,6 +153,7 @@ sdk-build: ## Install the SDK's npm packages (npm ci) and build clients/js (type
 	cd $(SDK_DIR) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
 
 sdk-test: deps sdk-build ## The JavaScript SDK's tests: bundle size, Node and headless Chromium against the real system
+	scripts/install-browser.sh
 	$(CARGO) build -p sessionfold -p sessionfold-stack
 	cd $(SDK_DIR) && $(SDK_ENV) SESSIONFOLD_STACK="$(CURDIR)/target/debug/sessionfold-stack" npm test --silent
 
