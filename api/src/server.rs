@@ -139,8 +139,9 @@ fn admit(
         .map_err(|wait| ApiError::RateLimited(retry_after_secs(wait)))?;
     let session = SessionId::from_query(query, shared.max_session_id_bytes)
         .map_err(|err| ApiError::InvalidSessionId(err.to_string()))?;
+    // A token that cannot be decoded is no valid credential.
     let token = query_value(query.unwrap_or(""), "token")
-        .map_err(|err| ApiError::InvalidSessionId(format!("token: {err}")))?;
+        .map_err(|_| ApiError::Auth(sessionfold_common::auth::AuthError::Invalid))?;
     let grant = shared.authenticator.authorize(
         bearer(headers, token.as_deref()),
         session.as_str(),

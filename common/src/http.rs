@@ -55,7 +55,7 @@ use crate::metrics::{
 use crate::rate_limit::IpKey;
 
 /// What every HTTP listener enforces; 0 turns a limit off.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct HttpLimits {
     /// Longest wait for a request's head, in seconds: from a connection's
     /// start, and on keep-alive connections from the end of the previous
@@ -716,6 +716,42 @@ mod tests {
         assert_eq!(session_id_of(&"/data".parse().unwrap()), None);
         let lossy: Uri = "/data?session_id=%ff%fe".parse().unwrap();
         assert_eq!(session_id_of(&lossy), None);
+    }
+
+    #[test]
+    fn the_limits_default_to_the_flags_defaults() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            limits: HttpLimits,
+        }
+        let parsed = <Flags as clap::Parser>::try_parse_from(["test"]).unwrap();
+        assert_eq!(parsed.limits, HttpLimits::default());
+    }
+
+    #[test]
+    fn read_credit_returns_its_budget_on_release_and_on_drop() {
+        let budget = Arc::new(Semaphore::new(4 * BUDGET_CHUNK_BYTES));
+        let credit = ReadCredit::new(Some(budget.clone()));
+        assert_eq!(credit.room(), UNCHARGED_READ_BYTES);
+        credit.charge(UNCHARGED_READ_BYTES);
+        assert_eq!(credit.room(), 0);
+        budget
+            .try_acquire_many(BUDGET_CHUNK_BYTES as u32)
+            .unwrap()
+            .forget();
+        credit.credit(BUDGET_CHUNK_BYTES);
+        assert_eq!(credit.room(), BUDGET_CHUNK_BYTES);
+        credit.release();
+        assert_eq!(credit.room(), UNCHARGED_READ_BYTES);
+        assert_eq!(budget.available_permits(), 4 * BUDGET_CHUNK_BYTES);
+        budget
+            .try_acquire_many(BUDGET_CHUNK_BYTES as u32)
+            .unwrap()
+            .forget();
+        credit.credit(BUDGET_CHUNK_BYTES);
+        drop(credit);
+        assert_eq!(budget.available_permits(), 4 * BUDGET_CHUNK_BYTES);
     }
 
     #[test]

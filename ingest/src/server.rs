@@ -156,14 +156,25 @@ impl Ingest {
             );
         }
         if effective < limits.max_frame_bytes {
-            tracing::warn!(
-                configured = limits.max_frame_bytes,
-                effective,
-                server_max_payload,
-                stream_max_msg_size,
-                header_bytes = max_header_bytes(),
-                "MAX_FRAME_BYTES lowered so that a frame with its headers fits what JetStream accepts"
-            );
+            // Making room for the headers alone (the defaults: 1 MiB frames,
+            // 1 MiB max_payload) is expected; a larger cut is worth a warning.
+            if effective + max_header_bytes() < limits.max_frame_bytes {
+                tracing::warn!(
+                    configured = limits.max_frame_bytes,
+                    effective,
+                    server_max_payload,
+                    stream_max_msg_size,
+                    header_bytes = max_header_bytes(),
+                    "MAX_FRAME_BYTES lowered: JetStream accepts less"
+                );
+            } else {
+                tracing::info!(
+                    configured = limits.max_frame_bytes,
+                    effective,
+                    header_bytes = max_header_bytes(),
+                    "frame limit lowered by the room ingest's headers take in a message"
+                );
+            }
             limits.max_frame_bytes = effective;
         }
         let duplicate_window = config.nats.duplicate_window();

@@ -49,8 +49,8 @@ fn hostile_ids() -> Vec<String> {
 }
 
 /// Ids refused before the upgrade: empty, a byte too long, control
-/// characters (C0, DEL, C1), invisible format characters (a BOM, bidi
-/// overrides).
+/// characters (C0, DEL, C1), invisible format characters (a BOM, a bidi
+/// override, a zero-width space).
 fn refused_ids() -> Vec<String> {
     [
         "",
@@ -63,6 +63,7 @@ fn refused_ids() -> Vec<String> {
         "\u{9b}",
         "é☃🦀\u{301}\u{feff}",
         "a\u{202e}b",
+        "a\u{200b}b",
     ]
     .into_iter()
     .map(str::to_owned)
