@@ -36,6 +36,10 @@ use sessionfold_core::SessionId;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use sessionfold_common::metrics::{
+    API_LIVE_READS_TOTAL, API_STREAMS_ENDED_TOTAL, API_STREAMS_OPEN, API_STREAMS_REFUSED_TOTAL,
+};
+
 use crate::error::ApiError;
 use crate::fanout::{Hub, Next, Publisher};
 use crate::read::{ReadError, ReadPool};
@@ -295,14 +299,18 @@ struct WatcherState {
 impl WatcherState {
     /// The next bytes of the stream, and whether more follow.
     async fn next_frame(&mut self) -> (Bytes, bool) {
+        let ended = |reason: EndReason| {
+            ::metrics::counter!(API_STREAMS_ENDED_TOTAL, "reason" => reason.as_str()).increment(1);
+            (end_event(reason), false)
+        };
         tokio::select! {
             biased;
-            () = self.closing.cancelled() => (end_event(EndReason::Shutdown), false),
-            () = sleep_until(self.end_at) => (end_event(self.end_reason), false),
+            () = self.closing.cancelled() => ended(EndReason::Shutdown),
+            () = sleep_until(self.end_at) => ended(self.end_reason),
             next = self.watch.next() => match next {
                 Next::Value(event) => (event.frame, !event.last),
-                Next::Lagged => (end_event(EndReason::TooSlow), false),
-                Next::Ended => (end_event(EndReason::Unavailable), false),
+                Next::Lagged => ended(EndReason::TooSlow),
+                Next::Ended => ended(EndReason::Unavailable),
             },
             _ = self.keep_alive.tick() => (Bytes::from_static(KEEP_ALIVE), true),
         }
@@ -333,6 +341,7 @@ async fn document_feed(
     loop {
         if stale && retry_at.is_none_or(|at| at <= Instant::now()) {
             retry_at = None;
+            ::metrics::counter!(API_LIVE_READS_TOTAL).increment(1);
             match reads.read(&key).await {
                 Ok(Some(document)) => {
                     stale = false;
@@ -422,15 +431,21 @@ impl StreamSlots {
     pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Result<StreamSlot, ApiError> {
         let mut open = self.open.lock().expect("stream slots lock");
         let (total, per_ip) = &mut *open;
+        let refused = |limit: &'static str| {
+            ::metrics::counter!(API_STREAMS_REFUSED_TOTAL, "limit" => limit).increment(1);
+        };
         if self.max_total != 0 && *total >= self.max_total {
+            refused("total");
             return Err(ApiError::TooManyStreams { per_ip: false });
         }
         let mine = per_ip.entry(ip).or_insert(0);
         if self.max_per_ip != 0 && *mine >= self.max_per_ip {
+            refused("per_ip");
             return Err(ApiError::TooManyStreams { per_ip: true });
         }
         *mine += 1;
         *total += 1;
+        ::metrics::gauge!(API_STREAMS_OPEN).increment(1.0);
         Ok(StreamSlot {
             slots: self.clone(),
             ip,
@@ -443,6 +458,7 @@ impl Drop for StreamSlot {
         let mut open = self.slots.open.lock().expect("stream slots lock");
         let (total, per_ip) = &mut *open;
         *total -= 1;
+        ::metrics::gauge!(API_STREAMS_OPEN).decrement(1.0);
         if let Some(mine) = per_ip.get_mut(&self.ip) {
             *mine -= 1;
             if *mine == 0 {

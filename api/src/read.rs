@@ -119,6 +119,19 @@ pub enum Unavailable {
     Redis(String),
 }
 
+impl ReadError {
+    /// The `reason` label of [`API_READS_REFUSED_TOTAL`](sessionfold_common::metrics::API_READS_REFUSED_TOTAL).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "too_large",
+            Self::Unavailable(Unavailable::Busy) => "busy",
+            Self::Unavailable(Unavailable::LargeBusy) => "large_busy",
+            Self::Unavailable(Unavailable::Timeout) => "timeout",
+            Self::Unavailable(Unavailable::Redis(_)) => "redis",
+        }
+    }
+}
+
 impl From<Unavailable> for ReadError {
     fn from(reason: Unavailable) -> Self {
         Self::Unavailable(reason)
@@ -179,6 +192,18 @@ impl ReadPool {
 
     /// Reads the document at `key`: `None` when there is none.
     pub async fn read(&self, key: &str) -> Result<Option<Document>, ReadError> {
+        let read = self.read_unrecorded(key).await;
+        if let Err(err) = &read {
+            ::metrics::counter!(
+                sessionfold_common::metrics::API_READS_REFUSED_TOTAL,
+                "reason" => err.reason()
+            )
+            .increment(1);
+        }
+        read
+    }
+
+    async fn read_unrecorded(&self, key: &str) -> Result<Option<Document>, ReadError> {
         let deadline = Instant::now() + self.settings.read_timeout();
         let limit = self.settings.max_document_bytes;
         let size = match self.sizes.get(key) {
@@ -278,37 +303,48 @@ impl Lane {
             .await
             .map_err(|_| Unavailable::Busy)?
             .expect("a lane's semaphore is never closed");
-        let idle = self.idle.lock().expect("lane lock").pop();
-        let mut connection = match idle {
-            Some(connection) => connection,
-            None => self.connect(deadline).await?,
-        };
-        match timeout_at(deadline, cmd.query_async::<T>(&mut connection)).await {
-            Ok(Ok(value)) => {
-                self.idle.lock().expect("lane lock").push(connection);
-                Ok(value)
-            }
-            Ok(Err(err)) => {
-                // An error reply leaves the connection in step; anything
-                // else (I/O, a closed connection) does not.
-                if matches!(
-                    err.kind(),
-                    redis::ErrorKind::Server(_) | redis::ErrorKind::UnexpectedReturnType
-                ) {
+        // A connection that sat idle may have been closed by Redis (a
+        // restart, a failover); then the read is tried once more on a new
+        // one, within the same deadline.
+        let mut reused = self.idle.lock().expect("lane lock").pop();
+        loop {
+            let was_idle = reused.is_some();
+            let mut connection = match reused.take() {
+                Some(connection) => connection,
+                None => self.connect(deadline).await?,
+            };
+            match timeout_at(deadline, cmd.query_async::<T>(&mut connection)).await {
+                Ok(Ok(value)) => {
                     self.idle.lock().expect("lane lock").push(connection);
-                } else {
-                    tracing::debug!(lane = self.name, error = %err, "dropping a read connection");
+                    return Ok(value);
                 }
-                Err(Unavailable::Redis(err.to_string()))
-            }
-            // Dropped with its command in flight: closing the connection
-            // discards the reply Redis may still be producing for it.
-            Err(_) => {
-                tracing::debug!(
-                    lane = self.name,
-                    "read past its deadline; connection dropped"
-                );
-                Err(Unavailable::Timeout)
+                // An error reply leaves the connection in step.
+                Ok(Err(err))
+                    if matches!(
+                        err.kind(),
+                        redis::ErrorKind::Server(_) | redis::ErrorKind::UnexpectedReturnType
+                    ) =>
+                {
+                    self.idle.lock().expect("lane lock").push(connection);
+                    return Err(Unavailable::Redis(err.to_string()));
+                }
+                // Anything else (I/O, a closed connection) does not: it is
+                // dropped.
+                Ok(Err(err)) => {
+                    tracing::debug!(lane = self.name, error = %err, "dropping a read connection");
+                    if !was_idle {
+                        return Err(Unavailable::Redis(err.to_string()));
+                    }
+                }
+                // Dropped with its command in flight: closing the connection
+                // discards the reply Redis may still be producing for it.
+                Err(_) => {
+                    tracing::debug!(
+                        lane = self.name,
+                        "read past its deadline; connection dropped"
+                    );
+                    return Err(Unavailable::Timeout);
+                }
             }
         }
     }

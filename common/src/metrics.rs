@@ -72,6 +72,21 @@ pub const CONSUMER_ACK_PENDING: &str = "sessionfold_consumer_ack_pending_message
 /// Gauge, label `consumer`: messages being redelivered now.
 pub const CONSUMER_REDELIVERED: &str = "sessionfold_consumer_redelivered_messages";
 
+// --------------------------------------------------------------------- api
+/// Counter, label `reason` (`busy`, `large_busy`, `timeout`, `redis`,
+/// `too_large`): document reads the api refused or could not do.
+pub const API_READS_REFUSED_TOTAL: &str = "sessionfold_api_reads_refused_total";
+/// Gauge: live streams (`/data/stream`) open now.
+pub const API_STREAMS_OPEN: &str = "sessionfold_api_streams_open";
+/// Counter, label `limit` (`total`, `per_ip`): live streams refused at a cap.
+pub const API_STREAMS_REFUSED_TOTAL: &str = "sessionfold_api_streams_refused_total";
+/// Counter, label `reason` (as the stream's `end` event): live streams that
+/// ended by themselves.
+pub const API_STREAMS_ENDED_TOTAL: &str = "sessionfold_api_streams_ended_total";
+/// Counter: document reads of the live feeds, one per update however many
+/// streams watch the session.
+pub const API_LIVE_READS_TOTAL: &str = "sessionfold_api_live_reads_total";
+
 // -------------------------------------------------------------------- http
 /// Counter, labels `route` (the matched route, `other` for none),
 /// `method` (a standard method, else `other`), `status`: HTTP requests
@@ -179,6 +194,23 @@ fn describe() {
     );
     describe_gauge!(CONSUMER_ACK_PENDING, "Messages delivered and not acked yet");
     describe_gauge!(CONSUMER_REDELIVERED, "Messages being redelivered");
+    describe_counter!(
+        API_READS_REFUSED_TOTAL,
+        "Document reads refused or failed, by reason"
+    );
+    describe_gauge!(API_STREAMS_OPEN, "Live streams open now");
+    describe_counter!(
+        API_STREAMS_REFUSED_TOTAL,
+        "Live streams refused at a cap, by limit"
+    );
+    describe_counter!(
+        API_STREAMS_ENDED_TOTAL,
+        "Live streams that ended by themselves, by reason"
+    );
+    describe_counter!(
+        API_LIVE_READS_TOTAL,
+        "Document reads of the live feeds (one per update per session)"
+    );
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests, by route and status");
     describe_gauge!(HTTP_CONNECTIONS_OPEN, "Open connections of every kind");
     describe_counter!(

@@ -419,3 +419,20 @@ async fn a_reader_that_stops_reading_is_disconnected_after_the_write_timeout_and
         big.len()
     );
 }
+
+#[tokio::test]
+async fn the_first_read_after_redis_restarts_is_served_on_a_new_connection() {
+    let mut api = start_api(|_| {}).await;
+    api.store(SMALL, &document(SMALL, 3)).await;
+    // Connections of both kinds of read (size probe, document) are idle now.
+    assert_eq!(
+        read_discarding(&api.http, &api.data_url(SMALL)).await.0,
+        200
+    );
+    api.redis.restart().expect("restarting redis-server");
+    // Its idle connections were closed by the restart; the read is retried
+    // on a new one instead of answering 503.
+    let response = api.http.get(api.data_url(SMALL)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), document(SMALL, 3));
+}
