@@ -3,6 +3,7 @@
 // system: a page sends events; ingest goes away; the page queues more and
 // reloads; ingest comes back; every event is stored exactly once.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
@@ -29,7 +30,8 @@ if (params.has("noidb")) Object.defineProperty(window, "indexedDB", { value: und
 const { default: sessionfold } = await import("/sessionfold.min.js");
 sessionStorage.loads = String(Number(sessionStorage.loads || 0) + 1);
 const s = sessionfold.session({
-  url: params.get("ingest"), sessionId: params.get("session"), initialBackoffMs: 50, maxBackoffMs: 500,
+  url: params.get("ingest"), sessionId: params.get("session"), token: params.get("token") ?? undefined,
+  initialBackoffMs: 50, maxBackoffMs: 500,
 });
 s.on("ack", (ack) => window.reportAck(ack.events));
 s.on("error", (error) => window.reportError(error.code));
@@ -95,12 +97,12 @@ function launch() {
 }
 
 /** A page of the test page, with its reports going to `record`. */
-async function openPage(record, session, query = "") {
+async function openPage(record, session, query = "", ingest = stack.ingest) {
   const page = await context.newPage();
   await page.exposeFunction("reportAck", (events) => record.acked.push(...events));
   await page.exposeFunction("reportQueued", (ids) => record.queued.push(...ids));
   await page.exposeFunction("reportError", (code) => record.errors.push(code));
-  const url = `${origin}/page?ingest=${encodeURIComponent(stack.ingest)}&session=${encodeURIComponent(session)}${query}`;
+  const url = `${origin}/page?ingest=${encodeURIComponent(ingest)}&session=${encodeURIComponent(session)}${query}`;
   await page.goto(url);
   await eventually("the page is ready", () => loads(page));
   return page;
@@ -116,12 +118,12 @@ async function loads(page) {
 }
 
 /** Every event queued was acknowledged, and the document is their fold with each stored once. */
-async function assertAllStored(record, session, children) {
+async function assertAllStored(record, session, children, api = stack.api, token = undefined) {
   assert.deepEqual(record.errors, []);
   assert.ok(!record.queued.includes(null), "every event was queued");
   const ackedIds = new Set(record.acked.map((text) => JSON.parse(text).id));
   assert.deepEqual(ackedIds, new Set(record.queued), "every queued event was acknowledged");
-  const stored = await assertStoredExactly(stack.api, session, record.acked);
+  const stored = await assertStoredExactly(api, session, record.acked, token);
   assert.equal(stored.children.length, children);
   return stored;
 }
@@ -237,6 +239,31 @@ test("events saved in IndexedDB survive the browser being killed, with no pagehi
   });
   await assertAllStored(record, id, 30);
   await page.close();
+});
+
+test("a page opens a session with a token in the query, as browsers must", { timeout: 120_000 }, async () => {
+  const secret = "a-test-secret-for-browser-tokens";
+  const secured = await startStack({ AUTH_REQUIRED: "true", AUTH_TOKEN_SECRET: secret });
+  try {
+    const id = sessionId("browser-token");
+    const token = execFileSync(secured.sessionfold, ["token", "--session", id, "--scope", "read-write"], {
+      env: { ...process.env, AUTH_TOKEN_SECRET: secret },
+    })
+      .toString()
+      .trim();
+    const record = { acked: [], queued: [], errors: [] };
+    const page = await openPage(record, id, `&token=${encodeURIComponent(token)}`, secured.ingest);
+    await page.evaluate(() => {
+      window.queue(1, "start");
+      window.queue(3, "signed_in");
+      window.queue(1, "end");
+      return window.s.flush();
+    });
+    await assertAllStored(record, id, 3, secured.api, token);
+    await page.close();
+  } finally {
+    await secured.stop();
+  }
 });
 
 /** The main Chromium process of this test's profile (the one without --type=). */
