@@ -67,8 +67,11 @@ export interface SessionOptions {
 
 /** An acknowledged frame. `events` are the JSON texts sent, in order. */
 export interface Ack {
+  /** The frame's number on its connection (from 1), as the reply gives it. */
   frame: number;
+  /** Events the server accepted: all of the frame's. */
   accepted: number;
+  /** The JetStream stream sequence that stores the frame, when the server sends it. */
   seq?: number;
   ids: string[];
   events: string[];
