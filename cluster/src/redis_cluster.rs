@@ -319,6 +319,27 @@ impl RedisCluster {
         self.nodes[index].kill();
     }
 
+    /// Starts node `index` again (same port, data and `nodes.conf`) and
+    /// waits until it is a replica with its link to its master up: a master
+    /// that was failed over while it was down comes back as a replica of the
+    /// node that took over, and resynchronises from it.
+    pub async fn restart_as_replica(&mut self, index: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[index];
+        tokio::task::block_in_place(|| node.restart())
+            .with_context(|| format!("restarting node {index}"))?;
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        loop {
+            let info = self.info(index, "replication").await.unwrap_or_default();
+            if info.contains("role:slave") && info.contains("master_link_status:up") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("node {index} did not come back as a linked replica: {info}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Promotes replica node `index` at once, without its master's consent
     /// (`CLUSTER FAILOVER TAKEOVER`), and waits until it is a master and
     /// every node still running reports `cluster_state:ok`.

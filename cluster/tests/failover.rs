@@ -8,7 +8,8 @@
 //! as the test wants). Master 0 goes on acknowledging writes that only it
 //! has. Once the load is over, master 0 is SIGKILLed and its replica takes
 //! over (`CLUSTER FAILOVER TAKEOVER`): every write the replica never got is
-//! gone from Redis.
+//! gone from Redis. The old master is then started again and comes back as
+//! the new master's replica.
 //!
 //! - `REDIS_DURABILITY=replica`: the processors ack a batch only once a
 //!   replica has it (`WAIT`), so nothing they acked was lost; what master 0
@@ -40,9 +41,12 @@ const EVENTS_PER_FRAME: usize = 10;
 const WORKLOAD_SEED: u64 = 0x0fa1_10fe;
 /// When, into the load, the replica is cut off.
 const CUT_AFTER: Duration = Duration::from_millis(1200);
+/// How long the documents may take to equal the reference after the
+/// takeover (the processors must find the new master, then repair).
+const REPAIR_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the processors may take, after the load, to apply what they can
 /// before master 0 is killed.
-const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
+const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Outcome {
     report: ScenarioReport,
@@ -99,22 +103,29 @@ async fn failover_scenario(name: &str, durability: &str) -> Outcome {
     )];
     let load_report = load.await.expect("the load task");
 
-    // Let the processors apply what they can: all of it under `none`; under
-    // `replica`, everything but the batches for master 0, which wait for a
-    // replica that does not come.
-    let deadline = Instant::now() + APPLY_TIMEOUT;
-    let mut last = None;
-    loop {
-        let state = system
-            .jetstream()
-            .consumer_state()
-            .await
-            .unwrap_or_default();
-        if state == (0, 0) || Instant::now() >= deadline || last == Some(state) {
-            break;
+    // Let the processors apply what they can: under `none`, all of it (the
+    // processors then have acked everything, the writes on master 0 alone
+    // included); under `replica`, everything but the batches for master 0,
+    // which wait for a replica that does not come.
+    if durability == "none" {
+        if let Err(err) = system.jetstream().wait_drained(APPLY_TIMEOUT).await {
+            panic!("{name}: {err:#}\n{}", system.log_tails(25));
         }
-        last = Some(state);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    } else {
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        let mut last = None;
+        loop {
+            let state = system
+                .jetstream()
+                .consumer_state()
+                .await
+                .unwrap_or_default();
+            if state == (0, 0) || Instant::now() >= deadline || last == Some(state) {
+                break;
+            }
+            last = Some(state);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
     }
     let master_offset = system
         .redis
@@ -130,6 +141,19 @@ async fn failover_scenario(name: &str, durability: &str) -> Outcome {
         .expect("promoting the replica");
     faults.push(format!(
         "t={:>5.1?}: master {master} SIGKILLed {replication_lag_bytes} bytes ahead of its replica; replica {replica} took over",
+        load_started.elapsed()
+    ));
+    let taken_over = Instant::now();
+    // The killed master comes back (as an orchestrator would restart it) as
+    // the new master's replica, so that `replica` durability can be met
+    // again for those slots.
+    system
+        .redis
+        .restart_as_replica(master)
+        .await
+        .expect("restarting the old master");
+    faults.push(format!(
+        "t={:>5.1?}: node {master} restarted, now a replica of node {replica}",
         load_started.elapsed()
     ));
 
@@ -152,17 +176,32 @@ async fn failover_scenario(name: &str, durability: &str) -> Outcome {
         after.lost, after.documents_missing, after.unequal, after.sessions
     );
 
-    let settled = settle(&system, name, &workload, &load_report).await;
+    let mut settled = settle(&system, name, &workload, &load_report).await;
+    // A repair after a failover first has to find the new master: give the
+    // documents REPAIR_TIMEOUT in all, counted from the takeover.
+    while !settled.verification.is_exact() && taken_over.elapsed() < REPAIR_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(documents) = system.read_documents(&session_ids).await {
+            settled.verification = verify(&workload, &load_report, &documents);
+        }
+    }
+    let converged_after = taken_over.elapsed();
     let report = ScenarioReport {
         processor_replicas: system.options.processors,
         faults,
-        notes: vec![(
-            "right after the failover".to_owned(),
-            format!(
-                "{} children lost, {} documents missing (before any repair)",
-                after.lost, after.documents_missing
+        notes: vec![
+            (
+                "right after the failover".to_owned(),
+                format!(
+                    "{} children lost, {} documents missing (before any repair)",
+                    after.lost, after.documents_missing
+                ),
             ),
-        )],
+            (
+                "documents checked".to_owned(),
+                format!("{converged_after:.1?} after the takeover"),
+            ),
+        ],
         drain_duration: settled.drain_duration,
         duration: started.elapsed(),
         verification: settled.verification,

@@ -268,7 +268,7 @@ async fn c_redis_server_restarted_during_the_load() {
     // Counted once both outages are over: the retries happened during them.
     let retried = run
         .system
-        .count_in_processor_logs("Redis unavailable; retrying the batch");
+        .count_in_processor_logs("batch not stored; retrying it");
     run.notes.push((
         "processor batch retries (from their logs)".to_owned(),
         retried.to_string(),
