@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use sessionfold_common::metrics::{
     API_LIVE_READS_TOTAL, API_STREAMS_ENDED_TOTAL, API_STREAMS_OPEN, API_STREAMS_REFUSED_TOTAL,
 };
+use sessionfold_common::rate_limit::IpKey;
 
 use crate::error::ApiError;
 use crate::fanout::{Hub, Next, Publisher};
@@ -401,17 +402,18 @@ async fn document_feed(
     }
 }
 
-/// Counts open streams per client IP and in all.
+/// Counts open streams per client address (IPv6: per /64, as the rate
+/// limits do) and in all.
 pub struct StreamSlots {
     max_total: usize,
     max_per_ip: usize,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    open: Mutex<(usize, HashMap<IpKey, usize>)>,
 }
 
 /// One open stream; dropping it frees its place.
 pub struct StreamSlot {
     slots: Arc<StreamSlots>,
-    ip: IpAddr,
+    ip: IpKey,
 }
 
 impl StreamSlots {
@@ -429,6 +431,7 @@ impl StreamSlots {
 
     /// A place for one more stream from `ip`, if the caps allow it.
     pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Result<StreamSlot, ApiError> {
+        let ip = IpKey::of(ip);
         let mut open = self.open.lock().expect("stream slots lock");
         let (total, per_ip) = &mut *open;
         let refused = |limit: &'static str| {
@@ -526,6 +529,11 @@ mod tests {
         drop(first);
         assert_eq!(slots.total(), 2);
         assert!(slots.try_open(a).is_ok());
+        // One IPv6 /64 is one client.
+        let v6 = Arc::new(StreamSlots::new(0, 1));
+        let _one = v6.try_open("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(v6.try_open("2001:db8::2".parse().unwrap()).is_err());
+        assert!(v6.try_open("2001:db8:0:1::1".parse().unwrap()).is_ok());
         let unlimited = Arc::new(StreamSlots::new(0, 0));
         let held: Vec<_> = (0..100).map(|_| unlimited.try_open(a).unwrap()).collect();
         assert_eq!(unlimited.total(), held.len());

@@ -127,12 +127,14 @@ impl Api {
         self.url(&format!("/data?session_id={session}"))
     }
 
-    /// A connection of the test's own; writing a large document with
+    /// A connection of the test's own. Writing a large document with
     /// `appendfsync always` may take longer than the client's default
-    /// response timeout.
+    /// response timeout, and on a loaded machine connecting longer than its
+    /// connection timeout.
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        let config =
-            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(30)))
+            .set_response_timeout(Some(Duration::from_secs(30)));
         redis::Client::open(self.redis.url())
             .unwrap()
             .get_multiplexed_async_connection_with_config(&config)
