@@ -34,7 +34,7 @@ pub struct Config {
 }
 
 /// Request limits of the api; 0 turns a rate limit off.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ApiLimitSettings {
     /// Requests per second one client IP may make to `/data`.
     #[arg(long, env = "API_IP_REQUESTS_PER_SEC", default_value_t = 0)]
@@ -61,18 +61,32 @@ impl ApiLimitSettings {
     }
 }
 
+sessionfold_common::defaults_from_flags!(Config, ApiLimitSettings);
+
 impl Config {
+    /// The defaults, with Redis at `redis_url` and listening on an
+    /// ephemeral port.
     pub fn local(redis_url: impl Into<String>) -> Self {
         Self {
-            listen: "127.0.0.1:0".parse().expect("a valid address"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             redis: RedisSettings::local(redis_url),
-            max_session_id_bytes: sessionfold_core::session::MAX_SESSION_ID_BYTES,
-            shutdown: ShutdownSettings::default(),
-            auth: AuthSettings::default(),
-            client_ip: ClientIpSettings::default(),
-            limits: ApiLimitSettings::default(),
-            live: crate::live::LiveSettings::default(),
-            http: HttpLimits::default(),
+            ..Self::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessionfold_common::settings::assert_default_is_flag_defaults;
+
+    #[test]
+    fn every_default_is_the_flags_default() {
+        assert_default_is_flag_defaults::<Config>();
+        assert_default_is_flag_defaults::<ApiLimitSettings>();
+        assert_default_is_flag_defaults::<crate::live::LiveSettings>();
+        assert_default_is_flag_defaults::<crate::live::StreamSettings>();
+        assert_default_is_flag_defaults::<crate::read::ReadSettings>();
+        assert_eq!(Config::default().live.nats_url, None);
     }
 }

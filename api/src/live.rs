@@ -32,7 +32,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{FutureExt as _, StreamExt as _};
-use sessionfold_core::SessionId;
+use sessionfold_core::{SessionId, Subjects};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -55,19 +55,12 @@ pub struct LiveSettings {
     #[arg(
         long,
         env = "UPDATES_SUBJECT_PREFIX",
-        default_value = "sessionfold.updates"
+        default_value = sessionfold_core::names::DEFAULT_UPDATES_PREFIX
     )]
     pub updates_subject_prefix: String,
 }
 
-impl Default for LiveSettings {
-    fn default() -> Self {
-        Self {
-            nats_url: None,
-            updates_subject_prefix: "sessionfold.updates".to_owned(),
-        }
-    }
-}
+sessionfold_common::defaults_from_flags!(LiveSettings);
 
 /// Limits of `/data/stream`; 0 turns a limit off.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -88,21 +81,7 @@ pub struct StreamSettings {
     pub stream_buffer: u32,
 }
 
-impl Default for StreamSettings {
-    fn default() -> Self {
-        Self {
-            max_streams: 1024,
-            max_streams_per_ip: 16,
-            stream_max_secs: 3600,
-            stream_buffer: 4,
-        }
-    }
-}
-
-/// The subject on which the processor announces changes to `session`.
-pub fn updates_subject(prefix: &str, session: &SessionId) -> String {
-    format!("{prefix}.{}", session.token())
-}
+sessionfold_common::defaults_from_flags!(StreamSettings);
 
 /// Comment lines sent while nothing changes, so proxies keep the stream.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
@@ -172,7 +151,7 @@ fn end_event(reason: EndReason) -> Bytes {
 /// stream caps.
 pub struct Live {
     client: Option<async_nats::Client>,
-    prefix: String,
+    subjects: Subjects,
     hub: Arc<Hub<LiveEvent>>,
     slots: Arc<StreamSlots>,
     settings: StreamSettings,
@@ -195,7 +174,10 @@ impl Live {
     ) -> Self {
         Self {
             client,
-            prefix: live.updates_subject_prefix.clone(),
+            subjects: Subjects {
+                updates_prefix: live.updates_subject_prefix.clone(),
+                ..Subjects::default()
+            },
             hub: Hub::new(settings.stream_buffer as usize),
             slots: Arc::new(StreamSlots::new(
                 settings.max_streams,
@@ -228,7 +210,7 @@ impl Live {
             .ok_or_else(|| ApiError::LiveUnavailable("the api has no NATS_URL".to_owned()))?;
         let slot = self.slots.try_open(request.client_ip)?;
         let (end_at, end_reason) = self.end_of(request.expires_at);
-        let subject = updates_subject(&self.prefix, &request.session);
+        let subject = self.subjects.update(&request.session);
         let key = request.key.clone();
         let session = request.session.as_str().to_owned();
         let watch = self.hub.watch(&request.key, move |publisher| {

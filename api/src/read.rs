@@ -76,18 +76,7 @@ pub struct ReadSettings {
     pub max_document_bytes: u64,
 }
 
-impl Default for ReadSettings {
-    fn default() -> Self {
-        Self {
-            read_connections: 8,
-            large_reads: 2,
-            large_read_bytes: 262_144,
-            large_responses: 16,
-            read_timeout_ms: 1000,
-            max_document_bytes: 8_388_608,
-        }
-    }
-}
+sessionfold_common::defaults_from_flags!(ReadSettings);
 
 impl ReadSettings {
     pub fn read_timeout(&self) -> Duration {

@@ -12,8 +12,9 @@ use axum::routing::get;
 use sessionfold_common::auth::{Access, Authenticator, bearer};
 use sessionfold_common::rate_limit::{ClientIpSettings, KeyedLimit, retry_after_secs};
 use sessionfold_common::redis_conn::{RedisConnection, RedisTimeouts};
+use sessionfold_core::Keys;
 use sessionfold_core::SessionId;
-use sessionfold_core::session::{Names, query_value};
+use sessionfold_core::session::query_value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +28,7 @@ pub(crate) struct Shared {
     /// documents are read through `reads`.
     pub(crate) redis: RedisConnection,
     reads: Arc<ReadPool>,
-    names: Names,
+    keys: Keys,
     max_session_id_bytes: usize,
     pub(crate) stopping: AtomicBool,
     /// Cancelled when a shutdown starts: live streams end.
@@ -59,10 +60,7 @@ impl Api {
             shared: Arc::new(Shared {
                 redis,
                 reads: Arc::new(ReadPool::new(&config.redis, &config.limits.reads)),
-                names: Names {
-                    key_prefix: config.redis.key_prefix.clone(),
-                    ..Names::default()
-                },
+                keys: Keys::new(config.redis.key_prefix.as_str()),
                 max_session_id_bytes: config.max_session_id_bytes,
                 stopping: AtomicBool::new(false),
                 closing: CancellationToken::new(),
@@ -171,7 +169,7 @@ async fn data_stream(
 ) -> Result<Response, ApiError> {
     let admitted = admit(&shared, peer, &headers, query.as_deref())?;
     let request = StreamRequest {
-        key: shared.names.keys(&admitted.session).doc,
+        key: shared.keys.session(&admitted.session).doc,
         session: admitted.session,
         client_ip: admitted.client_ip,
         expires_at: admitted.expires_at,
@@ -196,7 +194,7 @@ async fn data(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let admitted = admit(&shared, peer, &headers, query.as_deref())?;
-    let key = shared.names.keys(&admitted.session).doc;
+    let key = shared.keys.session(&admitted.session).doc;
     let document = shared.reads.read(&key).await?.ok_or(ApiError::NotFound)?;
     if document.is_large() {
         // Hashing megabytes for the ETag would hold up the requests

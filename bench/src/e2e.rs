@@ -10,11 +10,11 @@ use std::time::Duration;
 use anyhow::bail;
 use sessionfold_client::loadgen::{self, LoadOptions, LoadReport, Workload};
 use sessionfold_client::{Producer, ProducerConfig};
-use sessionfold_harness::{read_documents, reference};
+use sessionfold_harness::{read_documents, reference, run_keys};
 use sessionfold_testkit::RunNames;
 use tokio::time::Instant;
 
-use crate::system::{CpuMeter, Servers, session_names, unique_names};
+use crate::system::{CpuMeter, Servers, unique_names};
 
 /// What one end-to-end run measured.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -118,7 +118,7 @@ async fn exact_documents(
         .iter()
         .map(|s| s.session_id.clone())
         .collect();
-    let stored = read_documents(&servers.redis_url(), &session_names(names), &session_ids).await?;
+    let stored = read_documents(&servers.redis_url(), &run_keys(names), &session_ids).await?;
     let mut exact = 0;
     for ((result, load), stored) in report.sessions.iter().zip(&workload.sessions).zip(stored) {
         let expected =

@@ -24,7 +24,7 @@ use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::system::{Servers, proc_status_kb, session_names, unique_names};
+use crate::system::{Servers, proc_status_kb, unique_names};
 
 /// The cost per event at one session size and arrival order.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -62,7 +62,7 @@ fn event(timestamp: u64, name: &str) -> serde_json::Value {
 
 /// Builds the invocation of one frame of `session`.
 fn invocation(
-    names: &sessionfold_core::session::Names,
+    keys: &sessionfold_core::Keys,
     session: &SessionId,
     sequence: u64,
     events: Vec<serde_json::Value>,
@@ -79,7 +79,7 @@ fn invocation(
             .map_err(|err| anyhow::anyhow!("{err:?}"))?
             .events,
     };
-    Ok(Invocation::new(names, session, &[delivery], 0))
+    Ok(Invocation::new(keys, session, &[delivery], 0))
 }
 
 async fn apply(store: &RedisStore, invocations: &[Invocation]) -> anyhow::Result<()> {
@@ -133,7 +133,7 @@ async fn apply_cost_at(
     measured_events: usize,
 ) -> anyhow::Result<ApplyCost> {
     let names = unique_names();
-    let run_names = session_names(&names);
+    let run_keys = sessionfold_harness::run_keys(&names);
     let store = RedisStore::connect(&RedisSettings {
         key_prefix: names.key_prefix.clone(),
         ..RedisSettings::local(servers.redis_url())
@@ -159,7 +159,7 @@ async fn apply_cost_at(
                 .map(|t| event(t as u64, &format!("pre-{t}")))
                 .collect();
             sequence += 1;
-            batch.push(invocation(&run_names, session, sequence, events)?);
+            batch.push(invocation(&run_keys, session, sequence, events)?);
             if batch.len() == 10 {
                 apply(&store, &batch).await?;
                 batch.clear();
@@ -190,7 +190,7 @@ async fn apply_cost_at(
             })
             .collect();
         sequence += 1;
-        invocations.push(invocation(&run_names, &ids[s], sequence, events)?);
+        invocations.push(invocation(&run_keys, &ids[s], sequence, events)?);
     }
     // Several rounds, each timed alone: the median round is the result, so
     // that a burst of load from elsewhere on the machine does not decide it.

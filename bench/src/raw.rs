@@ -23,7 +23,7 @@ use sessionfold_core::{Delivery, Frame, Limits, SessionId};
 use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use tokio::time::Instant;
 
-use crate::system::{Servers, nats_settings, session_names, unique_names};
+use crate::system::{Servers, nats_settings, unique_names};
 
 /// How much went through, in how long.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -83,7 +83,7 @@ pub async fn jetstream_publish(
     outstanding: usize,
 ) -> anyhow::Result<Throughput> {
     let names = unique_names();
-    let run_names = session_names(&names);
+    let run_subjects = sessionfold_harness::run_subjects(&names);
     let js = servers.jetstream().await?;
     sessionfold_common::jetstream::ensure_stream(&js, &nats_settings(&names, &servers.nats_url()))
         .await?;
@@ -92,7 +92,7 @@ pub async fn jetstream_publish(
         .enumerate()
         .map(|(i, frame)| {
             (
-                run_names.subject(&frame.session),
+                run_subjects.event(&frame.session),
                 Bytes::from(frame.text),
                 format!("bench-{i}:1"),
             )
@@ -153,7 +153,7 @@ pub async fn redis_apply(
     concurrency: usize,
 ) -> anyhow::Result<(Throughput, usize)> {
     let names = unique_names();
-    let run_names = session_names(&names);
+    let run_keys = sessionfold_harness::run_keys(&names);
     let frames = interleaved(workload);
     let mut deliveries_by_session: BTreeMap<SessionId, Vec<Delivery>> = BTreeMap::new();
     let mut batches: Vec<Vec<Invocation>> = Vec::new();
@@ -175,7 +175,7 @@ pub async fn redis_apply(
         batches.push(
             sessions
                 .into_iter()
-                .map(|(session, deliveries)| Invocation::new(&run_names, session, &deliveries, 0))
+                .map(|(session, deliveries)| Invocation::new(&run_keys, session, &deliveries, 0))
                 .collect(),
         );
     }
@@ -216,7 +216,7 @@ pub async fn redis_apply(
         joined??;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let exact = exact_documents(servers, &run_names, &deliveries_by_session).await?;
+    let exact = exact_documents(servers, &run_keys, &deliveries_by_session).await?;
     servers.clean(&names).await?;
     Ok((
         Throughput {
@@ -232,14 +232,14 @@ pub async fn redis_apply(
 /// deliveries, byte for byte.
 async fn exact_documents(
     servers: &Servers,
-    names: &sessionfold_core::session::Names,
+    keys: &sessionfold_core::Keys,
     deliveries: &BTreeMap<SessionId, Vec<Delivery>>,
 ) -> anyhow::Result<usize> {
     let mut redis = servers.redis_connection().await?;
     let mut exact = 0;
     for (session, deliveries) in deliveries {
         let stored: Option<String> = redis::cmd("JSON.GET")
-            .arg(names.keys(session).doc)
+            .arg(keys.session(session).doc)
             .query_async(&mut redis)
             .await?;
         let expected =

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::http::HttpConnection;
 use crate::stats::Samples;
-use crate::system::{CpuMeter, Servers, session_names, unique_names};
+use crate::system::{CpuMeter, Servers, unique_names};
 
 /// Requests per second and latencies of one reader.
 #[derive(Debug, Clone)]
@@ -66,8 +66,8 @@ pub async fn run(
 ) -> anyhow::Result<ReadPath> {
     let names = unique_names();
     let session = SessionId::parse("read-path-session")?;
-    let run_names = session_names(&names);
-    let key = run_names.keys(&session).doc;
+    let run_keys = sessionfold_harness::run_keys(&names);
+    let key = run_keys.session(&session).doc;
     let store = RedisStore::connect(&RedisSettings {
         key_prefix: names.key_prefix.clone(),
         ..RedisSettings::local(servers.redis_url())
@@ -80,7 +80,7 @@ pub async fn run(
             .events,
     };
     store
-        .apply(&[Invocation::new(&run_names, &session, &[delivery], 0)])
+        .apply(&[Invocation::new(&run_keys, &session, &[delivery], 0)])
         .await?;
     let mut redis = servers.redis_connection().await?;
     let document: String = redis::cmd("JSON.GET")

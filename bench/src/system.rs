@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use async_nats::jetstream;
 use sessionfold_common::settings::NatsSettings;
-use sessionfold_core::session::Names;
 use sessionfold_testkit::{
     BinaryDefault, JetStreamProbe, NatsOptions, NatsServer, RedisOptions, RedisServer, RunNames,
     ServiceLauncher, ServiceProcess, free_port, sessionfold_bin,
@@ -33,14 +32,6 @@ pub fn deps_bin(name: &str) -> Option<PathBuf> {
 /// Fresh names for one run.
 pub fn unique_names() -> RunNames {
     RunNames::unique("BENCH", "bench", "b")
-}
-
-/// The session names (subjects, keys) the services use for `names`.
-pub fn session_names(names: &RunNames) -> Names {
-    Names {
-        events_subject_prefix: names.subject_prefix.clone(),
-        key_prefix: names.key_prefix.clone(),
-    }
 }
 
 /// The stream settings ingest and the processor use for `names`.

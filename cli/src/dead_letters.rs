@@ -10,7 +10,7 @@ pub struct DeadLetterArgs {
     #[command(flatten)]
     pub nats: NatsSettings,
     /// Stream that keeps dead letters.
-    #[arg(long, env = "DEAD_LETTER_STREAM", default_value = "SESSIONFOLD_DEAD")]
+    #[arg(long, env = "DEAD_LETTER_STREAM", default_value = sessionfold_core::names::DEFAULT_DEAD_LETTER_STREAM)]
     pub dead_letter_stream: String,
     #[command(subcommand)]
     pub action: DeadLetterAction,

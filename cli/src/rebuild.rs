@@ -26,6 +26,7 @@ use anyhow::{Context as _, bail};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use sessionfold_common::jetstream as js_setup;
 use sessionfold_common::settings::{NatsSettings, RedisSettings, ShutdownSettings};
+use sessionfold_core::Subjects;
 use sessionfold_processor::Processor;
 use sessionfold_processor::config::{SinkSettings, WorkerSettings};
 use sessionfold_processor::consumer::consumer_config;
@@ -74,13 +75,13 @@ pub struct RebuildArgs {
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: i64,
     /// Stream that keeps dead letters.
-    #[arg(long, env = "DEAD_LETTER_STREAM", default_value = "SESSIONFOLD_DEAD")]
+    #[arg(long, env = "DEAD_LETTER_STREAM", default_value = sessionfold_core::names::DEFAULT_DEAD_LETTER_STREAM)]
     pub dead_letter_stream: String,
     /// Subject prefix of dead letters.
     #[arg(
         long,
         env = "DEAD_LETTER_SUBJECT_PREFIX",
-        default_value = "sessionfold.dead"
+        default_value = sessionfold_core::names::DEFAULT_DEAD_LETTERS_PREFIX
     )]
     pub dead_letter_subject_prefix: String,
 }
@@ -127,7 +128,11 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<Rebuilt> {
     // Likewise the dead-letter stream: a wrong prefix must not re-point it.
     if let Ok(mut dead) = js.get_stream(&args.dead_letter_stream).await {
         let subjects = dead.info().await?.config.subjects.clone();
-        let wanted = vec![format!("{}.>", args.dead_letter_subject_prefix)];
+        let dead_letters = Subjects {
+            dead_letters_prefix: args.dead_letter_subject_prefix.clone(),
+            ..Subjects::default()
+        };
+        let wanted = vec![dead_letters.dead_letters_filter()];
         if subjects != wanted {
             bail!(
                 "dead-letter stream {} listens on {subjects:?}, not {wanted:?}: set DEAD_LETTER_SUBJECT_PREFIX to the live value",
@@ -345,8 +350,8 @@ mod tests {
     fn settings_follow_the_stream_and_refuse_other_subjects() {
         let wanted = NatsSettings::local("nats://127.0.0.1:4222");
         let current = async_nats::jetstream::stream::Config {
-            name: "SESSIONFOLD_EVENTS".to_owned(),
-            subjects: vec!["sessionfold.events.*".to_owned()],
+            name: sessionfold_core::names::DEFAULT_EVENT_STREAM.to_owned(),
+            subjects: vec![Subjects::default().events_filter()],
             max_age: Duration::from_secs(3600),
             max_bytes: 1 << 30,
             num_replicas: 3,

@@ -23,9 +23,9 @@ use crate::credentials::{
 };
 use crate::{NatsCluster, RedisCluster, deploy_file};
 
-pub const STREAM: &str = "SESSIONFOLD_EVENTS";
-pub const CONSUMER: &str = "sessionfold-processor";
-pub const DEAD_LETTER_STREAM: &str = "SESSIONFOLD_DEAD";
+pub const STREAM: &str = sessionfold_core::names::DEFAULT_EVENT_STREAM;
+pub const CONSUMER: &str = sessionfold_core::names::DEFAULT_CONSUMER;
+pub const DEAD_LETTER_STREAM: &str = sessionfold_core::names::DEFAULT_DEAD_LETTER_STREAM;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to set the system up.

@@ -9,7 +9,7 @@ use sessionfold_cluster::RedisCluster;
 use sessionfold_cluster::credentials::{REDIS_ADMIN, REDIS_API, REDIS_PROCESSOR};
 use sessionfold_common::redis_conn::{RedisConnection, RedisTimeouts};
 use sessionfold_common::settings::RedisSettings;
-use sessionfold_core::session::Names;
+use sessionfold_core::Keys;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId, fold};
 use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use sessionfold_testkit::init_test_tracing;
@@ -47,7 +47,7 @@ async fn apply_all(store: &RedisStore, sessions: &[SessionId], frame: usize) -> 
         .map(|(index, session)| {
             let text = &frames(index)[frame];
             Invocation::new(
-                &Names::default(),
+                &Keys::default(),
                 session,
                 &[delivery(session, frame as u64 + 1, text)],
                 0,
@@ -137,7 +137,7 @@ async fn batches_spread_over_the_masters_and_survive_a_script_flush() {
         ))
         .unwrap();
         let stored: Option<String> = redis::cmd("JSON.GET")
-            .arg(Names::default().keys(session).doc)
+            .arg(Keys::default().session(session).doc)
             .query_async(&mut api)
             .await
             .unwrap();
@@ -145,7 +145,7 @@ async fn batches_spread_over_the_masters_and_survive_a_script_flush() {
     }
     // It cannot write.
     let write = redis::cmd("JSON.SET")
-        .arg(Names::default().keys(&sessions[0]).doc)
+        .arg(Keys::default().session(&sessions[0]).doc)
         .arg("$.end")
         .arg("1")
         .query_async::<()>(&mut api)

@@ -130,7 +130,7 @@ pub fn parse_secret(text: &str) -> Result<String, String> {
 }
 
 /// Authentication settings of a service.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct AuthSettings {
     /// Require a credential on `/websocket` and `/data`.
     #[arg(long, env = "AUTH_REQUIRED", default_value_t = false, action = clap::ArgAction::Set)]
@@ -147,6 +147,8 @@ pub struct AuthSettings {
     #[arg(long, env = "AUTH_TOKEN_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub auth_token_secret: Option<String>,
 }
+
+crate::defaults_from_flags!(AuthSettings);
 
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

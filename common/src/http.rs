@@ -86,17 +86,7 @@ pub struct HttpLimits {
     pub http_max_buffered_bytes: usize,
 }
 
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            http_header_timeout_secs: 10,
-            http_max_connections: 10_000,
-            http_max_connections_per_ip: 0,
-            http_write_timeout_secs: 30,
-            http_max_buffered_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
+crate::defaults_from_flags!(HttpLimits);
 
 impl HttpLimits {
     /// The names of the limits that are off, for a start-up warning.

@@ -17,13 +17,15 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 /// Where the client address comes from.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ClientIpSettings {
     /// Take the client IP from the last `X-Forwarded-For` entry (set this only
     /// behind a reverse proxy that writes it).
     #[arg(long, env = "TRUST_PROXY_HEADERS", default_value_t = false, action = clap::ArgAction::Set)]
     pub trust_proxy_headers: bool,
 }
+
+crate::defaults_from_flags!(ClientIpSettings);
 
 impl ClientIpSettings {
     /// The client IP of a request.

@@ -1,9 +1,12 @@
 //! Configuration groups, each settable by flag or environment variable, with
 //! defaults that run against local servers.
+//!
+//! A default is written once, in its flag: every settings type's `Default`
+//! is what parsing no arguments, with no environment, gives
+//! ([`flag_defaults`], implemented by [`defaults_from_flags!`]).
 
 use std::time::Duration;
 
-use sessionfold_core::session::Names;
 use sessionfold_core::{Limits, session::MAX_SESSION_ID_BYTES};
 
 /// Where NATS is and how the event stream is laid out.
@@ -13,10 +16,10 @@ pub struct NatsSettings {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// JetStream stream holding accepted frames.
-    #[arg(long, env = "STREAM_NAME", default_value = "SESSIONFOLD_EVENTS")]
+    #[arg(long, env = "STREAM_NAME", default_value = sessionfold_core::names::DEFAULT_EVENT_STREAM)]
     pub stream_name: String,
     /// Subject prefix of accepted frames; a session's subject is `<prefix>.<token>`.
-    #[arg(long, env = "SUBJECT_PREFIX", default_value = "sessionfold.events")]
+    #[arg(long, env = "SUBJECT_PREFIX", default_value = sessionfold_core::names::DEFAULT_EVENTS_PREFIX)]
     pub subject_prefix: String,
     /// Oldest message the stream keeps, in seconds; 0 keeps messages forever.
     #[arg(long, env = "STREAM_MAX_AGE_SECS", default_value_t = 0)]
@@ -50,7 +53,7 @@ pub struct RedisSettings {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Prefix of every Redis key (no braces: they would move the hash tag).
-    #[arg(long, env = "KEY_PREFIX", default_value = "sf:", value_parser = parse_key_prefix)]
+    #[arg(long, env = "KEY_PREFIX", default_value = sessionfold_core::names::DEFAULT_KEY_PREFIX, value_parser = parse_key_prefix)]
     pub key_prefix: String,
     /// `REDIS_URL` points at a Redis Cluster (implied when it lists several
     /// URLs).
@@ -105,53 +108,28 @@ impl LimitSettings {
     }
 }
 
-impl Default for LimitSettings {
-    fn default() -> Self {
-        let limits = Limits::default();
-        Self {
-            max_frame_bytes: limits.max_frame_bytes,
-            max_events_per_frame: limits.max_events_per_frame,
-            max_event_bytes: limits.max_event_bytes,
-            max_session_id_bytes: MAX_SESSION_ID_BYTES,
-        }
-    }
-}
-
-/// The subject and key names for a NATS + Redis settings pair.
-pub fn names(nats: &NatsSettings, key_prefix: &str) -> Names {
-    Names {
-        events_subject_prefix: nats.subject_prefix.clone(),
-        key_prefix: key_prefix.to_owned(),
-    }
-}
-
 impl NatsSettings {
-    /// Settings for a local server at `url` with default names.
+    /// The defaults, with the server at `url`.
     pub fn local(url: impl Into<String>) -> Self {
         Self {
             nats_url: url.into(),
-            stream_name: "SESSIONFOLD_EVENTS".to_owned(),
-            subject_prefix: "sessionfold.events".to_owned(),
-            stream_max_age_secs: 0,
-            stream_max_bytes: -1,
-            stream_replicas: 1,
-            stream_duplicate_window_secs: 120,
+            ..Self::default()
         }
     }
 }
 
 impl RedisSettings {
+    /// The defaults, with the server at `url`.
     pub fn local(url: impl Into<String>) -> Self {
         Self {
             redis_url: url.into(),
-            key_prefix: "sf:".to_owned(),
-            redis_cluster: false,
+            ..Self::default()
         }
     }
 }
 
 /// How a service stops.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ShutdownSettings {
     /// After SIGTERM, how long readiness reports 503 while traffic is still
     /// served, so load balancers stop sending new work, in milliseconds.
@@ -185,5 +163,97 @@ pub fn parse_session_id_limit(text: &str) -> Result<usize, String> {
         _ => Err(format!(
             "expected a number from 1 to {MAX_SESSION_ID_LIMIT}"
         )),
+    }
+}
+
+/// What parsing no arguments, with no environment, gives for the flags of
+/// `T`: the defaults its flags declare. Panics when a flag has none, which
+/// the settings' unit tests would show at once.
+pub fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let matches = defaults_command::<T>()
+        .try_get_matches_from(["defaults"])
+        .unwrap_or_else(|err| panic!("every flag needs a default: {err}"));
+    T::from_arg_matches(&matches).unwrap_or_else(|err| panic!("the flags' defaults: {err}"))
+}
+
+/// The command of `T`'s flags with no environment variable behind them.
+fn defaults_command<T: clap::Args>() -> clap::Command {
+    T::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None::<&str>))
+}
+
+/// `impl Default` for settings types as their [`flag_defaults`].
+#[macro_export]
+macro_rules! defaults_from_flags {
+    ($($settings:ty),+ $(,)?) => {$(
+        impl Default for $settings {
+            /// The defaults its flags declare.
+            fn default() -> Self {
+                $crate::settings::flag_defaults()
+            }
+        }
+    )+};
+}
+
+defaults_from_flags!(NatsSettings, RedisSettings, LimitSettings, ShutdownSettings);
+
+/// For the unit tests of each crate's settings: `T::default()` is what its
+/// flags declare, not a second list of values that may drift from them.
+pub fn assert_default_is_flag_defaults<T>()
+where
+    T: clap::Args + clap::FromArgMatches + Default + std::fmt::Debug,
+{
+    assert_eq!(
+        format!("{:?}", T::default()),
+        format!("{:?}", flag_defaults::<T>()),
+        "{}::default() differs from its flags' defaults",
+        std::any::type_name::<T>()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthSettings;
+    use crate::http::HttpLimits;
+    use crate::rate_limit::ClientIpSettings;
+
+    #[test]
+    fn every_default_is_the_flags_default() {
+        assert_default_is_flag_defaults::<NatsSettings>();
+        assert_default_is_flag_defaults::<RedisSettings>();
+        assert_default_is_flag_defaults::<LimitSettings>();
+        assert_default_is_flag_defaults::<ShutdownSettings>();
+        assert_default_is_flag_defaults::<AuthSettings>();
+        assert_default_is_flag_defaults::<ClientIpSettings>();
+        assert_default_is_flag_defaults::<HttpLimits>();
+    }
+
+    #[test]
+    fn defaults_ignore_the_environment() {
+        let command = defaults_command::<NatsSettings>();
+        assert!(command.get_arguments().all(|arg| arg.get_env().is_none()));
+        // The real command does read it.
+        let real = <NatsSettings as clap::Args>::augment_args(clap::Command::new("real"));
+        assert!(real.get_arguments().any(|arg| arg.get_env().is_some()));
+    }
+
+    #[test]
+    fn the_defaults_name_the_shipped_stream_subjects_and_keys() {
+        let nats = NatsSettings::default();
+        assert_eq!(nats.stream_name, "SESSIONFOLD_EVENTS");
+        assert_eq!(
+            nats.subject_prefix,
+            sessionfold_core::names::DEFAULT_EVENTS_PREFIX
+        );
+        assert_eq!(nats.stream_max_bytes, -1);
+        assert_eq!(nats.stream_duplicate_window_secs, 120);
+        assert_eq!(
+            RedisSettings::default().key_prefix,
+            sessionfold_core::names::DEFAULT_KEY_PREFIX
+        );
+        let limits = LimitSettings::default();
+        assert_eq!(limits.limits(), Limits::default());
+        assert_eq!(limits.max_session_id_bytes, MAX_SESSION_ID_BYTES);
+        assert_eq!(NatsSettings::local("nats://x:1").nats_url, "nats://x:1");
     }
 }

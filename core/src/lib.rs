@@ -2,7 +2,9 @@
 //! frame may contain, and how a session's events fold into one document.
 //!
 //! - [`session`]: [`SessionId`], the validated session identifier, and the
-//!   injective token that names its NATS subject and Redis keys.
+//!   injective token that names its NATS subjects and Redis keys.
+//! - [`names`]: [`Subjects`] and [`Keys`], every NATS subject and Redis key
+//!   sessionfold uses, and their default prefixes.
 //! - [`frame`]: parsing and validating one WebSocket text frame ([`Frame::parse`]).
 //! - [`event`]: one validated event and its de-duplication identity.
 //! - [`protocol`]: the reply frames sent back to producers and their error codes.
@@ -16,6 +18,7 @@ pub mod event;
 pub mod fold;
 pub mod frame;
 pub mod limits;
+pub mod names;
 pub mod protocol;
 pub mod session;
 #[cfg(any(test, feature = "proptest"))]
@@ -25,5 +28,6 @@ pub use event::{Event, EventKind};
 pub use fold::{Delivery, IncrementalFold, fold};
 pub use frame::Frame;
 pub use limits::Limits;
+pub use names::{Keys, SessionKeys, Subjects};
 pub use protocol::{ErrorCode, FrameError, Reply};
-pub use session::{Names, SessionId, SessionIdError, SessionKeys};
+pub use session::{SessionId, SessionIdError};

@@ -213,70 +213,10 @@ fn hex_value(digit: u8) -> Option<u8> {
     }
 }
 
-/// The NATS subjects and Redis keys of sessionfold, derived from configured
-/// prefixes and a session's token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Names {
-    /// Subject prefix of accepted frames; a session's subject is `<prefix>.<token>`.
-    pub events_subject_prefix: String,
-    /// Prefix of every Redis key, e.g. `sf:`.
-    pub key_prefix: String,
-}
-
-impl Default for Names {
-    fn default() -> Self {
-        Self {
-            events_subject_prefix: "sessionfold.events".to_owned(),
-            key_prefix: "sf:".to_owned(),
-        }
-    }
-}
-
-/// The Redis keys of one session. All carry the hash tag `{<token>}`, so they
-/// share one Redis Cluster slot and one atomic script may touch them all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionKeys {
-    /// The RedisJSON document served by the api.
-    pub doc: String,
-    /// Hash: event identity → position member of its first arrival.
-    pub ids: String,
-    /// Sorted set: position member scored by timestamp; its order is the
-    /// order of `children`.
-    pub order: String,
-}
-
-impl Names {
-    pub fn subject(&self, session: &SessionId) -> String {
-        format!("{}.{}", self.events_subject_prefix, session.token())
-    }
-
-    /// The wildcard subject a stream listens on.
-    pub fn subject_filter(&self) -> String {
-        format!("{}.*", self.events_subject_prefix)
-    }
-
-    /// Recovers the session of a message from its subject.
-    pub fn session_of_subject(&self, subject: &str) -> Option<SessionId> {
-        let token = subject
-            .strip_prefix(self.events_subject_prefix.as_str())?
-            .strip_prefix('.')?;
-        SessionId::from_token(token)
-    }
-
-    pub fn keys(&self, session: &SessionId) -> SessionKeys {
-        let token = session.token();
-        let prefix = &self.key_prefix;
-        SessionKeys {
-            doc: format!("{prefix}doc:{{{token}}}"),
-            ids: format!("{prefix}ids:{{{token}}}"),
-            order: format!("{prefix}order:{{{token}}}"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::{Keys, Subjects};
     use proptest::prelude::*;
 
     #[test]
@@ -338,15 +278,6 @@ mod tests {
             query_value("token=a%2Fb&session_id=s", "token"),
             Ok(Some("a/b".to_owned()))
         );
-    }
-
-    #[test]
-    fn keys_share_one_hash_tag() {
-        let names = Names::default();
-        let keys = names.keys(&SessionId::parse("s}{1").unwrap());
-        assert_eq!(keys.doc, "sf:doc:{s_7d_7b1}");
-        assert_eq!(keys.ids, "sf:ids:{s_7d_7b1}");
-        assert_eq!(keys.order, "sf:order:{s_7d_7b1}");
     }
 
     #[test]
@@ -451,7 +382,7 @@ mod tests {
     /// Subject prefixes as operators and the tests configure them.
     fn any_subject_prefix() -> impl Strategy<Value = String> {
         prop_oneof![
-            Just("sessionfold.events".to_owned()),
+            Just(crate::names::DEFAULT_EVENTS_PREFIX.to_owned()),
             "events_[0-9a-f]{16}",
             "[a-z][a-z0-9_-]{0,8}(\\.[a-z][a-z0-9_-]{0,8}){0,3}",
         ]
@@ -459,7 +390,7 @@ mod tests {
 
     fn any_key_prefix() -> impl Strategy<Value = String> {
         prop_oneof![
-            Just("sf:".to_owned()),
+            Just(crate::names::DEFAULT_KEY_PREFIX.to_owned()),
             Just(String::new()),
             "sf_[0-9a-f]{16}:",
         ]
@@ -550,7 +481,7 @@ mod tests {
             prop_assert!(!token.is_empty());
             prop_assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
             prop_assert!(token.len() <= 3 * id.as_str().len());
-            let subject = Names::default().subject(&id);
+            let subject = Subjects::default().event(&id);
             prop_assert_eq!(subject.split('.').count(), 3);
         }
 
@@ -559,13 +490,13 @@ mod tests {
             id in any_session_id(),
             prefix in any_subject_prefix(),
         ) {
-            let names = Names { events_subject_prefix: prefix.clone(), key_prefix: "sf:".to_owned() };
-            let subject = names.subject(&id);
+            let subjects = Subjects::with_events_prefix(prefix.clone());
+            let subject = subjects.event(&id);
             prop_assert!(is_publishable_subject(&subject), "{subject}");
             let tokens: Vec<&str> = subject.split('.').collect();
             prop_assert_eq!(tokens.len(), prefix.split('.').count() + 1);
             prop_assert_eq!(tokens[tokens.len() - 1], id.token());
-            prop_assert!(subject_matches(&names.subject_filter(), &subject));
+            prop_assert!(subject_matches(&subjects.events_filter(), &subject));
             // Far below NATS's 4 KiB control line, even for 128 escaped bytes.
             prop_assert!(subject.len() <= prefix.len() + 1 + 3 * MAX_SESSION_ID_BYTES);
         }
@@ -575,8 +506,7 @@ mod tests {
             id in any_session_id(),
             key_prefix in any_key_prefix(),
         ) {
-            let names = Names { events_subject_prefix: "sessionfold.events".to_owned(), key_prefix: key_prefix.clone() };
-            let keys = names.keys(&id);
+            let keys = Keys::new(key_prefix.clone()).session(&id);
             let token = id.token();
             for key in [&keys.doc, &keys.ids, &keys.order] {
                 prop_assert_eq!(hash_tag(key), token.as_str(), "{}", key);
@@ -592,18 +522,18 @@ mod tests {
         #[test]
         fn token_round_trips(id in any_session_id()) {
             prop_assert_eq!(SessionId::from_token(&id.token()), Some(id.clone()));
-            let names = Names::default();
-            prop_assert_eq!(names.session_of_subject(&names.subject(&id)), Some(id));
+            let subjects = Subjects::default();
+            prop_assert_eq!(subjects.session_of_event(&subjects.event(&id)), Some(id));
         }
 
         #[test]
         fn distinct_ids_never_share_a_token_or_key(a in any_session_id(), b in any_session_id()) {
-            let names = Names::default();
+            let (subjects, keys) = (Subjects::default(), Keys::default());
             prop_assert_eq!(a == b, a.token() == b.token());
-            prop_assert_eq!(a == b, names.subject(&a) == names.subject(&b));
-            prop_assert_eq!(a == b, names.keys(&a).doc == names.keys(&b).doc);
-            prop_assert_eq!(a == b, names.keys(&a).ids == names.keys(&b).ids);
-            prop_assert_eq!(a == b, names.keys(&a).order == names.keys(&b).order);
+            prop_assert_eq!(a == b, subjects.event(&a) == subjects.event(&b));
+            prop_assert_eq!(a == b, keys.session(&a).doc == keys.session(&b).doc);
+            prop_assert_eq!(a == b, keys.session(&a).ids == keys.session(&b).ids);
+            prop_assert_eq!(a == b, keys.session(&a).order == keys.session(&b).order);
         }
 
         /// The collision a naive escape has: `a.b` and `a_2eb`. Writing any
@@ -621,7 +551,7 @@ mod tests {
                 + &chars[at + 1..].iter().collect::<String>();
             if let Ok(other) = SessionId::parse(&raw) {
                 prop_assert_eq!(other == id, other.token() == id.token());
-                prop_assert_eq!(other == id, Names::default().keys(&other) == Names::default().keys(&id));
+                prop_assert_eq!(other == id, Keys::default().session(&other) == Keys::default().session(&id));
             }
         }
 
@@ -684,8 +614,8 @@ mod tests {
             prop_assert!(SessionId::parse(&raw).is_err(), "{:?}", raw);
             let forged = SessionId(raw).token();
             prop_assert_eq!(SessionId::from_token(&forged), None);
-            let names = Names::default();
-            prop_assert_eq!(names.session_of_subject(&format!("sessionfold.events.{forged}")), None);
+            let subjects = Subjects::default();
+            prop_assert_eq!(subjects.session_of_event(&format!("{}.{forged}", subjects.events_prefix)), None);
         }
 
         /// Every id has exactly one token: any string that decodes is the
@@ -701,10 +631,10 @@ mod tests {
             if let Some(id) = SessionId::from_token(&token) {
                 prop_assert_eq!(id.token(), token.clone());
             }
-            let names = Names::default();
-            let subject = format!("sessionfold.events.{token}");
-            if let Some(id) = names.session_of_subject(&subject) {
-                prop_assert_eq!(names.subject(&id), subject);
+            let subjects = Subjects::default();
+            let subject = format!("{}.{token}", subjects.events_prefix);
+            if let Some(id) = subjects.session_of_event(&subject) {
+                prop_assert_eq!(subjects.event(&id), subject);
             }
         }
     }

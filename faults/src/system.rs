@@ -11,13 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use async_nats::jetstream;
 use sessionfold_client::Producer;
-use sessionfold_core::session::Names;
 use sessionfold_testkit::{
     BinaryDefault, JetStreamProbe, NatsOptions, NatsServer, RedisOptions, RedisServer,
     RedisSnapshot, RunNames, ServiceLauncher, ServiceProcess, free_port, sessionfold_bin,
 };
 
-use sessionfold_harness::{SystemUnderTest, read_documents, run_producer};
+use sessionfold_harness::{SystemUnderTest, read_documents, run_keys, run_producer};
 
 /// How to set the system up.
 #[derive(Debug, Clone)]
@@ -377,11 +376,7 @@ impl SystemUnderTest for System {
 
     /// The raw `JSON.GET` text of every session's document.
     async fn read_documents(&self, session_ids: &[String]) -> anyhow::Result<Vec<Option<String>>> {
-        let names = Names {
-            events_subject_prefix: self.names.subject_prefix.clone(),
-            key_prefix: self.names.key_prefix.clone(),
-        };
-        read_documents(&self.redis_url, &names, session_ids).await
+        read_documents(&self.redis_url, &run_keys(&self.names), session_ids).await
     }
 
     fn log_tails(&self, lines: usize) -> String {

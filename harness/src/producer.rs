@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use sessionfold_client::{Producer, ProducerConfig};
-use sessionfold_core::SessionId;
-use sessionfold_core::session::Names;
+use sessionfold_core::{Keys, SessionId};
 
 /// Sessions whose documents one pipelined round trip reads.
 const DOCUMENTS_PER_ROUND_TRIP: usize = 200;
@@ -26,7 +25,7 @@ pub fn run_producer(ingest: SocketAddr, publish_timeout_ms: u64) -> Producer {
 /// none), in the order of `session_ids`, from the Redis at `redis_url`.
 pub async fn read_documents(
     redis_url: &str,
-    names: &Names,
+    keys: &Keys,
     session_ids: &[String],
 ) -> anyhow::Result<Vec<Option<String>>> {
     let client = redis::Client::open(redis_url)?;
@@ -36,7 +35,7 @@ pub async fn read_documents(
         let mut pipe = redis::pipe();
         for id in chunk {
             let session = SessionId::parse(id).map_err(|err| anyhow::anyhow!("{id:?}: {err}"))?;
-            pipe.cmd("JSON.GET").arg(names.keys(&session).doc);
+            pipe.cmd("JSON.GET").arg(keys.session(&session).doc);
         }
         let chunk_docs: Vec<Option<String>> = pipe.query_async(&mut connection).await?;
         documents.extend(chunk_docs);

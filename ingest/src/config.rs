@@ -35,7 +35,7 @@ pub struct Config {
 }
 
 /// Abuse limits; 0 turns a limit off.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct GuardSettings {
     /// Frames per second one client IP may send.
     #[arg(long, env = "IP_FRAMES_PER_SEC", default_value_t = 0)]
@@ -89,35 +89,32 @@ pub struct ConnectionSettings {
     pub close_on_session_end: bool,
 }
 
-impl Default for ConnectionSettings {
-    fn default() -> Self {
+sessionfold_common::defaults_from_flags!(Config, GuardSettings, ConnectionSettings);
+
+impl Config {
+    /// The defaults, with NATS at `nats_url` and listening on an ephemeral
+    /// port.
+    pub fn local(nats_url: impl Into<String>) -> Self {
         Self {
-            max_in_flight_per_connection: 32,
-            max_in_flight_total: 8192,
-            publish_timeout_ms: 5000,
-            publish_retry_ms: 1000,
-            close_on_session_end: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            nats: NatsSettings::local(nats_url),
+            ..Self::default()
         }
     }
 }
 
-impl Config {
-    /// Settings for a local NATS at `nats_url`, listening on an ephemeral port.
-    pub fn local(nats_url: impl Into<String>) -> Self {
-        Self {
-            listen: "127.0.0.1:0".parse().expect("a valid address"),
-            nats: NatsSettings::local(nats_url),
-            limits: LimitSettings::default(),
-            connection: ConnectionSettings::default(),
-            shutdown: ShutdownSettings::default(),
-            auth: AuthSettings::default(),
-            client_ip: ClientIpSettings::default(),
-            guard: GuardSettings {
-                idle_timeout_secs: 300,
-                max_pings_per_sec: 10,
-                ..GuardSettings::default()
-            },
-            http: HttpLimits::default(),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessionfold_common::settings::assert_default_is_flag_defaults;
+
+    #[test]
+    fn every_default_is_the_flags_default() {
+        assert_default_is_flag_defaults::<Config>();
+        assert_default_is_flag_defaults::<GuardSettings>();
+        assert_default_is_flag_defaults::<ConnectionSettings>();
+        // Once a hand-written default said 0 here.
+        assert_eq!(GuardSettings::default().idle_timeout_secs, 300);
+        assert_eq!(Config::local("nats://x:1").guard.idle_timeout_secs, 300);
     }
 }

@@ -155,7 +155,7 @@ impl Connection {
         client_ip: IpAddr,
         grant: Grant,
     ) -> Self {
-        let subject = shared.names.subject(&session);
+        let subject = shared.subjects.event(&session);
         Self {
             shared,
             session,

@@ -16,8 +16,9 @@ use axum::routing::get;
 use sessionfold_common::auth::{Access, Authenticator, bearer};
 use sessionfold_common::http::ReadCredit;
 use sessionfold_common::rate_limit::ClientIpSettings;
-use sessionfold_common::{health, jetstream as js_setup, metrics, settings, shutdown};
-use sessionfold_core::session::{Names, query_value};
+use sessionfold_common::{health, jetstream as js_setup, metrics, shutdown};
+use sessionfold_core::Subjects;
+use sessionfold_core::session::query_value;
 use sessionfold_core::{Limits, SessionId};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -51,7 +52,7 @@ pub const MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 pub(crate) struct Shared {
     pub(crate) publisher: Arc<dyn Publish>,
-    pub(crate) names: Names,
+    pub(crate) subjects: Subjects,
     pub(crate) limits: Limits,
     pub(crate) max_session_id_bytes: usize,
     pub(crate) connection: ConnectionSettings,
@@ -79,7 +80,7 @@ impl Shared {
     ) -> Self {
         Self {
             publisher,
-            names: settings::names(&config.nats, ""),
+            subjects: Subjects::with_events_prefix(config.nats.subject_prefix.as_str()),
             limits,
             max_session_id_bytes: config.limits.max_session_id_bytes,
             connection: config.connection.clone(),

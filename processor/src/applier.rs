@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use sessionfold_common::metrics as names;
 use sessionfold_core::SessionId;
-use sessionfold_core::session::Names;
+use sessionfold_core::{Keys, Subjects};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -49,7 +49,10 @@ pub struct BatchOutcome {
 #[derive(Clone)]
 pub struct Applier<S> {
     pub store: S,
-    pub names: Names,
+    /// Where the frames it decodes were published.
+    pub subjects: Subjects,
+    /// The keys it writes.
+    pub keys: Keys,
     pub max_children: u64,
     pub document_ttl_secs: u64,
 }
@@ -60,7 +63,7 @@ impl<S: Store> Applier<S> {
         session: &SessionId,
         deliveries: &[sessionfold_core::Delivery],
     ) -> Invocation {
-        Invocation::new(&self.names, session, deliveries, self.max_children)
+        Invocation::new(&self.keys, session, deliveries, self.max_children)
             .with_document_ttl(self.document_ttl_secs)
     }
 
@@ -88,7 +91,7 @@ impl<S: Store> Applier<S> {
                 continue;
             };
             match batch::decode(
-                &self.names,
+                &self.subjects,
                 &pulled.subject,
                 &pulled.payload,
                 metadata.stream_sequence,
@@ -265,16 +268,16 @@ mod tests {
     fn applier(store: ScriptedStore) -> Applier<ScriptedStore> {
         Applier {
             store,
-            names: Names::default(),
+            subjects: Subjects::default(),
+            keys: Keys::default(),
             max_children: 0,
             document_ttl_secs: 0,
         }
     }
 
     fn pulled(session: &str, sequence: u64, body: &str) -> Pulled {
-        let names = Names::default();
         Pulled {
-            subject: names.subject(&SessionId::parse(session).unwrap()),
+            subject: Subjects::default().event(&SessionId::parse(session).unwrap()),
             payload: Bytes::from(body.to_owned()),
             metadata: Some(Metadata {
                 stream_sequence: sequence,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use sessionfold_core::session::Names;
+use sessionfold_core::Subjects;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};
 
 /// Limits for re-reading stored frames: ingest validated them with the limits
@@ -24,13 +24,13 @@ pub enum Poison {
 
 /// Decodes a stored message into its session and events.
 pub fn decode(
-    names: &Names,
+    subjects: &Subjects,
     subject: &str,
     payload: &[u8],
     stream_sequence: u64,
 ) -> Result<(SessionId, Delivery), Poison> {
-    let session = names
-        .session_of_subject(subject)
+    let session = subjects
+        .session_of_event(subject)
         .ok_or_else(|| Poison::UnknownSubject(subject.to_owned()))?;
     let text = std::str::from_utf8(payload).map_err(|err| Poison::InvalidFrame(err.to_string()))?;
     let frame = Frame::parse(text, &session, &STORED_FRAME_LIMITS)
@@ -69,11 +69,11 @@ mod tests {
 
     #[test]
     fn a_stored_frame_decodes_with_its_session() {
-        let names = Names::default();
+        let subjects = Subjects::default();
         let session = SessionId::parse("a.b").unwrap();
-        let subject = names.subject(&session);
+        let subject = subjects.event(&session);
         let (decoded, delivery) =
-            decode(&names, &subject, br#"{"type":"EVENT","timestamp":1}"#, 9).unwrap();
+            decode(&subjects, &subject, br#"{"type":"EVENT","timestamp":1}"#, 9).unwrap();
         assert_eq!(decoded, session);
         assert_eq!(delivery.stream_sequence, 9);
         assert_eq!(delivery.events.len(), 1);
@@ -81,31 +81,32 @@ mod tests {
 
     #[test]
     fn undecodable_messages_are_poison() {
-        let names = Names::default();
+        let subjects = Subjects::default();
+        let stored = subjects.event(&SessionId::parse("s").unwrap());
         assert!(matches!(
-            decode(&names, "elsewhere.x", b"[]", 1),
+            decode(&subjects, "elsewhere.x", b"[]", 1),
             Err(Poison::UnknownSubject(_))
         ));
         assert!(matches!(
-            decode(&names, "sessionfold.events.s", b"[1]", 1),
+            decode(&subjects, &stored, b"[1]", 1),
             Err(Poison::InvalidFrame(_))
         ));
         assert!(matches!(
-            decode(&names, "sessionfold.events.s", &[0xff, 0xfe], 1),
+            decode(&subjects, &stored, &[0xff, 0xfe], 1),
             Err(Poison::InvalidFrame(_))
         ));
     }
 
     #[test]
     fn grouping_keeps_each_sessions_messages() {
-        let names = Names::default();
+        let subjects = Subjects::default();
         let decoded = ["a", "b", "a"]
             .iter()
             .enumerate()
             .map(|(i, id)| {
                 let session = SessionId::parse(id).unwrap();
                 let (session, delivery) =
-                    decode(&names, &names.subject(&session), b"[]", i as u64 + 1).unwrap();
+                    decode(&subjects, &subjects.event(&session), b"[]", i as u64 + 1).unwrap();
                 (i, session, delivery)
             })
             .collect();

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use sessionfold_common::settings::{NatsSettings, RedisSettings, ShutdownSettings};
+use sessionfold_core::{Keys, Subjects};
 
 use crate::durability::Durability;
 
@@ -62,21 +63,11 @@ impl SinkSettings {
     }
 }
 
-impl Default for SinkSettings {
-    fn default() -> Self {
-        Self {
-            redis_durability: Durability::None,
-            redis_durability_timeout_ms: 1000,
-            repair_check_interval_ms: 1000,
-        }
-    }
-}
-
 /// How the processor consumes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerSettings {
     /// Durable consumer shared by every processor replica.
-    #[arg(long, env = "CONSUMER_NAME", default_value = "sessionfold-processor")]
+    #[arg(long, env = "CONSUMER_NAME", default_value = sessionfold_core::names::DEFAULT_CONSUMER)]
     pub consumer_name: String,
     /// Most messages applied in one batch.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 512)]
@@ -97,13 +88,13 @@ pub struct WorkerSettings {
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: i64,
     /// Stream that keeps dead letters.
-    #[arg(long, env = "DEAD_LETTER_STREAM", default_value = "SESSIONFOLD_DEAD")]
+    #[arg(long, env = "DEAD_LETTER_STREAM", default_value = sessionfold_core::names::DEFAULT_DEAD_LETTER_STREAM)]
     pub dead_letter_stream: String,
     /// Subject prefix of dead letters; a letter's subject is `<prefix>.<token>`.
     #[arg(
         long,
         env = "DEAD_LETTER_SUBJECT_PREFIX",
-        default_value = "sessionfold.dead"
+        default_value = sessionfold_core::names::DEFAULT_DEAD_LETTERS_PREFIX
     )]
     pub dead_letter_subject_prefix: String,
     /// Most children one session may hold; 0 for no limit. Past it the frame goes to the dead-letter stream.
@@ -116,7 +107,7 @@ pub struct WorkerSettings {
     #[arg(
         long,
         env = "UPDATES_SUBJECT_PREFIX",
-        default_value = "sessionfold.updates"
+        default_value = sessionfold_core::names::DEFAULT_UPDATES_PREFIX
     )]
     pub updates_subject_prefix: String,
     /// Seconds a session's document (and its bookkeeping keys) lives after its last update; 0 keeps documents forever.
@@ -134,36 +125,66 @@ impl WorkerSettings {
     }
 }
 
-impl Default for WorkerSettings {
-    fn default() -> Self {
+sessionfold_common::defaults_from_flags!(Config, SinkSettings, WorkerSettings);
+
+impl Config {
+    /// The subjects it reads frames from, moves dead letters to and
+    /// announces changes on.
+    pub fn subjects(&self) -> Subjects {
+        Subjects {
+            events_prefix: self.nats.subject_prefix.clone(),
+            dead_letters_prefix: self.worker.dead_letter_subject_prefix.clone(),
+            updates_prefix: self.worker.updates_subject_prefix.clone(),
+        }
+    }
+
+    /// The keys it writes.
+    pub fn keys(&self) -> Keys {
+        Keys::new(self.redis.key_prefix.as_str())
+    }
+
+    /// The defaults, with the servers at `nats_url` and `redis_url` and the
+    /// health endpoints on an ephemeral port.
+    pub fn local(nats_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
         Self {
-            consumer_name: "sessionfold-processor".to_owned(),
-            batch_size: 512,
-            batches_in_flight: 2,
-            ack_wait_secs: 30,
-            max_ack_pending: 20_000,
-            max_attempts: 5,
-            dead_letter_stream: "SESSIONFOLD_DEAD".to_owned(),
-            dead_letter_subject_prefix: "sessionfold.dead".to_owned(),
-            max_children_per_session: 0,
-            pull_heartbeat_ms: 5000,
-            updates_subject_prefix: "sessionfold.updates".to_owned(),
-            document_ttl_secs: 0,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            nats: NatsSettings::local(nats_url),
+            redis: RedisSettings::local(redis_url),
+            ..Self::default()
         }
     }
 }
 
-impl Config {
-    /// Settings for local servers, health endpoints on an ephemeral port.
-    pub fn local(nats_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
-        Self {
-            listen: "127.0.0.1:0".parse().expect("a valid address"),
-            nats: NatsSettings::local(nats_url),
-            redis: RedisSettings::local(redis_url),
-            worker: WorkerSettings::default(),
-            sink: SinkSettings::default(),
-            shutdown: ShutdownSettings::default(),
-            http: sessionfold_common::http::HttpLimits::default(),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessionfold_common::settings::assert_default_is_flag_defaults;
+
+    #[test]
+    fn every_default_is_the_flags_default() {
+        assert_default_is_flag_defaults::<Config>();
+        assert_default_is_flag_defaults::<WorkerSettings>();
+        assert_default_is_flag_defaults::<SinkSettings>();
+        let worker = WorkerSettings::default();
+        assert_eq!(worker.consumer_name, "sessionfold-processor");
+        assert_eq!(
+            worker.updates_subject_prefix,
+            sessionfold_core::names::DEFAULT_UPDATES_PREFIX
+        );
+    }
+
+    #[test]
+    fn the_subjects_and_keys_are_the_configured_prefixes() {
+        let mut config = Config::local("nats://x:1", "redis://y:2");
+        config.nats.subject_prefix = "run.events".to_owned();
+        config.worker.dead_letter_subject_prefix = "run.dead".to_owned();
+        config.worker.updates_subject_prefix = "run.updates".to_owned();
+        config.redis.key_prefix = "run:".to_owned();
+        let session = sessionfold_core::SessionId::parse("s").unwrap();
+        let subjects = config.subjects();
+        assert_eq!(subjects.event(&session), "run.events.s");
+        assert_eq!(subjects.dead_letter("s"), "run.dead.s");
+        assert_eq!(subjects.update(&session), "run.updates.s");
+        assert_eq!(config.keys().session(&session).doc, "run:doc:{s}");
     }
 }

@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use sessionfold_common::jetstream::ensure_stream_config;
+use sessionfold_core::Subjects;
 
 use crate::config::WorkerSettings;
 
@@ -17,7 +18,7 @@ pub const SEQUENCE_HEADER: &str = "Sessionfold-Original-Sequence";
 #[derive(Clone)]
 pub struct DeadLetters {
     js: jetstream::Context,
-    subject_prefix: String,
+    subjects: Subjects,
 }
 
 impl DeadLetters {
@@ -26,11 +27,12 @@ impl DeadLetters {
     pub async fn ensure(
         js: jetstream::Context,
         settings: &WorkerSettings,
+        subjects: Subjects,
         replicas: usize,
     ) -> anyhow::Result<Self> {
         let config = stream::Config {
             name: settings.dead_letter_stream.clone(),
-            subjects: vec![format!("{}.>", settings.dead_letter_subject_prefix)],
+            subjects: vec![subjects.dead_letters_filter()],
             storage: stream::StorageType::File,
             num_replicas: replicas,
             // The server's defaults, spelled out so that the drift check of
@@ -42,10 +44,7 @@ impl DeadLetters {
         ensure_stream_config(&js, config)
             .await
             .context("setting up the dead-letter stream")?;
-        Ok(Self {
-            js,
-            subject_prefix: settings.dead_letter_subject_prefix.clone(),
-        })
+        Ok(Self { js, subjects })
     }
 
     /// Stores a copy of `message` with `reason`. Returns once it is durable;
@@ -82,7 +81,7 @@ impl DeadLetters {
             publish = publish.header(SEQUENCE_HEADER, sequence.to_string().as_str());
         }
         self.js
-            .send_publish(format!("{}.{token}", self.subject_prefix), publish)
+            .send_publish(self.subjects.dead_letter(token), publish)
             .await?
             .await?;
         tracing::warn!(

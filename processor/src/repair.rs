@@ -522,9 +522,9 @@ impl Repairer {
         if node.slots.is_empty() {
             return true;
         }
-        match self.applier.names.session_of_subject(subject) {
+        match self.applier.subjects.session_of_event(subject) {
             Some(session) => {
-                node.serves(key_slot(self.applier.names.keys(&session).doc.as_bytes()))
+                node.serves(key_slot(self.applier.keys.session(&session).doc.as_bytes()))
             }
             // Poison: the live path dead-letters it.
             None => false,

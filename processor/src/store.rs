@@ -17,8 +17,8 @@ use sessionfold_common::redis_conn::{RedisConnection, RedisTimeouts};
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::event::normalized_number;
 use sessionfold_core::fold::{empty_document, position_member};
-use sessionfold_core::session::{Names, SessionKeys};
 use sessionfold_core::{Delivery, EventKind, SessionId};
+use sessionfold_core::{Keys, SessionKeys};
 use tokio::sync::Semaphore;
 
 use crate::durability::Durability;
@@ -44,7 +44,7 @@ impl Invocation {
     /// (timestamp, position) order so that in-order arrival takes the append
     /// path.
     pub fn new(
-        names: &Names,
+        keys: &Keys,
         session: &SessionId,
         deliveries: &[Delivery],
         max_children: u64,
@@ -85,7 +85,7 @@ impl Invocation {
             args.push(event.to_json());
         }
         Self {
-            keys: names.keys(session),
+            keys: keys.session(session),
             args,
         }
     }
@@ -530,7 +530,7 @@ mod tests {
                 ),
             },
         ];
-        let invocation = Invocation::new(&Names::default(), &session, &deliveries, 0);
+        let invocation = Invocation::new(&Keys::default(), &session, &deliveries, 0);
         assert_eq!(invocation.keys.doc, "sf:doc:{s}");
         let args = &invocation.args;
         assert_eq!(

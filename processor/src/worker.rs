@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use sessionfold_common::jetstream as js_setup;
 use sessionfold_common::metrics as names;
-use sessionfold_common::{jetstream as js_setup, settings};
-use sessionfold_core::session::Names;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -49,8 +48,13 @@ impl Processor {
         let nats = js_setup::connect(&config.nats, "sessionfold-processor").await?;
         let js = jetstream::new(nats.clone());
         js_setup::ensure_stream(&js, &config.nats).await?;
-        let dead_letters =
-            DeadLetters::ensure(js.clone(), &config.worker, config.nats.stream_replicas).await?;
+        let dead_letters = DeadLetters::ensure(
+            js.clone(),
+            &config.worker,
+            config.subjects(),
+            config.nats.stream_replicas,
+        )
+        .await?;
         let store = RedisStore::connect_with(
             &config.redis,
             StoreOptions {
@@ -61,10 +65,10 @@ impl Processor {
             },
         )
         .await?;
-        let names: Names = settings::names(&config.nats, &config.redis.key_prefix);
         let applier = Applier {
             store: store.clone(),
-            names,
+            subjects: config.subjects(),
+            keys: config.keys(),
             max_children: config.worker.max_children_per_session,
             document_ttl_secs: config.worker.document_ttl_secs,
         };
@@ -277,11 +281,7 @@ impl Processor {
     /// Tells live views that `session` changed. Best effort: a lost note
     /// only delays a view until the next one.
     async fn announce(&self, session: &sessionfold_core::SessionId, written: i64) {
-        let subject = format!(
-            "{}.{}",
-            self.config.worker.updates_subject_prefix,
-            session.token()
-        );
+        let subject = self.applier.subjects.update(session);
         let note = serde_json::json!({"session_id": session.as_str(), "written": written});
         if let Err(err) = self.nats.publish(subject, note.to_string().into()).await {
             tracing::debug!(session_id = %session, error = %err, "update note not sent");

@@ -4,17 +4,14 @@
 
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use sessionfold_common::settings::RedisSettings;
-use sessionfold_core::session::Names;
+use sessionfold_core::Keys;
 use sessionfold_core::strategies::any_schedule;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId, fold};
 use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use sessionfold_testkit::{RedisServer, init_test_tracing, unique_name};
 
-fn names() -> Names {
-    Names {
-        key_prefix: format!("{}:", unique_name("t")),
-        ..Names::default()
-    }
+fn keys() -> Keys {
+    Keys::new(format!("{}:", unique_name("t")))
 }
 
 async fn stored_document(redis_url: &str, key: &str) -> Option<String> {
@@ -39,7 +36,7 @@ fn any_delivery_schedule_stores_the_reference_document() {
     let mut runner = TestRunner::new(ProptestConfig::with_cases(96));
     runner
         .run(&any_schedule(), |(stream, schedule)| {
-            let names = names();
+            let keys = keys();
             let store = store.clone();
             runtime.block_on(async {
                 // Deliveries in schedule order, batched two at a time, as a
@@ -47,12 +44,12 @@ fn any_delivery_schedule_stores_the_reference_document() {
                 for batch in schedule.chunks(2) {
                     let deliveries: Vec<Delivery> =
                         batch.iter().map(|&i| stream[i].clone()).collect();
-                    let invocation = Invocation::new(&names, &session, &deliveries, 0);
+                    let invocation = Invocation::new(&keys, &session, &deliveries, 0);
                     let applied = store.apply(&[invocation]).await.unwrap();
                     assert!(matches!(applied[..], [Applied::Stored(_)]), "{applied:?}");
                 }
                 let expected = serde_json::to_string(&fold("s", &stream)).unwrap();
-                let stored = stored_document(&redis.url(), &names.keys(&session).doc).await;
+                let stored = stored_document(&redis.url(), &keys.session(&session).doc).await;
                 if stream.is_empty() {
                     assert_eq!(stored, None);
                 } else {
@@ -80,7 +77,7 @@ async fn a_batch_past_the_children_limit_is_refused_and_writes_nothing() {
     let store = RedisStore::connect(&RedisSettings::local(redis.url()))
         .await
         .unwrap();
-    let names = names();
+    let keys = keys();
     let session = SessionId::parse("full").unwrap();
     let first = frame(
         &session,
@@ -94,7 +91,7 @@ async fn a_batch_past_the_children_limit_is_refused_and_writes_nothing() {
     );
     let applied = store
         .apply(&[Invocation::new(
-            &names,
+            &keys,
             &session,
             std::slice::from_ref(&first),
             3,
@@ -102,10 +99,10 @@ async fn a_batch_past_the_children_limit_is_refused_and_writes_nothing() {
         .await
         .unwrap();
     assert!(matches!(applied[..], [Applied::Stored(2)]), "{applied:?}");
-    let before = stored_document(&redis.url(), &names.keys(&session).doc).await;
+    let before = stored_document(&redis.url(), &keys.session(&session).doc).await;
 
     let applied = store
-        .apply(&[Invocation::new(&names, &session, &[over], 3)])
+        .apply(&[Invocation::new(&keys, &session, &[over], 3)])
         .await
         .unwrap();
     match &applied[..] {
@@ -113,14 +110,14 @@ async fn a_batch_past_the_children_limit_is_refused_and_writes_nothing() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(
-        stored_document(&redis.url(), &names.keys(&session).doc).await,
+        stored_document(&redis.url(), &keys.session(&session).doc).await,
         before,
         "a refused batch left a trace"
     );
 
     // Re-applying what is already stored is still fine at the limit.
     let applied = store
-        .apply(&[Invocation::new(&names, &session, &[first], 2)])
+        .apply(&[Invocation::new(&keys, &session, &[first], 2)])
         .await
         .unwrap();
     assert!(matches!(applied[..], [Applied::Stored(0)]), "{applied:?}");
@@ -133,7 +130,7 @@ async fn a_restarted_redis_gets_the_script_again() {
     let store = RedisStore::connect(&RedisSettings::local(redis.url()))
         .await
         .unwrap();
-    let names = names();
+    let keys = keys();
     let session = SessionId::parse("restart").unwrap();
     let one = frame(
         &session,
@@ -147,7 +144,7 @@ async fn a_restarted_redis_gets_the_script_again() {
     );
     store
         .apply(&[Invocation::new(
-            &names,
+            &keys,
             &session,
             std::slice::from_ref(&one),
             0,
@@ -155,7 +152,7 @@ async fn a_restarted_redis_gets_the_script_again() {
         .await
         .unwrap();
     redis.restart().unwrap();
-    let invocation = Invocation::new(&names, &session, std::slice::from_ref(&two), 0);
+    let invocation = Invocation::new(&keys, &session, std::slice::from_ref(&two), 0);
     let applied = sessionfold_testkit::eventually_ok(
         "the store works again after a restart",
         std::time::Duration::from_secs(10),
@@ -169,7 +166,7 @@ async fn a_restarted_redis_gets_the_script_again() {
     assert!(matches!(applied[..], [Applied::Stored(1)]), "{applied:?}");
     let expected = serde_json::to_string(&fold("restart", &[one, two])).unwrap();
     assert_eq!(
-        stored_document(&redis.url(), &names.keys(&session).doc).await,
+        stored_document(&redis.url(), &keys.session(&session).doc).await,
         Some(expected)
     );
 }
@@ -254,12 +251,12 @@ async fn large_mixed_batches_store_the_reference_document() {
         ],
     ];
     for schedule in schedules {
-        let names = names();
+        let keys = keys();
         let store = store.clone();
         for batch in &schedule {
             let deliveries: Vec<Delivery> = batch.iter().map(|&i| stream[i].clone()).collect();
             let applied = store
-                .apply(&[Invocation::new(&names, &session, &deliveries, 0)])
+                .apply(&[Invocation::new(&keys, &session, &deliveries, 0)])
                 .await
                 .unwrap();
             assert!(
@@ -268,7 +265,7 @@ async fn large_mixed_batches_store_the_reference_document() {
             );
         }
         assert_eq!(
-            stored_document(&redis.url(), &names.keys(&session).doc)
+            stored_document(&redis.url(), &keys.session(&session).doc)
                 .await
                 .as_deref(),
             Some(expected.as_str()),

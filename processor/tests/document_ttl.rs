@@ -3,7 +3,7 @@
 //! keys; without a TTL they never expire.
 
 use sessionfold_common::settings::RedisSettings;
-use sessionfold_core::session::Names;
+use sessionfold_core::Keys;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};
 use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use sessionfold_testkit::{RedisServer, init_test_tracing, unique_name};
@@ -41,12 +41,9 @@ async fn an_apply_with_a_ttl_sets_it_on_all_three_keys_and_renews_it() {
     let store = RedisStore::connect(&RedisSettings::local(redis.url()))
         .await
         .unwrap();
-    let names = Names {
-        key_prefix: format!("{}:", unique_name("ttl")),
-        ..Names::default()
-    };
+    let run_keys = Keys::new(format!("{}:", unique_name("ttl")));
     let session = SessionId::parse("expiring").unwrap();
-    let keys = names.keys(&session);
+    let keys = run_keys.session(&session);
     let keys = [keys.doc.as_str(), keys.ids.as_str(), keys.order.as_str()];
     let first = frame(
         &session,
@@ -55,7 +52,7 @@ async fn an_apply_with_a_ttl_sets_it_on_all_three_keys_and_renews_it() {
     );
     let applied = store
         .apply(&[
-            Invocation::new(&names, &session, std::slice::from_ref(&first), 0)
+            Invocation::new(&run_keys, &session, std::slice::from_ref(&first), 0)
                 .with_document_ttl(100),
         ])
         .await
@@ -67,7 +64,7 @@ async fn an_apply_with_a_ttl_sets_it_on_all_three_keys_and_renews_it() {
 
     // A later apply (even one that writes nothing new) sets the new TTL.
     store
-        .apply(&[Invocation::new(&names, &session, &[first], 0).with_document_ttl(5000)])
+        .apply(&[Invocation::new(&run_keys, &session, &[first], 0).with_document_ttl(5000)])
         .await
         .unwrap();
     for ttl in ttls(&redis.url(), &keys).await {
@@ -82,10 +79,7 @@ async fn without_a_ttl_keys_never_expire() {
     let store = RedisStore::connect(&RedisSettings::local(redis.url()))
         .await
         .unwrap();
-    let names = Names {
-        key_prefix: format!("{}:", unique_name("ttl")),
-        ..Names::default()
-    };
+    let run_keys = Keys::new(format!("{}:", unique_name("ttl")));
     let session = SessionId::parse("forever").unwrap();
     let delivery = frame(
         &session,
@@ -93,10 +87,10 @@ async fn without_a_ttl_keys_never_expire() {
         r#"[{"type":"EVENT","timestamp":2,"name":"a"}]"#,
     );
     store
-        .apply(&[Invocation::new(&names, &session, &[delivery], 0)])
+        .apply(&[Invocation::new(&run_keys, &session, &[delivery], 0)])
         .await
         .unwrap();
-    let keys = names.keys(&session);
+    let keys = run_keys.session(&session);
     assert_eq!(
         ttls(
             &redis.url(),

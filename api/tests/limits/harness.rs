@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-pub const UPDATES_PREFIX: &str = "sessionfold.updates";
+pub const UPDATES_PREFIX: &str = sessionfold_core::names::DEFAULT_UPDATES_PREFIX;
 
 /// Tests that measure this process's memory run alone: every test holds a
 /// read guard, those that measure a write guard.
@@ -161,7 +161,11 @@ impl Api {
         let session = SessionId::parse(session).unwrap();
         client
             .publish(
-                sessionfold_api::live::updates_subject(UPDATES_PREFIX, &session),
+                sessionfold_core::Subjects {
+                    updates_prefix: UPDATES_PREFIX.to_owned(),
+                    ..sessionfold_core::Subjects::default()
+                }
+                .update(&session),
                 "{}".into(),
             )
             .await
@@ -200,9 +204,7 @@ impl Api {
 
 pub fn doc_key(session: &str) -> String {
     let session = SessionId::parse(session).unwrap();
-    sessionfold_core::session::Names::default()
-        .keys(&session)
-        .doc
+    sessionfold_core::Keys::default().session(&session).doc
 }
 
 /// A session document with `children` events of about 80 bytes each.

@@ -34,7 +34,7 @@ async fn a_matching_if_none_match_gets_304_until_the_document_changes() {
     assert_eq!(etag, format!("\"{:032x}\"", xxh3_128(&body)));
     let client = redis::Client::open(app.redis.url()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    let key = format!("{}doc:{{cached}}", app.names.key_prefix);
+    let key = app.doc_key("cached");
     let stored: String = redis::cmd("JSON.GET")
         .arg(&key)
         .query_async(&mut redis)

@@ -18,7 +18,7 @@ use futures::{SinkExt, StreamExt};
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 use sessionfold_core::Reply;
-use sessionfold_core::session::Names;
+use sessionfold_core::{Keys, Subjects};
 use sessionfold_testkit::{
     BinaryDefault, NatsServer, RedisServer, RunNames, ServiceLauncher, ServiceProcess, eventually,
     free_port, init_test_tracing,
@@ -54,14 +54,16 @@ pub fn unique_names() -> RunNames {
 
 /// The shipped defaults, which the shipped ACLs name.
 pub fn default_names() -> RunNames {
+    let nats = sessionfold_common::settings::NatsSettings::default();
+    let worker = sessionfold_processor::config::WorkerSettings::default();
     RunNames {
-        stream: "SESSIONFOLD_EVENTS".to_owned(),
-        subject_prefix: "sessionfold.events".to_owned(),
-        key_prefix: "sf:".to_owned(),
-        consumer: "sessionfold-processor".to_owned(),
-        dead_stream: "SESSIONFOLD_DEAD".to_owned(),
-        dead_subject_prefix: "sessionfold.dead".to_owned(),
-        updates_subject_prefix: "sessionfold.updates".to_owned(),
+        stream: nats.stream_name,
+        subject_prefix: nats.subject_prefix,
+        key_prefix: sessionfold_common::settings::RedisSettings::default().key_prefix,
+        consumer: worker.consumer_name,
+        dead_stream: worker.dead_letter_stream,
+        dead_subject_prefix: worker.dead_letter_subject_prefix,
+        updates_subject_prefix: worker.updates_subject_prefix,
     }
 }
 
@@ -375,17 +377,27 @@ impl TestApp {
         async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap())
     }
 
-    /// The subject and key names of this app.
-    pub fn session_names(&self) -> Names {
-        Names {
-            events_subject_prefix: self.names.subject_prefix.clone(),
-            key_prefix: self.names.key_prefix.clone(),
-        }
+    /// The subjects this app's services use.
+    pub fn subjects(&self) -> Subjects {
+        sessionfold_harness::run_subjects(&self.names)
     }
 
+    /// The keys this app's services use.
+    pub fn keys(&self) -> Keys {
+        sessionfold_harness::run_keys(&self.names)
+    }
+
+    /// Where `session_id`'s frames are published.
     pub fn subject(&self, session_id: &str) -> String {
-        self.session_names()
-            .subject(&sessionfold_core::SessionId::parse(session_id).unwrap())
+        self.subjects()
+            .event(&sessionfold_core::SessionId::parse(session_id).unwrap())
+    }
+
+    /// The key of `session_id`'s document.
+    pub fn doc_key(&self, session_id: &str) -> String {
+        self.keys()
+            .session(&sessionfold_core::SessionId::parse(session_id).unwrap())
+            .doc
     }
 
     /// Messages the event stream holds for one session.

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use sessionfold_core::SessionId;
-use sessionfold_core::session::Names;
 use tokio_tungstenite::tungstenite;
 
 use crate::helpers::{TestApp, expected_document, spawn_app};
@@ -80,13 +79,6 @@ fn frame_for(id: &str) -> String {
     format!(r#"[{{"type":"EVENT","timestamp":1,"name":{id},"session_id":{id}}}]"#)
 }
 
-fn names(app: &TestApp) -> Names {
-    Names {
-        events_subject_prefix: app.names.subject_prefix.clone(),
-        key_prefix: app.names.key_prefix.clone(),
-    }
-}
-
 /// Every subject the event stream holds, with its message count.
 async fn stream_subjects(app: &TestApp) -> BTreeMap<String, usize> {
     let js = app.jetstream().await;
@@ -144,7 +136,7 @@ async fn expect_refused_upgrade(app: &TestApp, id: &str) {
 #[tokio::test]
 async fn hostile_session_ids_get_exactly_one_subject_and_their_own_keys() {
     let app = spawn_app().await;
-    let names = names(&app);
+    let (run_subjects, run_keys) = (app.subjects(), app.keys());
     let accepted = hostile_ids();
     let refused = refused_ids();
     for id in &refused {
@@ -176,10 +168,10 @@ async fn hostile_session_ids_get_exactly_one_subject_and_their_own_keys() {
     let subjects = stream_subjects(&app).await;
     let expected_subjects: BTreeMap<String, usize> = sessions
         .iter()
-        .map(|session| (names.subject(session), 1))
+        .map(|session| (run_subjects.event(session), 1))
         .collect();
     assert_eq!(subjects, expected_subjects);
-    let prefix_tokens = names.events_subject_prefix.split('.').count();
+    let prefix_tokens = run_subjects.events_prefix.split('.').count();
     for subject in subjects.keys() {
         let tokens: Vec<&str> = subject.split('.').collect();
         assert_eq!(tokens.len(), prefix_tokens + 1, "{subject}");
@@ -189,7 +181,7 @@ async fn hostile_session_ids_get_exactly_one_subject_and_their_own_keys() {
                 && !token.contains(['*', '>'])),
             "{subject} is not a plain subject"
         );
-        let session = names.session_of_subject(subject).unwrap();
+        let session = run_subjects.session_of_event(subject).unwrap();
         assert!(sessions.contains(&session));
     }
 
@@ -198,17 +190,17 @@ async fn hostile_session_ids_get_exactly_one_subject_and_their_own_keys() {
     let expected_keys: BTreeSet<String> = sessions
         .iter()
         .flat_map(|session| {
-            let keys = names.keys(session);
+            let keys = run_keys.session(session);
             [keys.doc, keys.ids, keys.order]
         })
         .chain([sessionfold_processor::repair::single_marker_key(
-            &names.key_prefix,
+            &run_keys.prefix,
         )])
         .collect();
     assert_eq!(keys, expected_keys);
     for session in &sessions {
         let token = session.token();
-        let keys = names.keys(session);
+        let keys = run_keys.session(session);
         for key in [&keys.doc, &keys.ids, &keys.order] {
             let open = key.find('{').unwrap();
             let close = open + 1 + key[open + 1..].find('}').unwrap();

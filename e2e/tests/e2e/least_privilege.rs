@@ -65,22 +65,20 @@ async fn each_service_can_do_its_job_and_nothing_more() {
         .await;
 
     // The api's Redis user reads documents and cannot write anything.
+    let doc = app.doc_key("acl");
+    let other = format!("{}x", app.names.key_prefix);
     let api = redis::Client::open(api_redis.as_str()).unwrap();
     let mut api = api.get_multiplexed_async_connection().await.unwrap();
     let document: Option<String> = redis::cmd("JSON.GET")
-        .arg("sf:doc:{acl}")
+        .arg(&doc)
         .query_async(&mut api)
         .await
         .unwrap();
     assert!(document.is_some());
     for write in [
-        redis::cmd("JSON.SET")
-            .arg("sf:doc:{acl}")
-            .arg("$")
-            .arg("{}")
-            .clone(),
-        redis::cmd("DEL").arg("sf:doc:{acl}").clone(),
-        redis::cmd("SET").arg("sf:x").arg("1").clone(),
+        redis::cmd("JSON.SET").arg(&doc).arg("$").arg("{}").clone(),
+        redis::cmd("DEL").arg(&doc).clone(),
+        redis::cmd("SET").arg(&other).arg("1").clone(),
         redis::cmd("FLUSHALL").clone(),
     ] {
         let err = write
@@ -96,7 +94,7 @@ async fn each_service_can_do_its_job_and_nothing_more() {
     for command in [
         redis::cmd("FLUSHALL").clone(),
         redis::cmd("KEYS").arg("*").clone(),
-        redis::cmd("SET").arg("sf:x").arg("1").clone(),
+        redis::cmd("SET").arg(&other).arg("1").clone(),
         redis::cmd("CONFIG").arg("GET").arg("*").clone(),
     ] {
         let err = command
@@ -110,7 +108,7 @@ async fn each_service_can_do_its_job_and_nothing_more() {
     let ingest = connect_as(&ingest_nats).await;
     let mut js = async_nats::jetstream::new(ingest);
     js.set_timeout(Duration::from_millis(500));
-    let stream = js.get_stream("SESSIONFOLD_EVENTS").await.unwrap();
+    let stream = js.get_stream(&app.names.stream).await.unwrap();
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             durable_name: Some("thief".into()),
@@ -119,7 +117,7 @@ async fn each_service_can_do_its_job_and_nothing_more() {
         .await;
     assert!(consumer.is_err(), "ingest created a consumer");
     let stolen = stream
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("sessionfold-processor")
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&app.names.consumer)
         .await;
     assert!(stolen.is_err(), "ingest opened the processor's consumer");
 
@@ -128,7 +126,7 @@ async fn each_service_can_do_its_job_and_nothing_more() {
     let mut js = async_nats::jetstream::new(processor);
     js.set_timeout(Duration::from_millis(500));
     let forged = async {
-        js.publish("sessionfold.events.acl", frame.into())
+        js.publish(app.subject("acl"), frame.into())
             .await?
             .await
             .map_err(anyhow::Error::from)

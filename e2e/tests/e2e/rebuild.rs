@@ -5,8 +5,7 @@
 
 use std::process::Output;
 
-use sessionfold_core::SessionId;
-use sessionfold_core::session::Names;
+use sessionfold_core::{Keys, SessionId};
 use sessionfold_testkit::{RunNames, unique_name};
 
 use crate::helpers::{TestApp, spawn_app, spawn_split_app_on};
@@ -36,11 +35,9 @@ const SESSIONS: &[(&str, &[&str])] = &[
 ];
 
 async fn raw_document(app: &TestApp, key_prefix: &str, session: &str) -> Option<String> {
-    let names = Names {
-        key_prefix: key_prefix.to_owned(),
-        ..Names::default()
-    };
-    let key = names.keys(&SessionId::parse(session).unwrap()).doc;
+    let key = Keys::new(key_prefix)
+        .session(&SessionId::parse(session).unwrap())
+        .doc;
     let client = redis::Client::open(app.redis.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("JSON.GET")

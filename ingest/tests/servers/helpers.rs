@@ -140,7 +140,8 @@ impl TestIngest {
     /// The subject of a session's frames.
     pub fn subject(&self, session_id: &str) -> String {
         let session = sessionfold_core::SessionId::parse(session_id).unwrap();
-        format!("{}.{}", self.config.nats.subject_prefix, session.token())
+        sessionfold_core::Subjects::with_events_prefix(self.config.nats.subject_prefix.as_str())
+            .event(&session)
     }
 
     /// Expects the frame acknowledged at `reply`'s sequence to be `frame`,

@@ -1,0 +1,179 @@
+//! The names of everything sessionfold sends or stores: every NATS subject
+//! ([`Subjects`]) and every Redis key ([`Keys`]), built from the configured
+//! prefixes and a session's [`token`](SessionId::token). Nothing else in
+//! the workspace spells a subject or a key; the `DEFAULT_*` prefixes here are
+//! the defaults of the flags that configure them.
+
+use crate::session::SessionId;
+
+/// Default name of the JetStream stream of accepted frames (`STREAM_NAME`).
+pub const DEFAULT_EVENT_STREAM: &str = "SESSIONFOLD_EVENTS";
+/// Default name of the dead-letter stream (`DEAD_LETTER_STREAM`).
+pub const DEFAULT_DEAD_LETTER_STREAM: &str = "SESSIONFOLD_DEAD";
+/// Default name of the processors' durable consumer (`CONSUMER_NAME`).
+pub const DEFAULT_CONSUMER: &str = "sessionfold-processor";
+/// Default subject prefix of accepted frames (`SUBJECT_PREFIX`).
+pub const DEFAULT_EVENTS_PREFIX: &str = "sessionfold.events";
+/// Default subject prefix of dead letters (`DEAD_LETTER_SUBJECT_PREFIX`).
+pub const DEFAULT_DEAD_LETTERS_PREFIX: &str = "sessionfold.dead";
+/// Default subject prefix of the notes announcing a changed document
+/// (`UPDATES_SUBJECT_PREFIX`).
+pub const DEFAULT_UPDATES_PREFIX: &str = "sessionfold.updates";
+/// Default prefix of every Redis key (`KEY_PREFIX`).
+pub const DEFAULT_KEY_PREFIX: &str = "sf:";
+
+/// The NATS subjects: a session's are `<prefix>.<token>` under each prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    /// Accepted frames, which the event stream holds.
+    pub events_prefix: String,
+    /// Frames that can never be applied, which the dead-letter stream holds.
+    pub dead_letters_prefix: String,
+    /// Notes the processor publishes after each apply; live views listen.
+    pub updates_prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self {
+            events_prefix: DEFAULT_EVENTS_PREFIX.to_owned(),
+            dead_letters_prefix: DEFAULT_DEAD_LETTERS_PREFIX.to_owned(),
+            updates_prefix: DEFAULT_UPDATES_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl Subjects {
+    /// The default subjects with accepted frames under `events_prefix`.
+    pub fn with_events_prefix(events_prefix: impl Into<String>) -> Self {
+        Self {
+            events_prefix: events_prefix.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Where `session`'s accepted frames are published.
+    pub fn event(&self, session: &SessionId) -> String {
+        format!("{}.{}", self.events_prefix, session.token())
+    }
+
+    /// The wildcard subject the event stream listens on.
+    pub fn events_filter(&self) -> String {
+        format!("{}.*", self.events_prefix)
+    }
+
+    /// Recovers the session of an accepted frame from its subject.
+    pub fn session_of_event(&self, subject: &str) -> Option<SessionId> {
+        let token = subject
+            .strip_prefix(self.events_prefix.as_str())?
+            .strip_prefix('.')?;
+        SessionId::from_token(token)
+    }
+
+    /// Where a dead letter of the session with `token` is published (the
+    /// token of a message's subject, which may name no valid session).
+    pub fn dead_letter(&self, token: &str) -> String {
+        format!("{}.{token}", self.dead_letters_prefix)
+    }
+
+    /// The wildcard subject the dead-letter stream listens on.
+    pub fn dead_letters_filter(&self) -> String {
+        format!("{}.>", self.dead_letters_prefix)
+    }
+
+    /// Where changes to `session`'s document are announced.
+    pub fn update(&self, session: &SessionId) -> String {
+        format!("{}.{}", self.updates_prefix, session.token())
+    }
+}
+
+/// The Redis keys, all under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// Prefix of every key, e.g. `sf:`; never holds `{` or `}`, which would
+    /// move the hash tag.
+    pub prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new(DEFAULT_KEY_PREFIX)
+    }
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The keys of one session.
+    pub fn session(&self, session: &SessionId) -> SessionKeys {
+        let token = session.token();
+        let prefix = &self.prefix;
+        SessionKeys {
+            doc: format!("{prefix}doc:{{{token}}}"),
+            ids: format!("{prefix}ids:{{{token}}}"),
+            order: format!("{prefix}order:{{{token}}}"),
+        }
+    }
+}
+
+/// The Redis keys of one session. All carry the hash tag `{<token>}`, so they
+/// share one Redis Cluster slot and one atomic script may touch them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionKeys {
+    /// The RedisJSON document served by the api.
+    pub doc: String,
+    /// Hash: event identity → position member of its first arrival.
+    pub ids: String,
+    /// Sorted set: position member scored by timestamp; its order is the
+    /// order of `children`.
+    pub order: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(raw: &str) -> SessionId {
+        SessionId::parse(raw).unwrap()
+    }
+
+    #[test]
+    fn every_subject_of_a_session_is_its_token_under_a_prefix() {
+        let subjects = Subjects::default();
+        let id = session("a.b");
+        assert_eq!(subjects.event(&id), "sessionfold.events.a_2eb");
+        assert_eq!(subjects.events_filter(), "sessionfold.events.*");
+        assert_eq!(subjects.dead_letter(&id.token()), "sessionfold.dead.a_2eb");
+        assert_eq!(subjects.dead_letters_filter(), "sessionfold.dead.>");
+        assert_eq!(subjects.update(&id), "sessionfold.updates.a_2eb");
+        assert_eq!(
+            subjects.session_of_event("sessionfold.events.a_2eb"),
+            Some(id)
+        );
+    }
+
+    #[test]
+    fn only_the_events_prefix_names_an_event_subject() {
+        let subjects = Subjects::with_events_prefix("run.events");
+        assert_eq!(
+            subjects.session_of_event("run.events.s"),
+            Some(session("s"))
+        );
+        assert_eq!(subjects.session_of_event("sessionfold.events.s"), None);
+        assert_eq!(subjects.session_of_event("run.eventss"), None);
+        assert_eq!(subjects.updates_prefix, DEFAULT_UPDATES_PREFIX);
+    }
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let keys = Keys::default().session(&session("s}{1"));
+        assert_eq!(keys.doc, "sf:doc:{s_7d_7b1}");
+        assert_eq!(keys.ids, "sf:ids:{s_7d_7b1}");
+        assert_eq!(keys.order, "sf:order:{s_7d_7b1}");
+        assert_eq!(Keys::new("run:").session(&session("s")).doc, "run:doc:{s}");
+    }
+}
