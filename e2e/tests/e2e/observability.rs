@@ -263,15 +263,22 @@ async fn the_processor_serves_metrics_and_checked_readiness_on_its_health_listen
         &expected_document("split-metrics", &[frame]),
     )
     .await;
-    // The processor is its own process: its page holds its own counts.
-    let page = scrape(&app, &base).await;
-    assert!(
-        sample(
-            &page,
-            "sessionfold_processor_messages_total",
-            &[("outcome", "acked")]
-        ) >= 1.0
-    );
+    // The processor is its own process: its page holds its own counts. The
+    // document is visible before the message's ack is counted.
+    let page = eventually("the processor counts the acked message", DEADLINE, || {
+        let app = &app;
+        let base = base.clone();
+        async move {
+            let page = scrape(app, &base).await;
+            let acked = sample(
+                &page,
+                "sessionfold_processor_messages_total",
+                &[("outcome", "acked")],
+            );
+            (acked >= 1.0).then_some(page)
+        }
+    })
+    .await;
     assert!(sample(&page, "sessionfold_processor_batch_messages_count", &[]) >= 1.0);
     assert!(
         sample(
