@@ -118,6 +118,18 @@ impl Keys {
             order: format!("{prefix}order:{{{token}}}"),
         }
     }
+
+    /// The applied-floor marker of a single Redis server (the processor's
+    /// repair reads it to tell lost writes).
+    pub fn applied_marker(&self) -> String {
+        format!("{}applied", self.prefix)
+    }
+
+    /// The applied-floor marker of one Redis Cluster master: `tag` is a
+    /// hash tag of the master's lowest slot, so the marker lives there.
+    pub fn cluster_applied_marker(&self, tag: &str) -> String {
+        format!("{}applied:{{{tag}}}", self.prefix)
+    }
 }
 
 /// The Redis keys of one session. All carry the hash tag `{<token>}`, so they
@@ -175,5 +187,10 @@ mod tests {
         assert_eq!(keys.ids, "sf:ids:{s_7d_7b1}");
         assert_eq!(keys.order, "sf:order:{s_7d_7b1}");
         assert_eq!(Keys::new("run:").session(&session("s")).doc, "run:doc:{s}");
+        assert_eq!(Keys::default().applied_marker(), "sf:applied");
+        assert_eq!(
+            Keys::default().cluster_applied_marker("s7"),
+            "sf:applied:{s7}"
+        );
     }
 }

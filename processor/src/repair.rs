@@ -61,6 +61,7 @@ use redis::Value;
 
 use sessionfold_common::metrics as names;
 use sessionfold_common::redis_conn::RedisConnection;
+use sessionfold_core::Keys;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -200,13 +201,13 @@ pub fn repair_needed(mark: &Mark, floor_seen: Option<u64>) -> Option<(Reason, u6
 
 /// The marker key of a single server.
 pub fn single_marker_key(key_prefix: &str) -> String {
-    format!("{key_prefix}applied")
+    Keys::new(key_prefix).applied_marker()
 }
 
 /// The marker key of a cluster master: its hash tag maps to the master's
 /// lowest slot, so the marker lives on that master and moves with that slot.
 pub fn cluster_marker_key(key_prefix: &str, slot: u16) -> String {
-    format!("{key_prefix}applied:{{{}}}", tag_for_slot(slot))
+    Keys::new(key_prefix).cluster_applied_marker(&tag_for_slot(slot))
 }
 
 /// A short hash tag whose slot is `slot` (searched, not stored: a few
