@@ -192,7 +192,7 @@ pub enum StreamResponses {
     Unavailable(ErrorBody),
 }
 
-/// A session's document (DESIGN §2): its bounds and its events in order.
+/// A session's document (docs/design.md §2): its bounds and its events in order.
 #[derive(ToSchema)]
 #[schema(example = json!({
     "session_id": "e6fa79ca-d142-4046-a134-5134f16a0b5e",

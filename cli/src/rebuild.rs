@@ -6,7 +6,7 @@
 //! holds nothing yet, waits until that consumer has nothing pending (nothing
 //! undelivered, nothing unacked), stops, and deletes the consumer. Because
 //! the fold depends only on the set of frames and their stream sequence
-//! (DESIGN §2.1), the rebuilt documents equal the live ones byte for byte for
+//! (docs/design.md §2.1), the rebuilt documents equal the live ones byte for byte for
 //! every frame the stream still holds. The live processors keep running
 //! meanwhile; frames that arrive during the rebuild are applied to both.
 //!

@@ -1,4 +1,4 @@
-//! A producer client for ingest's WebSocket (DESIGN §1): it sends a
+//! A producer client for ingest's WebSocket (docs/design.md §1): it sends a
 //! session's frames, matches every reply to its frame, and sends again what
 //! was not acknowledged, until each frame is acknowledged, refused for good,
 //! or the deadline passes.
@@ -13,7 +13,7 @@
 //! - **Resends are harmless.** A frame answered `unavailable`, or left without
 //!   a reply by a dropped connection, may still have been stored; the resend
 //!   stores a second copy with the same content, which the fold's
-//!   de-duplication ignores (DESIGN §2.1 rule 3). Together with the first
+//!   de-duplication ignores (docs/design.md §2.1 rule 3). Together with the first
 //!   point, the fold over the acknowledged frames in acknowledgement order
 //!   ([`sessionfold_core::fold`]) is exactly the document the system builds.
 //!
@@ -26,7 +26,7 @@
 //! refuses with HTTP 4xx.
 //!
 //! After a frame holding `SESSION_END` is acknowledged the server closes the
-//! socket with 1000 (DESIGN §1.2); the client finishes that close and opens a
+//! socket with 1000 (docs/design.md §1.2); the client finishes that close and opens a
 //! new connection for the next frame, which is not counted as a reconnect.
 //!
 //! ```no_run

@@ -1,5 +1,5 @@
 //! Connecting to NATS and bringing the event stream to its configured
-//! settings at start-up (DESIGN §3).
+//! settings at start-up (docs/design.md §3).
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};

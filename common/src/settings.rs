@@ -78,7 +78,7 @@ impl RedisSettings {
     }
 }
 
-/// Input limits (DESIGN §6).
+/// Input limits (docs/design.md §6).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LimitSettings {
     /// Largest accepted frame, in bytes.

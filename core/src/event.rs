@@ -1,4 +1,4 @@
-//! One validated event and its de-duplication identity (DESIGN §1.1, §2.1).
+//! One validated event and its de-duplication identity (docs/design.md §1.1, §2.1).
 
 use std::fmt::Write as _;
 

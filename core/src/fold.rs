@@ -1,4 +1,4 @@
-//! The fold rules (DESIGN §2.1): how the accepted frames of a session become
+//! The fold rules (docs/design.md §2.1): how the accepted frames of a session become
 //! its document.
 //!
 //! Every event has a *position*: the JetStream stream sequence of its frame and

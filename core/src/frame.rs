@@ -1,5 +1,5 @@
 //! One WebSocket text frame: a JSON array of events, or a single event object
-//! treated as an array of one (DESIGN §1.1). A frame is accepted or rejected
+//! treated as an array of one (docs/design.md §1.1). A frame is accepted or rejected
 //! as a whole.
 
 use serde_json::Value;

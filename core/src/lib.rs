@@ -8,7 +8,7 @@
 //! - [`frame`]: parsing and validating one WebSocket text frame ([`Frame::parse`]).
 //! - [`event`]: one validated event and its de-duplication identity.
 //! - [`protocol`]: the reply frames sent back to producers and their error codes.
-//! - [`fold`]: the fold rules (DESIGN §2.1): a batch reference fold and the
+//! - [`fold`]: the fold rules (docs/design.md §2.1): a batch reference fold and the
 //!   incremental fold that the processor's Redis step implements.
 //! - [`limits`]: the configurable input limits.
 //! - `strategies` (feature `proptest`): generators of frame streams and

@@ -1,4 +1,4 @@
-//! Input limits (DESIGN §6). Every limit is configurable by the services.
+//! Input limits (docs/design.md §6). Every limit is configurable by the services.
 
 /// Limits applied to producers' input before anything is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! The names of everything sessionfold sends or stores: every NATS subject
-//! ([`Subjects`]) and every Redis key ([`Keys`]), built from the configured
+//! ([`Subjects`], docs/design.md §3) and every Redis key ([`Keys`], §4),
+//! built from the configured
 //! prefixes and a session's [`token`](SessionId::token). Nothing else in
 //! the workspace spells a subject or a key; the `DEFAULT_*` prefixes here are
 //! the defaults of the flags that configure them.

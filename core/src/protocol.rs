@@ -1,5 +1,5 @@
 //! What travels back to producers: one reply frame per client frame
-//! (DESIGN §1.2), with stable machine-readable error codes, each either
+//! (docs/design.md §1.2), with stable machine-readable error codes (§1.3), each either
 //! permanent (sending the same frame again can never succeed) or transient
 //! (send it again).
 
@@ -204,6 +204,42 @@ pub mod monostate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rows of the error-code table of docs/design.md §1.3: code and
+    /// kind.
+    fn documented_codes() -> Vec<(String, String)> {
+        let design = include_str!("../../docs/design.md");
+        let section = design
+            .split("\n### 1.3 ")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("docs/design.md has a §1.3");
+        section
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.split('|').map(str::trim).skip(1);
+                let code = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+                Some((code.to_owned(), cells.next()?.to_owned()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_design_lists_every_error_code_with_its_kind() {
+        let documented = documented_codes();
+        let actual: Vec<(String, String)> = ErrorCode::ALL
+            .iter()
+            .map(|code| {
+                let kind = if code.is_transient() {
+                    "transient"
+                } else {
+                    "permanent"
+                };
+                (code.as_str().to_owned(), kind.to_owned())
+            })
+            .collect();
+        assert_eq!(documented, actual);
+    }
 
     #[test]
     fn replies_have_the_contract_shape() {

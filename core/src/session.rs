@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-/// Longest accepted session_id, in bytes (DESIGN §6).
+/// Longest accepted session_id, in bytes (docs/design.md §6).
 pub const MAX_SESSION_ID_BYTES: usize = 128;
 
 /// A validated session identifier: 1–128 bytes of UTF-8 without control

@@ -1,4 +1,4 @@
-//! The fold (DESIGN §2.1) under arbitrary delivery schedules.
+//! The fold (docs/design.md §2.1) under arbitrary delivery schedules.
 //!
 //! The fuzzer's bytes choose a session's stream (frames with stream
 //! sequences, events with few distinct timestamps, names, ids and field

@@ -1,7 +1,7 @@
 //! Frame parsing and validation (`Frame::parse`) on arbitrary input.
 //!
 //! Input: `#<session_id>\n<frame>`, or the whole input as the frame of the
-//! DESIGN example's session. Invalid UTF-8 is replaced, as ingest never sees
+//! design's example session (docs/design.md §2.1). Invalid UTF-8 is replaced, as ingest never sees
 //! it in a text frame.
 //!
 //! Invariants, under the default limits, small limits the fuzzer crosses

@@ -1,4 +1,4 @@
-//! The durable pull consumer every processor replica shares (DESIGN §3).
+//! The durable pull consumer every processor replica shares (docs/design.md §3).
 
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer, pull};
