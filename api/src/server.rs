@@ -83,18 +83,6 @@ impl Api {
             .with_state(self.shared.clone())
     }
 
-    /// Ready while Redis answers and no shutdown is under way.
-    pub async fn is_ready(&self) -> bool {
-        if self.shared.stopping.load(Ordering::Relaxed) {
-            return false;
-        }
-        let mut redis = self.shared.redis.clone();
-        redis::cmd("PING")
-            .query_async::<()>(&mut redis)
-            .await
-            .is_ok()
-    }
-
     /// Readiness turns 503 and live streams end (with `shutdown`), so the
     /// server's graceful shutdown does not wait for them.
     pub fn begin_shutdown(&self) {

@@ -225,13 +225,6 @@ impl Ingest {
             .with_state(self.shared.clone())
     }
 
-    /// Whether this service can take traffic: NATS connected and no shutdown
-    /// under way.
-    pub fn is_ready(&self) -> bool {
-        !self.shared.shutting_down.load(Ordering::Relaxed)
-            && self.nats.connection_state() == async_nats::connection::State::Connected
-    }
-
     /// Marks the service as stopping: readiness fails from now on.
     pub fn begin_shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::Relaxed);

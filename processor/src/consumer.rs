@@ -1,7 +1,7 @@
 //! The durable pull consumer every processor replica shares (docs/design.md §3).
 
 use anyhow::Context as _;
-use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::stream::Stream;
 
 use crate::config::WorkerSettings;
@@ -49,8 +49,3 @@ pub async fn ensure_consumer(
     Ok(consumer)
 }
 
-/// Pending and ack-pending counts of the consumer, for readiness and lag.
-pub async fn lag(consumer: &mut PullConsumer) -> anyhow::Result<(u64, usize)> {
-    let info: &consumer::Info = consumer.info().await?;
-    Ok((info.num_pending, info.num_ack_pending))
-}
