@@ -19,7 +19,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde_json::json;
 use sessionfold_common::settings::RedisSettings;
-use sessionfold_core::{Delivery, Frame, Limits, SessionId};
+use sessionfold_core::{Delivery, Frame, Limits, SeededRng, SessionId};
 use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -169,20 +169,17 @@ async fn apply_cost_at(
     }
     // The measured frames, round robin over the sessions.
     let mut next_timestamp = vec![children as u64; sessions];
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = SeededRng::new(0x2545_f491_4f6c_dd1d);
     let mut invocations = Vec::with_capacity(frames);
     for f in 0..frames {
         let s = f % sessions;
         let events = (0..FRAME_EVENTS)
             .map(|i| {
                 let name = format!("m-{f}-{i}");
-                // xorshift64: about one event in ten (at random places in
-                // the frame) lands among the existing children.
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                if rng % 100 < u64::from(out_of_order_percent) {
-                    event(rng % next_timestamp[s].max(1), &name)
+                // About one event in ten (at random places in the frame)
+                // lands among the existing children.
+                if rng.chance(u64::from(out_of_order_percent)) {
+                    event(rng.below(next_timestamp[s].max(1)), &name)
                 } else {
                     next_timestamp[s] += 1;
                     event(next_timestamp[s], &name)

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
+use sessionfold_core::SeededRng;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -64,35 +65,6 @@ pub struct Workload {
     pub sessions: Vec<SessionLoad>,
 }
 
-/// SplitMix64: small, fast, and stable across versions (unlike a crate's
-/// default generator), so a seed always names the same workload.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..bound` (`bound > 0`).
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next_u64() % bound
-    }
-
-    /// True with probability `percent`/100.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 impl Workload {
     /// Generates the workload of `spec`. Per session (with its own stream of
     /// random numbers derived from the seed, so sessions do not depend on
@@ -133,7 +105,7 @@ impl Workload {
 }
 
 fn generate_session(spec: &WorkloadSpec, index: usize) -> SessionLoad {
-    let mut rng = Rng::new(spec.seed ^ (index as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+    let mut rng = SeededRng::new(spec.seed ^ (index as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
     let session_id = if index % 50 == 49 {
         format!("{}.odd {index}*>{{x}}_", spec.session_prefix)
     } else {
@@ -211,7 +183,7 @@ fn generate_session(spec: &WorkloadSpec, index: usize) -> SessionLoad {
     }
 }
 
-fn new_event(rng: &mut Rng, session_id: &str, base: u64, ordinal: u64) -> Map<String, Value> {
+fn new_event(rng: &mut SeededRng, session_id: &str, base: u64, ordinal: u64) -> Map<String, Value> {
     let mut timestamp = json!(base + ordinal);
     if rng.chance(25) {
         let back = rng.below(40);
@@ -315,7 +287,8 @@ pub async fn run(workload: &Workload, producer: &Producer, options: &LoadOptions
         let producer = producer.clone();
         let load = load.clone();
         let max_pause = options.max_pause;
-        let mut rng = Rng::new(options.seed ^ (index as u64).wrapping_mul(0xa076_1d64_78bd_642f));
+        let mut rng =
+            SeededRng::new(options.seed ^ (index as u64).wrapping_mul(0xa076_1d64_78bd_642f));
         tasks.spawn(async move {
             let _permit = permits
                 .acquire_owned()
@@ -356,7 +329,7 @@ async fn send_session(
     producer: &Producer,
     load: &SessionLoad,
     max_pause: Duration,
-    rng: &mut Rng,
+    rng: &mut SeededRng,
 ) -> SessionResult {
     let mut result = SessionResult {
         session_id: load.session_id.clone(),

@@ -48,7 +48,9 @@ use std::ops::AddAssign;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use sessionfold_core::{ErrorCode, Frame, FrameError, Limits, Reply, SessionId, SessionIdError};
+use sessionfold_core::{
+    Backoff, ErrorCode, Frame, FrameError, Limits, Reply, SeededRng, SessionId, SessionIdError,
+};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -160,10 +162,11 @@ impl Producer {
     pub fn session(&self, session_id: &str) -> Result<SessionSender, SessionIdError> {
         let session = SessionId::parse(session_id)?;
         let url = self.config.session_url(&session).to_string();
+        // A seed of its own per sender, so that senders do not jitter alike.
         let jitter_seed = {
             let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
             hasher.write(session_id.as_bytes());
-            hasher.finish() | 1
+            hasher.finish()
         };
         Ok(SessionSender {
             config: self.config.clone(),
@@ -172,7 +175,7 @@ impl Producer {
             connection: None,
             recovering: false,
             counters: Counters::default(),
-            jitter: jitter_seed,
+            jitter: SeededRng::new(jitter_seed),
         })
     }
 }
@@ -316,7 +319,8 @@ pub struct SessionSender {
     /// The next connection recovers from a failure.
     recovering: bool,
     counters: Counters,
-    jitter: u64,
+    /// Seeds each frame's backoff jitter.
+    jitter: SeededRng,
 }
 
 /// Limits for recognising `SESSION_END` in a frame the server will check.
@@ -406,7 +410,7 @@ impl SessionSender {
         index: usize,
         deadline: Instant,
     ) -> Result<FrameOutcome, SendErrorKind> {
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = backoff(&self.config, &mut self.jitter);
         let mut last_problem = String::from("none");
         loop {
             if Instant::now() >= deadline {
@@ -426,7 +430,7 @@ impl SessionSender {
                         self.counters.connect_errors += 1;
                         self.recovering = true;
                         last_problem = problem;
-                        backoff.wait(deadline, &mut self.jitter).await;
+                        sleep_backoff(&mut backoff, deadline).await;
                         continue;
                     }
                 }
@@ -438,7 +442,7 @@ impl SessionSender {
             if let Err(err) = connection.socket.send(Message::Text(text.clone())).await {
                 last_problem = format!("sending: {err}");
                 self.broken();
-                backoff.wait(deadline, &mut self.jitter).await;
+                sleep_backoff(&mut backoff, deadline).await;
                 continue;
             }
             let wait = self
@@ -466,7 +470,7 @@ impl SessionSender {
                             self.counters.rate_limited += 1;
                         }
                         last_problem = format!("{}: {}", error.code.as_str(), error.message);
-                        backoff.wait(deadline, &mut self.jitter).await;
+                        sleep_backoff(&mut backoff, deadline).await;
                     }
                     _ => {
                         self.counters.rejected += 1;
@@ -477,12 +481,12 @@ impl SessionSender {
                     self.counters.reply_timeouts += 1;
                     last_problem = format!("no reply within {wait:?}");
                     self.broken();
-                    backoff.wait(deadline, &mut self.jitter).await;
+                    sleep_backoff(&mut backoff, deadline).await;
                 }
                 Err(ReplyFailure::Broken(problem)) => {
                     last_problem = problem;
                     self.broken();
-                    backoff.wait(deadline, &mut self.jitter).await;
+                    sleep_backoff(&mut backoff, deadline).await;
                 }
             }
         }
@@ -591,32 +595,19 @@ async fn reply(socket: &mut Socket, number: u64, wait: Duration) -> Result<Reply
         .unwrap_or(Err(ReplyFailure::Timeout))
 }
 
-/// Exponential backoff with jitter, capped, never past the deadline.
-struct Backoff {
-    next: Duration,
-    max: Duration,
+/// The retry schedule of one frame: exponential from
+/// [`ProducerConfig::initial_backoff`] to [`ProducerConfig::max_backoff`],
+/// jittered so that many senders failing together do not retry in
+/// lockstep.
+fn backoff(config: &ProducerConfig, jitter: &mut SeededRng) -> Backoff {
+    Backoff::new(config.initial_backoff, config.max_backoff)
+        .with_jitter(SeededRng::new(jitter.next_u64()))
 }
 
-impl Backoff {
-    fn new(config: &ProducerConfig) -> Self {
-        Self {
-            next: config.initial_backoff,
-            max: config.max_backoff.max(config.initial_backoff),
-        }
-    }
-
-    async fn wait(&mut self, deadline: Instant, jitter: &mut u64) {
-        // xorshift64: a delay between half and all of the current step, so
-        // that many senders failing together do not retry in lockstep.
-        *jitter ^= *jitter << 13;
-        *jitter ^= *jitter >> 7;
-        *jitter ^= *jitter << 17;
-        let fraction = 0.5 + (*jitter % 1024) as f64 / 2048.0;
-        let delay = self.next.mul_f64(fraction);
-        self.next = (self.next * 2).min(self.max);
-        let until = (Instant::now() + delay).min(deadline);
-        tokio::time::sleep_until(until).await;
-    }
+/// Sleeps for the next delay of `backoff`, never past `deadline`.
+async fn sleep_backoff(backoff: &mut Backoff, deadline: Instant) {
+    let until = (Instant::now() + backoff.next_delay()).min(deadline);
+    tokio::time::sleep_until(until).await;
 }
 
 #[cfg(test)]
@@ -677,12 +668,11 @@ mod tests {
         let mut config = ProducerConfig::new("ws://h:1").unwrap();
         config.initial_backoff = Duration::from_millis(20);
         config.max_backoff = Duration::from_millis(80);
-        let mut backoff = Backoff::new(&config);
-        let mut jitter = 0x9e37_79b9_7f4a_7c15;
+        let mut backoff = backoff(&config, &mut SeededRng::new(1));
         let far = Instant::now() + Duration::from_secs(60);
         for cap in [20, 40, 80, 80] {
             let start = Instant::now();
-            backoff.wait(far, &mut jitter).await;
+            sleep_backoff(&mut backoff, far).await;
             let waited = start.elapsed();
             let cap = Duration::from_millis(cap);
             assert!(waited >= cap / 2, "{waited:?} vs {cap:?}");
@@ -692,9 +682,7 @@ mod tests {
             );
         }
         let start = Instant::now();
-        backoff
-            .wait(start + Duration::from_millis(5), &mut jitter)
-            .await;
+        sleep_backoff(&mut backoff, start + Duration::from_millis(5)).await;
         assert!(start.elapsed() < Duration::from_millis(60));
     }
 

@@ -11,23 +11,30 @@
 //! - [`fold`]: the fold rules (docs/design.md §2.1): a batch reference fold and the
 //!   incremental fold that the processor's Redis step implements.
 //! - [`limits`]: the configurable input limits.
+//! - [`backoff`] and [`rng`]: the one retry schedule and the one seeded
+//!   random number generator, shared by the services, the client and the
+//!   harnesses.
 //! - `strategies` (feature `proptest`): generators of frame streams and
 //!   delivery schedules for property tests.
 
+pub mod backoff;
 pub mod event;
 pub mod fold;
 pub mod frame;
 pub mod limits;
 pub mod names;
 pub mod protocol;
+pub mod rng;
 pub mod session;
 #[cfg(any(test, feature = "proptest"))]
 pub mod strategies;
 
+pub use backoff::Backoff;
 pub use event::{Event, EventKind};
 pub use fold::{Delivery, IncrementalFold, fold};
 pub use frame::Frame;
 pub use limits::Limits;
 pub use names::{Keys, SessionKeys, Subjects};
 pub use protocol::{ErrorCode, FrameError, Reply};
+pub use rng::SeededRng;
 pub use session::{SessionId, SessionIdError};

@@ -15,45 +15,18 @@ pub mod system;
 
 pub use system::{System, SystemOptions};
 
-/// SplitMix64, for the random moments of fault injection (seeded, printed,
-/// so a run can be repeated with `FAULTS_SEED`).
-#[derive(Debug, Clone)]
-pub struct FaultRng(u64);
-
-impl FaultRng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// `FAULTS_SEED` when set, else a seed from the clock.
-    pub fn seed_from_env() -> u64 {
-        std::env::var("FAULTS_SEED")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            })
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `low..=high` milliseconds.
-    pub fn millis(&mut self, low: u64, high: u64) -> std::time::Duration {
-        let span = high.saturating_sub(low) + 1;
-        std::time::Duration::from_millis(low + self.next_u64() % span)
-    }
-
-    /// Uniform in `0..bound`.
-    pub fn below(&mut self, bound: usize) -> usize {
-        (self.next_u64() % bound.max(1) as u64) as usize
-    }
+/// The random moments of fault injection come from a
+/// `sessionfold_core::SeededRng` seeded with this, printed, so
+/// that a run can be repeated: `FAULTS_SEED` when set, else a seed from the
+/// clock.
+pub fn seed_from_env() -> u64 {
+    std::env::var("FAULTS_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
 }

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessionfold_client::loadgen::{self, LoadOptions, LoadReport, Workload, WorkloadSpec};
-use sessionfold_faults::{FaultRng, System, SystemOptions};
+use sessionfold_core::SeededRng;
+use sessionfold_faults::{System, SystemOptions, seed_from_env};
 use sessionfold_harness::{ScenarioReport, SystemUnderTest, settle};
 use sessionfold_testkit::init_test_tracing;
 use tokio::task::JoinHandle;
@@ -55,15 +56,15 @@ fn paced() -> LoadOptions {
     }
 }
 
-fn fault_rng(scenario: &str) -> FaultRng {
-    let seed = FaultRng::seed_from_env();
+fn fault_rng(scenario: &str) -> SeededRng {
+    let seed = seed_from_env();
     println!("{scenario}: fault seed {seed} (FAULTS_SEED={seed} repeats the timing)");
-    FaultRng::new(seed)
+    SeededRng::new(seed)
 }
 
 /// A scenario on the default system under the paced load, and the random
 /// source of its fault timing.
-async fn paced_run(name: &str) -> (Run, FaultRng) {
+async fn paced_run(name: &str) -> (Run, SeededRng) {
     let rng = fault_rng(name);
     let run = Run::begin(name, SystemOptions::default(), workload(), paced()).await;
     (run, rng)
@@ -180,7 +181,7 @@ async fn a_processors_sigkilled_at_random_moments_and_restarted() {
     let (mut run, mut rng) = paced_run(name).await;
     for _ in 0..KILLS {
         tokio::time::sleep(rng.millis(700, 1800)).await;
-        let slot = rng.below(run.system.processor_slots());
+        let slot = rng.index(run.system.processor_slots());
         let (pending, ack_pending) = run
             .system
             .jetstream()

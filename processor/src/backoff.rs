@@ -1,5 +1,6 @@
-//! Exponential backoff between retries of the processor's loops, capped,
-//! interrupted by shutdown.
+//! The backoff between retries of the processor's loops: core's
+//! [`Backoff`](sessionfold_core::Backoff) schedule (50 ms, doubling, at most
+//! 2 s), slept here so that a shutdown interrupts it.
 
 use std::time::Duration;
 
@@ -8,17 +9,19 @@ use tokio_util::sync::CancellationToken;
 const FIRST_DELAY: Duration = Duration::from_millis(50);
 const MAX_DELAY: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Default)]
-pub struct Backoff {
-    attempt: u32,
+#[derive(Debug, Clone)]
+pub struct Backoff(sessionfold_core::Backoff);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(sessionfold_core::Backoff::new(FIRST_DELAY, MAX_DELAY))
+    }
 }
 
 impl Backoff {
     /// The delay before the next attempt: 50 ms, doubling, at most 2 s.
     pub fn next_delay(&mut self) -> Duration {
-        let delay = (FIRST_DELAY * (1u32 << self.attempt.min(6))).min(MAX_DELAY);
-        self.attempt = self.attempt.saturating_add(1);
-        delay
+        self.0.next_delay()
     }
 
     /// Sleeps for the next delay; `false` when shutdown interrupted it.
@@ -31,7 +34,7 @@ impl Backoff {
     }
 
     pub fn reset(&mut self) {
-        self.attempt = 0;
+        self.0.reset();
     }
 }
 
@@ -48,5 +51,12 @@ mod tests {
         assert_eq!(delays, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
         backoff.reset();
         assert_eq!(backoff.next_delay(), Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_interrupts_the_wait() {
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        assert!(!Backoff::default().wait(&shutdown).await);
     }
 }

@@ -184,14 +184,8 @@ async fn large_mixed_batches_store_the_reference_document() {
         .unwrap();
     let session = SessionId::parse("large").unwrap();
 
-    // A small linear congruential generator: deterministic, no extra crate.
-    let mut state: u64 = 0x5eed;
-    let mut next = move |bound: u64| {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (state >> 33) % bound
-    };
+    let mut rng = sessionfold_core::SeededRng::new(0x5eed);
+    let mut next = move |bound: u64| rng.below(bound);
     let mut stream = Vec::new();
     let mut sent: Vec<String> = Vec::new();
     let mut newest = 0u64;
