@@ -2,6 +2,11 @@
 //! checks, this test makes `cargo test --workspace` build the binary, which
 //! the end-to-end tests, the fault suite and the cluster test run.)
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use std::process::Command;
 
 const SUBCOMMANDS: [&str; 10] = [

@@ -4,6 +4,11 @@
 //! document equals the reference fold. Runs with the shipped ACL on every
 //! node, as the services' own users.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use redis::aio::ConnectionLike;
 use sessionfold_cluster::RedisCluster;
 use sessionfold_cluster::credentials::{REDIS_ADMIN, REDIS_API, REDIS_PROCESSOR};

@@ -14,6 +14,11 @@
 //! sessionfold-cluster -- --nocapture` (`SESSIONFOLD_KEEP_TEST_DIRS=1` keeps
 //! the logs, `CLUSTER_CHILD_LOG` sets the services' `RUST_LOG`).
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -22,6 +22,11 @@
 //! Run: `cargo build -p sessionfold && cargo test -p sessionfold-cluster
 //! --test failover -- --nocapture`.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

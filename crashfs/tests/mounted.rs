@@ -1,6 +1,11 @@
 //! The crash model through the kernel: a real FUSE mount, ordinary file
 //! system calls, then a power cut.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 

@@ -15,6 +15,11 @@
 //! (`FAULTS_SEED=<n>` repeats the fault timing of a run; `SESSIONFOLD_KEEP_TEST_DIRS=1`
 //! keeps the service logs; `FAULTS_CHILD_LOG` sets the services' `RUST_LOG`.)
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

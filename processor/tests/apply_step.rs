@@ -2,6 +2,11 @@
 //! order of batches and any redelivery gives the reference fold, byte for
 //! byte, and refused batches write nothing.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::Keys;

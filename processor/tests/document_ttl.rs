@@ -2,6 +2,11 @@
 //! RedisJSON: every successful apply (re)sets the TTL on the session's three
 //! keys; without a TTL they never expire.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::Keys;
 use sessionfold_core::{Delivery, Frame, Limits, SessionId};

@@ -5,6 +5,11 @@
 //! its files, flushed. Every document must come back to the reference fold
 //! of every stored frame, with no operator action.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use std::path::Path;
 use std::time::Duration;
 

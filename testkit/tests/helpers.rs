@@ -1,5 +1,10 @@
 //! `eventually`, `eventually_ok`, `free_port`, `unique_name`, tracing init.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -2,6 +2,11 @@
 //! raw protocol, JetStream data surviving stop/kill + restart on the same
 //! port, extra config, cleanup on drop.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;

@@ -2,6 +2,11 @@
 //! lifecycle: JSON round trip, AOF survival across stop/kill + restart on the
 //! same port, extra args, early-exit errors, cleanup on drop.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;

@@ -2,6 +2,11 @@
 //! shell scripts (run as `/bin/sh <script>`, the script taking the place of
 //! the subcommand), with a stand-in `/readyz` where one is needed.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,6 +2,11 @@
 //! ([`reads`]), live streams that share one read per update and end on
 //! time ([`streams`]), and the shipped Redis settings ([`redis_config`]).
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 mod harness;
 mod reads;
 mod redis_config;

@@ -2,6 +2,11 @@
 //! nats-server with JetStream, processors, a real redis-server with RedisJSON,
 //! and `GET /data`. Every test starts its own servers on free ports.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 mod conditional_reads;
 mod dead_letters;
 mod duplicates;

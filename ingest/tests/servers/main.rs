@@ -3,6 +3,11 @@
 //! says truthfully whether a retry can help, and what attackers try does not
 //! take it down. `security::*` is what `make security` replays.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test, an unwrap that fails is the failure"
+)]
+
 mod acknowledged;
 mod helpers;
 mod limits;
