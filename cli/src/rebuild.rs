@@ -32,12 +32,15 @@ use sessionfold_processor::config::{SinkSettings, WorkerSettings};
 use sessionfold_processor::consumer::consumer_config;
 use tokio_util::sync::CancellationToken;
 
+/// The settings it shares with the processor take their defaults from the
+/// processor's flags; the key prefix and the consumer have none, so that a
+/// rebuild never writes into the live prefix or takes the live consumer.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RebuildArgs {
     #[command(flatten)]
     pub nats: NatsSettings,
     /// Redis URL (Redis ≥ 7 with RedisJSON).
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, env = "REDIS_URL", default_value_t = RedisSettings::default().redis_url)]
     pub redis_url: String,
     /// Key prefix to rebuild into, e.g. `sf2:`. It must hold no keys yet
     /// (see `--allow-existing-keys`). Deliberately not read from
@@ -63,25 +66,37 @@ pub struct RebuildArgs {
     #[arg(long, default_value_t = 0)]
     pub timeout_secs: u64,
     /// Most messages applied in one batch.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 512)]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = WorkerSettings::default().batch_size)]
     pub batch_size: usize,
     /// Most children one session may hold; 0 for no limit (use the live value).
-    #[arg(long, env = "MAX_CHILDREN_PER_SESSION", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "MAX_CHILDREN_PER_SESSION",
+        default_value_t = WorkerSettings::default().max_children_per_session
+    )]
     pub max_children_per_session: u64,
     /// Document TTL in seconds; 0 for none (use the live value).
-    #[arg(long, env = "DOCUMENT_TTL_SECS", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "DOCUMENT_TTL_SECS",
+        default_value_t = WorkerSettings::default().document_ttl_secs
+    )]
     pub document_ttl_secs: u64,
     /// Deliveries of a refused message before it goes to the dead-letter stream.
-    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = WorkerSettings::default().max_attempts)]
     pub max_attempts: i64,
     /// Stream that keeps dead letters.
-    #[arg(long, env = "DEAD_LETTER_STREAM", default_value = sessionfold_core::names::DEFAULT_DEAD_LETTER_STREAM)]
+    #[arg(
+        long,
+        env = "DEAD_LETTER_STREAM",
+        default_value_t = WorkerSettings::default().dead_letter_stream
+    )]
     pub dead_letter_stream: String,
     /// Subject prefix of dead letters.
     #[arg(
         long,
         env = "DEAD_LETTER_SUBJECT_PREFIX",
-        default_value = sessionfold_core::names::DEFAULT_DEAD_LETTERS_PREFIX
+        default_value_t = WorkerSettings::default().dead_letter_subject_prefix
     )]
     pub dead_letter_subject_prefix: String,
 }

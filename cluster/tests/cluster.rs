@@ -19,12 +19,11 @@
     reason = "in a test, an unwrap that fails is the failure"
 )]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use sessionfold_client::loadgen::{self, LoadOptions, Workload, WorkloadSpec};
+use sessionfold_client::loadgen::WorkloadSpec;
 use sessionfold_cluster::{ClusterOptions, ClusterSystem};
-use sessionfold_harness::{ScenarioReport, SystemUnderTest, settle};
+use sessionfold_harness::{BackgroundLoad, ScenarioReport, SystemUnderTest, settle};
 use sessionfold_testkit::{eventually_ok, init_test_tracing};
 use tokio::time::Instant;
 
@@ -63,21 +62,14 @@ async fn nats_node_killed_under_load_loses_and_duplicates_nothing() {
     .await;
 
     let memory_before = system.redis.total_used_memory().await.expect("INFO memory");
-    let workload = Arc::new(Workload::generate(&WorkloadSpec::new(
+    let spec = WorkloadSpec::new(
         WORKLOAD_SEED,
         SESSIONS,
         FRAMES_PER_SESSION,
         EVENTS_PER_FRAME,
-    )));
-    let producer = system.producer();
-    let sent = workload.clone();
-    let options = LoadOptions {
-        concurrency: SESSIONS,
-        max_pause: Duration::from_millis(1500),
-        seed: 11,
-    };
-    let load_started = Instant::now();
-    let load = tokio::spawn(async move { loadgen::run(&sent, &producer, &options).await });
+    );
+    let (workload, load) =
+        BackgroundLoad::start_generated(&spec, system.producer(), Duration::from_millis(1500), 11);
 
     tokio::time::sleep(KILL_AFTER).await;
     let (leader, _) = system.stream_placement().await.unwrap_or((leader, current));
@@ -92,13 +84,8 @@ async fn nats_node_killed_under_load_loses_and_duplicates_nothing() {
         .unwrap_or_default();
     system.nats.kill(victim).await.expect("killing a NATS node");
     let mut faults = vec![format!(
-        "t={:>5.1?} (load {}): SIGKILL nats {leader}, the stream leader (consumer then: {pending} pending, {ack_pending} ack pending)",
-        load_started.elapsed(),
-        if load.is_finished() {
-            "finished"
-        } else {
-            "running"
-        }
+        "{}: SIGKILL nats {leader}, the stream leader (consumer then: {pending} pending, {ack_pending} ack pending)",
+        load.moment()
     )];
     let (new_leader, _) = eventually_ok("a new stream leader", Duration::from_secs(30), || async {
         match system.stream_placement().await {
@@ -110,10 +97,10 @@ async fn nats_node_killed_under_load_loses_and_duplicates_nothing() {
     .await;
     faults.push(format!(
         "t={:>5.1?}: {new_leader} leads the stream",
-        load_started.elapsed()
+        load.elapsed()
     ));
 
-    let load_report = load.await.expect("the load task");
+    let load_report = load.finish().await;
     let settled = settle(&system, name, &workload, &load_report).await;
 
     let mut keys_per_node = Vec::new();

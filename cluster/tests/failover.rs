@@ -27,13 +27,12 @@
     reason = "in a test, an unwrap that fails is the failure"
 )]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use sessionfold_client::loadgen::{self, LoadOptions, Workload, WorkloadSpec};
+use sessionfold_client::loadgen::WorkloadSpec;
 use sessionfold_cluster::{ClusterOptions, ClusterSystem};
 use sessionfold_harness::verify::verify;
-use sessionfold_harness::{ScenarioReport, SystemUnderTest, settle};
+use sessionfold_harness::{BackgroundLoad, ScenarioReport, SystemUnderTest, settle};
 use sessionfold_testkit::{eventually_ok, init_test_tracing};
 use tokio::time::Instant;
 
@@ -73,21 +72,15 @@ async fn failover_scenario(name: &str, durability: &str) -> Outcome {
     let mut system = ClusterSystem::start(options)
         .await
         .expect("starting the clusters and the services");
-    let workload = Arc::new(Workload::generate(&WorkloadSpec::new(
+    let spec = WorkloadSpec::new(
         WORKLOAD_SEED,
         SESSIONS,
         FRAMES_PER_SESSION,
         EVENTS_PER_FRAME,
-    )));
-    let producer = system.producer();
-    let sent = workload.clone();
-    let load_options = LoadOptions {
-        concurrency: SESSIONS,
-        max_pause: Duration::from_millis(800),
-        seed: 13,
-    };
+    );
+    let (workload, load) =
+        BackgroundLoad::start_generated(&spec, system.producer(), Duration::from_millis(800), 13);
     let load_started = Instant::now();
-    let load = tokio::spawn(async move { loadgen::run(&sent, &producer, &load_options).await });
 
     let master = 0;
     let replica = system.redis.replica_index(master, 0);
@@ -106,7 +99,7 @@ async fn failover_scenario(name: &str, durability: &str) -> Outcome {
         "t={:>5.1?}: replica {replica} of master {master} cut off (replication offset {replica_offset})",
         load_started.elapsed()
     )];
-    let load_report = load.await.expect("the load task");
+    let load_report = load.finish().await;
 
     // Let the processors apply what they can: under `none`, all of it (the
     // processors then have acked everything, the writes on master 0 alone

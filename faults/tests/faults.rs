@@ -23,12 +23,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sessionfold_client::loadgen::{self, LoadOptions, LoadReport, Workload, WorkloadSpec};
+use sessionfold_client::loadgen::{LoadOptions, Workload, WorkloadSpec};
 use sessionfold_core::SeededRng;
 use sessionfold_faults::{System, SystemOptions, seed_from_env};
-use sessionfold_harness::{ScenarioReport, SystemUnderTest, settle};
+use sessionfold_harness::{BackgroundLoad, ScenarioReport, SystemUnderTest, settle};
 use sessionfold_testkit::init_test_tracing;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// The scenarios take turns.
@@ -82,8 +81,7 @@ struct Run {
     system: System,
     workload: Arc<Workload>,
     started: Instant,
-    load_started: Instant,
-    load: JoinHandle<LoadReport>,
+    load: BackgroundLoad,
     faults: Vec<String>,
     notes: Vec<(String, String)>,
 }
@@ -98,16 +96,12 @@ impl Run {
         init_test_tracing();
         let started = Instant::now();
         let system = System::start(options).await.expect("starting the system");
-        let producer = system.producer();
-        let sent = workload.clone();
-        let load_started = Instant::now();
-        let load = tokio::spawn(async move { loadgen::run(&sent, &producer, &load).await });
+        let load = BackgroundLoad::start(workload.clone(), system.producer(), load);
         Self {
             name: name.to_owned(),
             system,
             workload,
             started,
-            load_started,
             load,
             faults: Vec::new(),
             notes: Vec::new(),
@@ -116,15 +110,7 @@ impl Run {
 
     /// Records a fault at the current moment of the load.
     fn fault(&mut self, what: String) {
-        let running = if self.load.is_finished() {
-            "load finished"
-        } else {
-            "load running"
-        };
-        self.faults.push(format!(
-            "t={:>5.1?} ({running}): {what}",
-            self.load_started.elapsed()
-        ));
+        self.faults.push(format!("{}: {what}", self.load.moment()));
     }
 
     /// Waits for the load and the processors, reads every document and
@@ -141,7 +127,7 @@ impl Run {
             notes,
             ..
         } = self;
-        let load_report = load.await.expect("the load task");
+        let load_report = load.finish().await;
         let silent: Vec<&str> = load_report
             .sessions
             .iter()

@@ -5,7 +5,8 @@
 
 use std::process::Output;
 
-use sessionfold_core::{Keys, SessionId};
+use sessionfold_core::Keys;
+use sessionfold_harness::read_documents;
 use sessionfold_testkit::{RunNames, unique_name};
 
 use crate::helpers::{TestApp, spawn_app, spawn_split_app_on};
@@ -35,16 +36,14 @@ const SESSIONS: &[(&str, &[&str])] = &[
 ];
 
 async fn raw_document(app: &TestApp, key_prefix: &str, session: &str) -> Option<String> {
-    let key = Keys::new(key_prefix)
-        .session(&SessionId::parse(session).unwrap())
-        .doc;
-    let client = redis::Client::open(app.redis.url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("JSON.GET")
-        .arg(key)
-        .query_async(&mut connection)
-        .await
-        .unwrap()
+    let documents = read_documents(
+        &app.redis.url(),
+        &Keys::new(key_prefix),
+        &[session.to_owned()],
+    )
+    .await
+    .unwrap();
+    documents.into_iter().next().flatten()
 }
 
 async fn rebuild(app: &TestApp, args: &[&str]) -> Output {
