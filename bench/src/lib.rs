@@ -11,6 +11,8 @@
 //! - [`system`]: the servers and the service processes.
 //! - [`raw`]: the limits: JetStream publish with async-nats alone, the apply
 //!   step called directly.
+//! - [`storage`]: Redis CPU per event of the apply step (both layouts)
+//!   against plain appends, and bytes per child by key.
 //! - [`e2e`]: end-to-end throughput with 1, 2, 4 processor replicas.
 //! - [`freshness`]: send → visible through `GET /data` at a steady rate.
 //! - [`read`]: `GET /data` against raw `JSON.GET`; [`http`]: the minimal
@@ -27,4 +29,5 @@ pub mod raw;
 pub mod read;
 pub mod report;
 pub mod stats;
+pub mod storage;
 pub mod system;

@@ -16,13 +16,15 @@ use sessionfold_client::loadgen::{Workload, WorkloadSpec};
     about = "Measures sessionfold against the limits of its own parts and records the table in BENCHMARKS.md"
 )]
 struct Args {
-    /// Measurements to run, comma-separated: raw, e2e, fresh, read, growth,
-    /// idle, servers (JetStream `sync_interval` always vs 2m; the apply step
-    /// on redis-server 7.0 vs Valkey, with and without the query engine).
+    /// Measurements to run, comma-separated: raw, storage (Redis CPU per
+    /// event against the plain-append floor, both layouts; bytes per child),
+    /// e2e, fresh, read, growth, idle, servers (JetStream `sync_interval`
+    /// always vs 2m; the apply step on redis-server 7.0 vs Valkey, with and
+    /// without the query engine).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "raw,e2e,fresh,read,growth,idle,servers"
+        default_value = "raw,storage,e2e,fresh,read,growth,idle,servers"
     )]
     only: Vec<String>,
     /// WebSocket producers (one session each at a time) of the throughput runs.
@@ -114,6 +116,117 @@ impl Args {
             self.idle_connections = self.idle_connections.min(500);
         }
     }
+}
+
+/// Redis CPU per event of the floor and of both layouts' apply steps, and
+/// bytes per child; returns the floor's events/s.
+async fn storage_rows(
+    args: &Args,
+    servers: &Servers,
+    workload: &Workload,
+    rows: &mut Vec<Row>,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+    clock: Instant,
+) -> anyhow::Result<f64> {
+    use sessionfold_bench::storage::{self, Layout};
+    let floor = storage::floor(servers, workload, args.apply_batch_frames).await?;
+    raw::settle().await;
+    let current =
+        storage::apply_cpu(servers, workload, args.apply_batch_frames, Layout::Current).await?;
+    raw::settle().await;
+    let first =
+        storage::apply_cpu(servers, workload, args.apply_batch_frames, Layout::First).await?;
+    raw::settle().await;
+    step(
+        &format!(
+            "Redis CPU per event: floor {:.2} µs, apply step {:.2} µs, first layout {:.2} µs",
+            floor.cpu_us_per_event(),
+            current.cpu_us_per_event(),
+            first.cpu_us_per_event()
+        ),
+        clock,
+    );
+    let describe = |cost: &storage::RedisCost| {
+        format!(
+            "{:.2} µs of Redis CPU per event ({} events/s)",
+            cost.cpu_us_per_event(),
+            count(cost.events_per_sec())
+        )
+    };
+    rows.push(Row::info(
+        1,
+        format!(
+            "Floor: the workload's EVENTs by plain pipelined `JSON.ARRAPPEND` (one call per frame, {} frames per pipeline)",
+            args.apply_batch_frames
+        ),
+        describe(&floor),
+    ));
+    for (name, cost) in [
+        ("apply step", &current),
+        ("first layout's apply step (baseline)", &first),
+    ] {
+        let ratio = cost.cpu_us_per_event() / floor.cpu_us_per_event();
+        rows.push(Row {
+            item: 1,
+            measure: format!("Redis CPU per event, {name}, same batches"),
+            result: describe(cost),
+            against: "floor".to_owned(),
+            ratio: format!("{ratio:.2}×"),
+            target: if name == "apply step" {
+                "≤ 2×".to_owned()
+            } else {
+                String::new()
+            },
+            status: if name == "apply step" {
+                Status::of(ratio <= 2.0)
+            } else {
+                Status::Info
+            },
+        });
+    }
+    json.insert("floor".into(), serde_json::to_value(&floor)?);
+    json.insert("apply_cpu".into(), serde_json::to_value(&current)?);
+    json.insert(
+        "apply_cpu_first_layout".into(),
+        serde_json::to_value(&first)?,
+    );
+
+    let sizes = if args.quick {
+        vec![10, 1000]
+    } else {
+        args.growth_sizes.clone()
+    };
+    let tables = storage::storage(servers, &sizes).await?;
+    step("storage per child measured", clock);
+    for table in &tables {
+        let split: Vec<String> = table
+            .bookkeeping
+            .iter()
+            .map(|(key, bytes)| format!("{key} {bytes:.0}"))
+            .collect();
+        let bookkeeping = table.bookkeeping_bytes();
+        let open_target = table.layout == "current" && table.children >= 10_000;
+        rows.push(Row {
+            item: 1,
+            measure: format!(
+                "Bytes per child, {} layout, open session of {} children",
+                table.layout, table.children
+            ),
+            result: format!(
+                "document {:.0} B + bookkeeping {bookkeeping:.0} B ({}) = {:.2}× the events' {:.0} B",
+                table.document_bytes,
+                split.join(", "),
+                (table.document_bytes + bookkeeping) / table.event_bytes,
+                table.event_bytes
+            ),
+            against: String::new(),
+            ratio: String::new(),
+            target: if open_target { "bookkeeping ≤ 48 B".to_owned() } else { String::new() },
+            status: if open_target { Status::of(bookkeeping <= 48.0) } else { Status::Info },
+        });
+    }
+    json.insert("storage".into(), serde_json::to_value(&tables)?);
+    Ok(floor.events_per_sec())
 }
 
 /// Prints a line as soon as a step is done, so a long run shows progress.
@@ -233,6 +346,12 @@ async fn main() -> anyhow::Result<()> {
         raw::settle().await;
     }
 
+    let mut floor_events_per_sec = None;
+    if args.wants("storage") {
+        floor_events_per_sec =
+            Some(storage_rows(&args, &servers, &workload, &mut rows, &mut json, clock).await?);
+    }
+
     if args.wants("servers") {
         servers_side_by_side(&args, &workload, &mut rows, &mut notes, &mut json, clock).await?;
     }
@@ -289,6 +408,21 @@ async fn main() -> anyhow::Result<()> {
             ));
             runs.push(run);
             raw::settle().await;
+        }
+        if let (Some(floor), Some(one)) = (
+            floor_events_per_sec,
+            runs.iter().find(|run| run.replicas == 1),
+        ) {
+            let ratio = one.events_per_sec() / floor;
+            rows.push(Row {
+                item: 2,
+                measure: "End to end with 1 processor against the floor's events/s".to_owned(),
+                result: format!("{} events/s", count(one.events_per_sec())),
+                against: format!("floor, {} events/s", count(floor)),
+                ratio: format!("{:.0} %", ratio * 100.0),
+                target: "≥ 50 %".to_owned(),
+                status: Status::of(ratio >= 0.5),
+            });
         }
         json.insert("end_to_end".into(), serde_json::to_value(&runs)?);
     }

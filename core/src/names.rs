@@ -115,6 +115,7 @@ impl Keys {
         let prefix = &self.prefix;
         SessionKeys {
             doc: format!("{prefix}doc:{{{token}}}"),
+            state: format!("{prefix}st:{{{token}}}"),
             ids: format!("{prefix}ids:{{{token}}}"),
             order: format!("{prefix}order:{{{token}}}"),
         }
@@ -139,10 +140,14 @@ impl Keys {
 pub struct SessionKeys {
     /// The RedisJSON document served by the api.
     pub doc: String,
-    /// Hash: event identity → position member of its first arrival.
+    /// Hash: the session's state beside its document (identities for
+    /// de-duplication, the order of the children, counters); see the apply
+    /// step's layout in docs/design.md §4.
+    pub state: String,
+    /// Layout 1 (migrated on first touch): hash event identity → position
+    /// member of its first arrival.
     pub ids: String,
-    /// Sorted set: position member scored by timestamp; its order is the
-    /// order of `children`.
+    /// Layout 1: sorted set of position members scored by timestamp.
     pub order: String,
 }
 
@@ -185,6 +190,7 @@ mod tests {
     fn keys_share_one_hash_tag() {
         let keys = Keys::default().session(&session("s}{1"));
         assert_eq!(keys.doc, "sf:doc:{s_7d_7b1}");
+        assert_eq!(keys.state, "sf:st:{s_7d_7b1}");
         assert_eq!(keys.ids, "sf:ids:{s_7d_7b1}");
         assert_eq!(keys.order, "sf:order:{s_7d_7b1}");
         assert_eq!(Keys::new("run:").session(&session("s")).doc, "run:doc:{s}");

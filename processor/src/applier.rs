@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::batch;
 use crate::settle::Outcome;
-use crate::store::{Applied, Invocation, Outage, Store};
+use crate::store::{Applied, Invocation, Outage, Store, Stored};
 
 /// One message as pulled from JetStream.
 #[derive(Debug, Clone)]
@@ -41,8 +41,8 @@ pub struct Metadata {
 pub struct BatchOutcome {
     /// One per message, in the batch's order.
     pub outcomes: Vec<Outcome>,
-    /// Sessions whose frames were stored, with the children written.
-    pub stored_sessions: Vec<(SessionId, i64)>,
+    /// Sessions whose frames were stored, with what each stored apply did.
+    pub stored_sessions: Vec<(SessionId, Vec<Stored>)>,
 }
 
 /// Builds invocations and applies them through a [`Store`].
@@ -122,12 +122,12 @@ impl<S: Store> Applier<S> {
         };
         for ((session, part), applied) in sessions.iter().zip(applied) {
             match applied {
-                Applied::Stored(written) => {
-                    tracing::debug!(session_id = %session, written, frames = part.messages.len(), "applied");
+                Applied::Stored(stored) => {
+                    tracing::debug!(session_id = %session, written = stored.written, revision = stored.revision, frames = part.messages.len(), "applied");
                     for &index in &part.messages {
                         result.outcomes[index] = Outcome::Stored;
                     }
-                    result.stored_sessions.push((session.clone(), written));
+                    result.stored_sessions.push((session.clone(), vec![stored]));
                 }
                 Applied::Refused(reason) => {
                     self.isolate_refusal(session, part, &reason, batch, &mut result, shutdown)
@@ -186,8 +186,7 @@ impl<S: Store> Applier<S> {
             refuse(result, part.messages[0], reason.to_owned());
             return;
         }
-        let mut written_total = 0;
-        let mut stored_any = false;
+        let mut stored_applies = Vec::new();
         for (delivery, &index) in part.deliveries.iter().zip(&part.messages) {
             if shutdown.is_cancelled() {
                 break;
@@ -195,10 +194,9 @@ impl<S: Store> Applier<S> {
             let invocation = self.invocation(session, std::slice::from_ref(delivery));
             match self.store.apply(std::slice::from_ref(&invocation)).await {
                 Ok(mut applied) => match applied.pop() {
-                    Some(Applied::Stored(written)) => {
+                    Some(Applied::Stored(stored)) => {
                         result.outcomes[index] = Outcome::Stored;
-                        written_total += written;
-                        stored_any = true;
+                        stored_applies.push(stored);
                     }
                     Some(Applied::Refused(reason)) => refuse(result, index, reason),
                     None => {}
@@ -210,10 +208,10 @@ impl<S: Store> Applier<S> {
                 }
             }
         }
-        if stored_any {
+        if !stored_applies.is_empty() {
             result
                 .stored_sessions
-                .push((session.clone(), written_total));
+                .push((session.clone(), stored_applies));
         }
     }
 }
@@ -257,11 +255,12 @@ mod tests {
     impl Store for ScriptedStore {
         async fn apply(&self, invocations: &[Invocation]) -> Result<Vec<Applied>, Outage> {
             self.calls.lock().unwrap().push(invocations.to_vec());
-            self.replies
-                .lock()
-                .unwrap()
-                .pop_front()
-                .unwrap_or_else(|| Ok(invocations.iter().map(|_| Applied::Stored(1)).collect()))
+            self.replies.lock().unwrap().pop_front().unwrap_or_else(|| {
+                Ok(invocations
+                    .iter()
+                    .map(|_| Applied::Stored(Stored::default()))
+                    .collect())
+            })
         }
     }
 
@@ -335,12 +334,8 @@ mod tests {
         let calls = store.calls();
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].len(), 1);
-        assert!(
-            calls[0][0]
-                .args
-                .iter()
-                .any(|arg| arg.starts_with("00000000000000000004:"))
-        );
+        let positions = &calls[0][0].args[7];
+        assert_eq!(&positions[..8], &crate::store::position_bytes(4, 0));
     }
 
     #[tokio::test]
@@ -384,7 +379,7 @@ mod tests {
             // The whole session part: refused.
             Ok(vec![Applied::Refused("SESSIONFOLD_FULL".to_owned())]),
             // Then frame by frame: the first fits, the second does not.
-            Ok(vec![Applied::Stored(1)]),
+            Ok(vec![Applied::Stored(Stored::default())]),
             Ok(vec![Applied::Refused("SESSIONFOLD_FULL".to_owned())]),
         ]);
         let batch = [pulled("a", 1, EVENT), pulled("a", 2, EVENT)];

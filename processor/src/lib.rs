@@ -12,6 +12,9 @@
 //! - [`applier`]: applying one batch through a store, outages waited out,
 //!   refusals isolated: an outcome per message.
 //! - [`settle`]: ack, nak or dead letter, a pure function of the outcome.
+//! - [`migrate`]: moving a session of the first layout to the current one
+//!   on its first touch; [`legacy`]: that first layout's step, kept for the
+//!   bench and the migration tests.
 //! - [`repair`]: noticing that Redis lost applied writes and re-applying
 //!   the stream.
 //! - [`backoff`]: the delays between retries.
@@ -29,6 +32,8 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod durability;
 pub mod lag;
+pub mod legacy;
+pub mod migrate;
 pub mod readiness;
 pub mod repair;
 pub mod settle;

@@ -16,26 +16,82 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 use sessionfold_common::redis_conn::{RedisConnection, RedisTimeouts};
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::event::normalized_number;
-use sessionfold_core::fold::{empty_document, position_member};
+use sessionfold_core::fold::empty_document;
 use sessionfold_core::{Delivery, EventKind, SessionId};
 use sessionfold_core::{Keys, SessionKeys};
 use tokio::sync::Semaphore;
 
 use crate::durability::Durability;
 
-/// The atomic, idempotent apply step.
+/// The atomic, idempotent apply step (layout 2).
 pub const APPLY_SCRIPT: &str = include_str!("apply.lua");
 
-/// Script arguments before the four per EVENT (see the top of `apply.lua`).
-const FIXED_ARGS: usize = 5;
+/// Script arguments before the children (see the top of `apply.lua`).
+const FIXED_ARGS: usize = 9;
 /// Index of the document TTL among the arguments.
 const TTL_ARG: usize = 4;
+/// Index of the mode among the arguments.
+const MODE_ARG: usize = 5;
+/// The largest index of an event in a frame that a position can hold.
+pub const MAX_FRAME_INDEX: usize = u16::MAX as usize;
+/// The largest stream sequence a position can hold (6 bytes).
+pub const MAX_STREAM_SEQUENCE: u64 = (1 << 48) - 1;
 
 /// One session's part of a batch, ready for the apply step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Invocation {
     pub keys: SessionKeys,
-    pub args: Vec<String>,
+    /// Binary-safe: the records argument holds raw bytes.
+    pub args: Vec<Vec<u8>>,
+}
+
+/// One child for the apply step: its identity digest, position,
+/// timestamp and JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Child {
+    pub identity: [u8; 16],
+    pub stream_sequence: u64,
+    pub index: usize,
+    pub timestamp: f64,
+    pub json: String,
+}
+
+/// The three columns `apply.lua` reads: identities (16 bytes a child),
+/// positions (8) and order records (timestamp 8, position 8).
+#[derive(Debug, Default)]
+struct Columns {
+    identities: Vec<u8>,
+    positions: Vec<u8>,
+    order: Vec<u8>,
+}
+
+impl Columns {
+    fn with_capacity(children: usize) -> Self {
+        Self {
+            identities: Vec::with_capacity(children * 16),
+            positions: Vec::with_capacity(children * 8),
+            order: Vec::with_capacity(children * 16),
+        }
+    }
+
+    fn push(&mut self, child: &Child) {
+        let position = position_bytes(child.stream_sequence, child.index);
+        self.identities.extend_from_slice(&child.identity);
+        self.positions.extend_from_slice(&position);
+        self.order.extend_from_slice(&child.timestamp.to_be_bytes());
+        self.order.extend_from_slice(&position);
+    }
+}
+
+/// A position as the apply step stores it: the stream sequence in 6 bytes,
+/// then the index in the frame in 2, big-endian, so that byte order is
+/// stream order.
+pub fn position_bytes(stream_sequence: u64, index: usize) -> [u8; 8] {
+    debug_assert!(stream_sequence <= MAX_STREAM_SEQUENCE && index <= MAX_FRAME_INDEX);
+    let mut bytes = [0u8; 8];
+    bytes[..6].copy_from_slice(&stream_sequence.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&(index as u16).to_be_bytes());
+    bytes
 }
 
 impl Invocation {
@@ -61,40 +117,105 @@ impl Invocation {
                     EventKind::SessionEnd => {
                         end = Some(end.map_or(event.timestamp, |t| t.max(event.timestamp)));
                     }
-                    EventKind::Event => children.push((
-                        event.timestamp,
-                        position_member(delivery.stream_sequence, index),
-                        event,
-                    )),
+                    EventKind::Event => children.push(Child {
+                        identity: event.identity_digest(),
+                        stream_sequence: delivery.stream_sequence,
+                        index,
+                        timestamp: event.timestamp,
+                        json: event.to_json(),
+                    }),
                 }
             }
         }
-        children.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        let bound =
-            |value: Option<f64>| value.map_or(String::new(), |t| normalized_number(t).to_string());
-        let mut args = Vec::with_capacity(FIXED_ARGS + children.len() * 4);
-        args.push(empty_document(session.as_str()).to_string());
-        args.push(bound(start));
-        args.push(bound(end));
-        args.push(max_children.to_string());
-        args.push("0".to_owned());
-        for (timestamp, position, event) in children {
-            args.push(event.identity());
-            args.push(position);
-            args.push(timestamp.to_string());
-            args.push(event.to_json());
-        }
-        Self {
-            keys: keys.session(session),
-            args,
-        }
+        Self::with_children(keys, session, start, end, children, max_children)
     }
 
-    /// Sets the document TTL: after the apply, the session's three keys
-    /// expire `seconds` later (0: never).
+    /// The invocation of explicit `children` (sorted here) and bounds.
+    pub fn with_children(
+        keys: &Keys,
+        session: &SessionId,
+        start: Option<f64>,
+        end: Option<f64>,
+        children: Vec<Child>,
+        max_children: u64,
+    ) -> Self {
+        Self::from_parts(
+            keys.session(session),
+            empty_document(session.as_str()).to_string(),
+            start,
+            end,
+            children,
+            max_children,
+        )
+    }
+
+    /// The invocation on `keys` of explicit `children` (sorted here),
+    /// bounds, and the empty document a new session starts from.
+    pub fn from_parts(
+        keys: SessionKeys,
+        empty: String,
+        start: Option<f64>,
+        end: Option<f64>,
+        mut children: Vec<Child>,
+        max_children: u64,
+    ) -> Self {
+        children.sort_by(|a, b| {
+            a.timestamp
+                .total_cmp(&b.timestamp)
+                .then_with(|| (a.stream_sequence, a.index).cmp(&(b.stream_sequence, b.index)))
+        });
+        let bound = |value: Option<f64>| {
+            value.map_or(Vec::new(), |t| {
+                normalized_number(t).to_string().into_bytes()
+            })
+        };
+        let mut columns = Columns::with_capacity(children.len());
+        for child in &children {
+            columns.push(child);
+        }
+        let mut args = Vec::with_capacity(FIXED_ARGS + children.len());
+        args.push(empty.into_bytes());
+        args.push(bound(start));
+        args.push(bound(end));
+        args.push(max_children.to_string().into_bytes());
+        args.push(b"0".to_vec());
+        args.push(Vec::new());
+        args.push(columns.identities);
+        args.push(columns.positions);
+        args.push(columns.order);
+        args.extend(children.into_iter().map(|child| child.json.into_bytes()));
+        Self { keys, args }
+    }
+
+    /// The empty document argument.
+    pub fn empty_document(&self) -> &[u8] {
+        &self.args[0]
+    }
+
+    /// The document TTL argument, in seconds.
+    pub fn document_ttl(&self) -> u64 {
+        std::str::from_utf8(&self.args[TTL_ARG])
+            .ok()
+            .and_then(|ttl| ttl.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Sets the document TTL: after the apply, the session's keys expire
+    /// `seconds` later (0: never).
     pub fn with_document_ttl(mut self, seconds: u64) -> Self {
-        self.args[TTL_ARG] = seconds.to_string();
+        self.args[TTL_ARG] = seconds.to_string().into_bytes();
         self
+    }
+
+    /// Marks the invocation as the migration of a layout-1 session.
+    pub fn migrating(mut self) -> Self {
+        self.args[MODE_ARG] = b"migrate".to_vec();
+        self
+    }
+
+    /// The children in it.
+    pub fn children(&self) -> usize {
+        self.args.len() - FIXED_ARGS
     }
 
     /// `EVALSHA` of the loaded script.
@@ -111,8 +232,9 @@ impl Invocation {
     fn call(&self, command: &str, script: &str) -> redis::Cmd {
         let mut cmd = redis::cmd(command);
         cmd.arg(script)
-            .arg(3)
+            .arg(4)
             .arg(&self.keys.doc)
+            .arg(&self.keys.state)
             .arg(&self.keys.ids)
             .arg(&self.keys.order)
             .arg(&self.args);
@@ -120,11 +242,67 @@ impl Invocation {
     }
 }
 
+/// What one stored invocation did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stored {
+    /// Children written.
+    pub written: i64,
+    /// The session's revision after the step (counts the steps that changed
+    /// it).
+    pub revision: u64,
+    /// What changed in `children`, in order.
+    pub ops: Vec<ChildOp>,
+}
+
+/// One change to a document's `children`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildOp {
+    /// The invocation's `child`-th child (0-based) went in at `rank`.
+    Inserted { rank: u32, child: u32 },
+    /// The child at `rank` was taken out (an earlier arrival replaced it).
+    Removed { rank: u32 },
+}
+
+impl Stored {
+    fn parse(reply: redis::Value) -> Result<Self, RedisError> {
+        let (written, revision, ops, skipped): (i64, u64, Vec<u8>, Vec<u8>) =
+            redis::from_redis_value(reply)?;
+        let skipped: std::collections::HashSet<u32> = skipped
+            .chunks_exact(4)
+            .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]))
+            .collect();
+        // The written children, in order: every child but the skipped ones.
+        let mut written_children = (0u32..).filter(|child| !skipped.contains(child));
+        let mut expanded = Vec::new();
+        for op in ops.chunks_exact(9) {
+            let rank = u32::from_be_bytes([op[1], op[2], op[3], op[4]]);
+            let count = u32::from_be_bytes([op[5], op[6], op[7], op[8]]);
+            match op[0] {
+                b'i' => {
+                    for offset in 0..count {
+                        let child = written_children.next().unwrap_or(u32::MAX);
+                        expanded.push(ChildOp::Inserted {
+                            rank: rank + offset,
+                            child,
+                        });
+                    }
+                }
+                _ => expanded.push(ChildOp::Removed { rank }),
+            }
+        }
+        Ok(Self {
+            written,
+            revision,
+            ops: expanded,
+        })
+    }
+}
+
 /// The fate of one invocation.
 #[derive(Debug)]
 pub enum Applied {
-    /// Stored; the number of children written.
-    Stored(i64),
+    /// Stored.
+    Stored(Stored),
     /// Redis refused it and will refuse it again (a full session, a key of
     /// the wrong type): the reason.
     Refused(String),
@@ -303,7 +481,7 @@ impl RedisStore {
         &self,
         connection: &mut RedisConnection,
         invocations: &[Invocation],
-    ) -> Result<Vec<redis::RedisResult<i64>>, Outage> {
+    ) -> Result<Vec<redis::RedisResult<redis::Value>>, Outage> {
         let (mut results, mut wait) = self.run(connection, invocations).await?;
         if results
             .iter()
@@ -329,7 +507,7 @@ impl RedisStore {
         &self,
         connection: &mut RedisConnection,
         invocations: &[Invocation],
-    ) -> Result<(Vec<redis::RedisResult<i64>>, Option<redis::Value>), Outage> {
+    ) -> Result<(Vec<redis::RedisResult<redis::Value>>, Option<redis::Value>), Outage> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for invocation in invocations {
@@ -348,7 +526,7 @@ impl RedisStore {
             .into_iter()
             .map(|reply| match reply {
                 redis::Value::ServerError(err) => Err(RedisError::from(err)),
-                other => redis::from_redis_value(other).map_err(RedisError::from),
+                other => Ok(other),
             })
             .collect();
         Ok((results, wait_reply))
@@ -363,32 +541,35 @@ impl RedisStore {
         &self,
         connection: &mut RedisConnection,
         invocations: &[Invocation],
-    ) -> Result<Vec<redis::RedisResult<i64>>, Outage> {
+    ) -> Result<Vec<redis::RedisResult<redis::Value>>, Outage> {
         let started = std::time::Instant::now();
         let script = &self.script;
         let shared = &*connection;
         // By index: a closure over `&Invocation` would make the future
         // higher-ranked over its lifetime, which `tokio::spawn` rejects.
-        let results: Vec<redis::RedisResult<i64>> = futures::stream::iter(0..invocations.len())
-            .map(|index| {
-                let mut connection = shared.clone();
-                let invocation = &invocations[index];
-                async move {
-                    match invocation
-                        .command(script)
-                        .query_async(&mut connection)
-                        .await
-                    {
-                        Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                            invocation.eval_command().query_async(&mut connection).await
+        let results: Vec<redis::RedisResult<redis::Value>> =
+            futures::stream::iter(0..invocations.len())
+                .map(|index| {
+                    let mut connection = shared.clone();
+                    let invocation = &invocations[index];
+                    async move {
+                        match invocation
+                            .command(script)
+                            .query_async(&mut connection)
+                            .await
+                        {
+                            Err(err)
+                                if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
+                            {
+                                invocation.eval_command().query_async(&mut connection).await
+                            }
+                            result => result,
                         }
-                        result => result,
                     }
-                }
-            })
-            .buffered(CLUSTER_CONCURRENCY)
-            .collect()
-            .await;
+                })
+                .buffered(CLUSTER_CONCURRENCY)
+                .collect()
+                .await;
         metrics::histogram!(sessionfold_common::metrics::APPLY_SECONDS)
             .record(started.elapsed().as_secs_f64());
         if results
@@ -478,7 +659,9 @@ async fn check_durability_support(
 
 impl Store for RedisStore {
     /// Applies every invocation: in one round trip on a single server, per
-    /// session on a cluster; then waits for the durability guarantee.
+    /// session on a cluster; then waits for the durability guarantee. A
+    /// session still in layout 1 is migrated on this first touch (see
+    /// [`crate::migrate`]) and its invocation applied after.
     async fn apply(&self, invocations: &[Invocation]) -> Result<Vec<Applied>, Outage> {
         // A batch of poison only has nothing to apply; Redis refuses an
         // empty pipeline ("empty command"), which would read as an outage.
@@ -487,19 +670,60 @@ impl Store for RedisStore {
         }
         let mut lease = self.lease().await;
         let connection = lease.connection();
-        let results = if connection.is_cluster() {
-            self.run_each(connection, invocations).await?
-        } else {
-            self.run_pipelined(connection, invocations).await?
-        };
+        let mut results = self.run_any(connection, invocations).await?;
+        let to_migrate: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, result)| {
+                matches!(result, Err(err) if err.code() == Some("SESSIONFOLD_MIGRATE"))
+            })
+            .map(|(index, _)| index)
+            .collect();
+        if !to_migrate.is_empty() {
+            let mut migrations = Vec::with_capacity(to_migrate.len());
+            for &index in &to_migrate {
+                migrations.push(
+                    crate::migrate::migration(connection, &invocations[index])
+                        .await
+                        .map_err(Outage::from)?,
+                );
+            }
+            self.run_any(connection, &migrations).await?;
+            let again: Vec<Invocation> = to_migrate
+                .iter()
+                .map(|&index| invocations[index].clone())
+                .collect();
+            for (index, result) in to_migrate
+                .into_iter()
+                .zip(self.run_any(connection, &again).await?)
+            {
+                results[index] = result;
+            }
+        }
         results
             .into_iter()
             .map(|result| match result {
-                Ok(written) => Ok(Applied::Stored(written)),
+                Ok(reply) => Stored::parse(reply)
+                    .map(Applied::Stored)
+                    .map_err(Outage::from),
                 Err(err) if is_outage(&err) => Err(Outage::from(err)),
                 Err(err) => Ok(Applied::Refused(err.to_string())),
             })
             .collect()
+    }
+}
+
+impl RedisStore {
+    async fn run_any(
+        &self,
+        connection: &mut RedisConnection,
+        invocations: &[Invocation],
+    ) -> Result<Vec<redis::RedisResult<redis::Value>>, Outage> {
+        if connection.is_cluster() {
+            self.run_each(connection, invocations).await
+        } else {
+            self.run_pipelined(connection, invocations).await
+        }
     }
 }
 
@@ -532,27 +756,72 @@ mod tests {
         ];
         let invocation = Invocation::new(&Keys::default(), &session, &deliveries, 0);
         assert_eq!(invocation.keys.doc, "sf:doc:{s}");
+        assert_eq!(invocation.keys.state, "sf:st:{s}");
+        let text = |arg: &Vec<u8>| String::from_utf8(arg.clone()).unwrap();
         let args = &invocation.args;
         assert_eq!(
-            args[0],
+            text(&args[0]),
             r#"{"session_id":"s","type":"SESSION","start":null,"end":null,"children":[]}"#
         );
         assert_eq!(
-            (
-                args[1].as_str(),
-                args[2].as_str(),
-                args[3].as_str(),
-                args[4].as_str()
-            ),
-            ("1", "9.5", "0", "0")
+            [&args[1], &args[2], &args[3], &args[4], &args[5]].map(text),
+            ["1", "9.5", "0", "0", ""]
         );
-        assert_eq!(args.len(), FIXED_ARGS + 2 * 4);
-        assert_eq!(args[6], "00000000000000000002:0000000000");
-        assert_eq!(args[7], "5");
-        assert_eq!(args[8], r#"{"type":"EVENT","timestamp":5,"name":"a"}"#);
-        assert_eq!(args[10], "00000000000000000007:0000000000");
-        let with_ttl = invocation.with_document_ttl(60);
-        assert_eq!(with_ttl.args[TTL_ARG], "60");
-        assert_eq!(with_ttl.args.len(), FIXED_ARGS + 2 * 4);
+        assert_eq!(args.len(), FIXED_ARGS + 2);
+        assert_eq!(invocation.children(), 2);
+        // The columns: sequence 2 before 7 at the same timestamp.
+        let (identities, positions, order) = (&args[6], &args[7], &args[8]);
+        assert_eq!(identities.len(), 2 * 16);
+        assert_eq!(&positions[..8], &position_bytes(2, 0));
+        assert_eq!(&positions[8..], &position_bytes(7, 0));
+        assert_eq!(&order[..8], &5f64.to_be_bytes());
+        assert_eq!(&order[8..16], &position_bytes(2, 0));
+        assert_eq!(&order[16 + 8..], &position_bytes(7, 0));
+        assert_eq!(
+            text(&args[9]),
+            r#"{"type":"EVENT","timestamp":5,"name":"a"}"#
+        );
+        let with_ttl = invocation.migrating().with_document_ttl(60);
+        assert_eq!(text(&with_ttl.args[TTL_ARG]), "60");
+        assert_eq!(text(&with_ttl.args[MODE_ARG]), "migrate");
+    }
+
+    #[test]
+    fn positions_order_like_stream_order() {
+        assert_eq!(position_bytes(1, 2), [0, 0, 0, 0, 0, 1, 0, 2]);
+        assert!(position_bytes(1, 65535) < position_bytes(2, 0));
+        assert!(position_bytes(0x0102_0304_0506, 7) > position_bytes(0x0102_0304_0505, 9));
+    }
+
+    #[test]
+    fn the_reply_gives_written_revision_and_each_childs_rank() {
+        let op = |kind: u8, rank: u32, count: u32| {
+            let mut op = vec![kind];
+            op.extend_from_slice(&rank.to_be_bytes());
+            op.extend_from_slice(&count.to_be_bytes());
+            op
+        };
+        // Child 1 is a repeat; 0 and 2 go in at 3 and 4, then one removal,
+        // then child 3 is appended at 9.
+        let ops = [op(b'i', 3, 2), op(b'r', 5, 1), op(b'i', 9, 1)].concat();
+        let reply = redis::Value::Array(vec![
+            redis::Value::Int(3),
+            redis::Value::Int(12),
+            redis::Value::BulkString(ops),
+            redis::Value::BulkString(1u32.to_be_bytes().to_vec()),
+        ]);
+        assert_eq!(
+            Stored::parse(reply).unwrap(),
+            Stored {
+                written: 3,
+                revision: 12,
+                ops: vec![
+                    ChildOp::Inserted { rank: 3, child: 0 },
+                    ChildOp::Inserted { rank: 4, child: 2 },
+                    ChildOp::Removed { rank: 5 },
+                    ChildOp::Inserted { rank: 9, child: 3 },
+                ],
+            }
+        );
     }
 }

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::consumer::ensure_consumer;
 use crate::dead_letter::DeadLetters;
 use crate::settle::{Settlement, settle};
-use crate::store::{RedisStore, StoreOptions};
+use crate::store::{RedisStore, StoreOptions, Stored};
 
 /// Pull errors in a row after which the consumer is re-created.
 const MAX_CONSECUTIVE_PULL_ERRORS: u32 = 3;
@@ -229,8 +229,8 @@ impl Processor {
             }
         };
         let outcome = self.applier.apply(&pulled, keep_alive, shutdown).await;
-        for (session, written) in &outcome.stored_sessions {
-            self.announce(session, *written).await;
+        for (session, stored) in &outcome.stored_sessions {
+            self.announce(session, stored).await;
         }
         let max_attempts = self.config.worker.max_attempts;
         for ((message, pulled), outcome) in messages.iter().zip(&pulled).zip(outcome.outcomes) {
@@ -280,9 +280,15 @@ impl Processor {
 
     /// Tells live views that `session` changed. Best effort: a lost note
     /// only delays a view until the next one.
-    async fn announce(&self, session: &sessionfold_core::SessionId, written: i64) {
+    async fn announce(&self, session: &sessionfold_core::SessionId, stored: &[Stored]) {
+        let written: i64 = stored.iter().map(|stored| stored.written).sum();
+        let revision = stored
+            .iter()
+            .map(|stored| stored.revision)
+            .max()
+            .unwrap_or(0);
         let subject = self.applier.subjects.update(session);
-        let note = serde_json::json!({"session_id": session.as_str(), "written": written});
+        let note = serde_json::json!({"session_id": session.as_str(), "written": written, "revision": revision});
         if let Err(err) = self.nats.publish(subject, note.to_string().into()).await {
             tracing::debug!(session_id = %session, error = %err, "update note not sent");
         }

@@ -15,7 +15,9 @@ use sessionfold_core::{Delivery, Frame, Limits, SessionId, fold};
 use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use sessionfold_testkit::{RedisServer, init_test_tracing, unique_name};
 
-fn keys() -> Keys {
+mod support;
+
+fn names() -> Keys {
     Keys::new(format!("{}:", unique_name("t")))
 }
 
@@ -41,7 +43,7 @@ fn any_delivery_schedule_stores_the_reference_document() {
     let mut runner = TestRunner::new(ProptestConfig::with_cases(96));
     runner
         .run(&any_schedule(), |(stream, schedule)| {
-            let keys = keys();
+            let names = names();
             let store = store.clone();
             runtime.block_on(async {
                 // Deliveries in schedule order, batched two at a time, as a
@@ -49,16 +51,18 @@ fn any_delivery_schedule_stores_the_reference_document() {
                 for batch in schedule.chunks(2) {
                     let deliveries: Vec<Delivery> =
                         batch.iter().map(|&i| stream[i].clone()).collect();
-                    let invocation = Invocation::new(&keys, &session, &deliveries, 0);
+                    let invocation = Invocation::new(&names, &session, &deliveries, 0);
                     let applied = store.apply(&[invocation]).await.unwrap();
                     assert!(matches!(applied[..], [Applied::Stored(_)]), "{applied:?}");
                 }
                 let expected = serde_json::to_string(&fold("s", &stream)).unwrap();
-                let stored = stored_document(&redis.url(), &keys.session(&session).doc).await;
+                let stored = stored_document(&redis.url(), &names.session(&session).doc).await;
                 if stream.is_empty() {
                     assert_eq!(stored, None);
                 } else {
                     assert_eq!(stored.as_deref(), Some(expected.as_str()));
+                    let keys = names.session(&session);
+                    support::check_state(&redis.url(), &keys.state, &keys.doc).await;
                 }
             });
             Ok(())
@@ -82,7 +86,7 @@ async fn a_batch_past_the_children_limit_is_refused_and_writes_nothing() {
     let store = RedisStore::connect(&RedisSettings::local(redis.url()))
         .await
         .unwrap();
-    let keys = keys();
+    let names = names();
     let session = SessionId::parse("full").unwrap();
     let first = frame(
         &session,
@@ -96,18 +100,21 @@ async fn a_batch_past_the_children_limit_is_refused_and_writes_nothing() {
     );
     let applied = store
         .apply(&[Invocation::new(
-            &keys,
+            &names,
             &session,
             std::slice::from_ref(&first),
             3,
         )])
         .await
         .unwrap();
-    assert!(matches!(applied[..], [Applied::Stored(2)]), "{applied:?}");
-    let before = stored_document(&redis.url(), &keys.session(&session).doc).await;
+    assert!(
+        matches!(applied[..], [Applied::Stored(ref stored)] if stored.written == 2),
+        "{applied:?}"
+    );
+    let before = stored_document(&redis.url(), &names.session(&session).doc).await;
 
     let applied = store
-        .apply(&[Invocation::new(&keys, &session, &[over], 3)])
+        .apply(&[Invocation::new(&names, &session, &[over], 3)])
         .await
         .unwrap();
     match &applied[..] {
@@ -115,17 +122,20 @@ async fn a_batch_past_the_children_limit_is_refused_and_writes_nothing() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(
-        stored_document(&redis.url(), &keys.session(&session).doc).await,
+        stored_document(&redis.url(), &names.session(&session).doc).await,
         before,
         "a refused batch left a trace"
     );
 
     // Re-applying what is already stored is still fine at the limit.
     let applied = store
-        .apply(&[Invocation::new(&keys, &session, &[first], 2)])
+        .apply(&[Invocation::new(&names, &session, &[first], 2)])
         .await
         .unwrap();
-    assert!(matches!(applied[..], [Applied::Stored(0)]), "{applied:?}");
+    assert!(
+        matches!(applied[..], [Applied::Stored(ref stored)] if stored.written == 0),
+        "{applied:?}"
+    );
 }
 
 #[tokio::test]
@@ -135,7 +145,7 @@ async fn a_restarted_redis_gets_the_script_again() {
     let store = RedisStore::connect(&RedisSettings::local(redis.url()))
         .await
         .unwrap();
-    let keys = keys();
+    let names = names();
     let session = SessionId::parse("restart").unwrap();
     let one = frame(
         &session,
@@ -149,7 +159,7 @@ async fn a_restarted_redis_gets_the_script_again() {
     );
     store
         .apply(&[Invocation::new(
-            &keys,
+            &names,
             &session,
             std::slice::from_ref(&one),
             0,
@@ -157,7 +167,7 @@ async fn a_restarted_redis_gets_the_script_again() {
         .await
         .unwrap();
     redis.restart().unwrap();
-    let invocation = Invocation::new(&keys, &session, std::slice::from_ref(&two), 0);
+    let invocation = Invocation::new(&names, &session, std::slice::from_ref(&two), 0);
     let applied = sessionfold_testkit::eventually_ok(
         "the store works again after a restart",
         std::time::Duration::from_secs(10),
@@ -168,10 +178,13 @@ async fn a_restarted_redis_gets_the_script_again() {
         },
     )
     .await;
-    assert!(matches!(applied[..], [Applied::Stored(1)]), "{applied:?}");
+    assert!(
+        matches!(applied[..], [Applied::Stored(ref stored)] if stored.written == 1),
+        "{applied:?}"
+    );
     let expected = serde_json::to_string(&fold("restart", &[one, two])).unwrap();
     assert_eq!(
-        stored_document(&redis.url(), &keys.session(&session).doc).await,
+        stored_document(&redis.url(), &names.session(&session).doc).await,
         Some(expected)
     );
 }
@@ -189,8 +202,14 @@ async fn large_mixed_batches_store_the_reference_document() {
         .unwrap();
     let session = SessionId::parse("large").unwrap();
 
-    let mut rng = sessionfold_core::SeededRng::new(0x5eed);
-    let mut next = move |bound: u64| rng.below(bound);
+    // A small linear congruential generator: deterministic, no extra crate.
+    let mut state: u64 = 0x5eed;
+    let mut next = move |bound: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % bound
+    };
     let mut stream = Vec::new();
     let mut sent: Vec<String> = Vec::new();
     let mut newest = 0u64;
@@ -250,25 +269,37 @@ async fn large_mixed_batches_store_the_reference_document() {
         ],
     ];
     for schedule in schedules {
-        let keys = keys();
+        let names = names();
         let store = store.clone();
+        let keys = names.session(&session);
+        // The children as the reported ops build them, one apply after the
+        // other: what a live view receives as deltas.
+        let mut replayed: Vec<String> = Vec::new();
         for batch in &schedule {
             let deliveries: Vec<Delivery> = batch.iter().map(|&i| stream[i].clone()).collect();
+            let invocation = Invocation::new(&names, &session, &deliveries, 0);
             let applied = store
-                .apply(&[Invocation::new(&keys, &session, &deliveries, 0)])
+                .apply(std::slice::from_ref(&invocation))
                 .await
                 .unwrap();
-            assert!(
-                matches!(applied[..], [Applied::Stored(_)]),
-                "{schedule:?}: {applied:?}"
-            );
+            match &applied[..] {
+                [Applied::Stored(stored)] => support::replay(&mut replayed, &invocation, stored),
+                other => panic!("{schedule:?}: {other:?}"),
+            }
+            support::check_state(&redis.url(), &keys.state, &keys.doc).await;
         }
+        let stored = stored_document(&redis.url(), &keys.doc).await;
         assert_eq!(
-            stored_document(&redis.url(), &keys.session(&session).doc)
-                .await
-                .as_deref(),
+            stored.as_deref(),
             Some(expected.as_str()),
             "schedule {schedule:?}"
+        );
+        let children: serde_json::Value =
+            serde_json::from_str(&format!("[{}]", replayed.join(","))).unwrap();
+        let document: serde_json::Value = serde_json::from_str(&expected).unwrap();
+        assert_eq!(
+            children, document["children"],
+            "replayed ops, schedule {schedule:?}"
         );
     }
 }

@@ -191,7 +191,7 @@ async fn hostile_session_ids_get_exactly_one_subject_and_their_own_keys() {
         .iter()
         .flat_map(|session| {
             let keys = run_keys.session(session);
-            [keys.doc, keys.ids, keys.order]
+            [keys.doc, keys.state]
         })
         .chain([sessionfold_processor::repair::single_marker_key(
             &run_keys.prefix,
@@ -201,7 +201,7 @@ async fn hostile_session_ids_get_exactly_one_subject_and_their_own_keys() {
     for session in &sessions {
         let token = session.token();
         let keys = run_keys.session(session);
-        for key in [&keys.doc, &keys.ids, &keys.order] {
+        for key in [&keys.doc, &keys.state, &keys.ids, &keys.order] {
             let open = key.find('{').unwrap();
             let close = open + 1 + key[open + 1..].find('}').unwrap();
             assert_eq!(&key[open + 1..close], token, "hash tag of {key}");
