@@ -46,6 +46,10 @@ async fn a_refused_frame_is_dead_lettered_after_its_attempts_and_replayed_once_f
     let overflows = r#"[{"type":"EVENT","timestamp":3,"name":"c"}]"#;
     let mut producer = app.connect("full").await;
     producer.send_accepted(fits).await;
+    // Applied first: with batches in flight, a limit counts what was
+    // applied before, whatever the stream order.
+    app.wait_for_document("full", &expected_document("full", &[fits]))
+        .await;
     producer.send_accepted(overflows).await;
 
     let js = app.jetstream().await;
