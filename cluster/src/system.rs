@@ -135,8 +135,6 @@ impl ClusterSystem {
             js,
         };
         let nats_ingest = system.nats.urls(Some(NATS_INGEST));
-        let nats_processor = system.nats.urls(Some(NATS_PROCESSOR));
-        let redis_processor = system.redis.urls(Some(REDIS_PROCESSOR));
         let redis_api = system.redis.urls(Some(REDIS_API));
         let nats_api = system.nats.urls(Some(NATS_API));
         let replicas = system.options.stream_replicas.to_string();
@@ -156,23 +154,8 @@ impl ClusterSystem {
                 ),
             ],
         )?;
-        let processor_env: Vec<(String, String)> = system.options.processor_env.clone();
         for slot in 0..system.options.processors {
-            let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let mut env: Vec<(&str, String)> = processor_env
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.clone()))
-                .collect();
-            env.extend([
-                ("PROCESSOR_LISTEN", health.to_string()),
-                ("NATS_URL", nats_processor.clone()),
-                ("STREAM_REPLICAS", replicas.clone()),
-                ("REDIS_URL", redis_processor.clone()),
-                ("REDIS_CLUSTER", "true".to_owned()),
-                ("ACK_WAIT_SECS", system.options.ack_wait_secs.to_string()),
-                ("BATCH_SIZE", system.options.batch_size.to_string()),
-            ]);
-            system.spawn(&format!("processor-{slot}"), "processor", health, &env)?;
+            system.spawn_processor(&format!("processor-{slot}"), &[])?;
         }
         let api_addr = system.api_addr;
         system.spawn(
@@ -190,6 +173,45 @@ impl ClusterSystem {
             service.wait_ready(READY_TIMEOUT).await?;
         }
         Ok(system)
+    }
+
+    /// Starts one more processor, `extra_env` on top of the options'
+    /// processor environment, and waits until it is ready.
+    pub async fn add_processor(
+        &mut self,
+        name: &str,
+        extra_env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
+        self.spawn_processor(name, extra_env)?;
+        let added = self
+            .services
+            .last_mut()
+            .context("the processor just spawned")?;
+        added.wait_ready(READY_TIMEOUT).await
+    }
+
+    fn spawn_processor(&mut self, name: &str, extra_env: &[(&str, String)]) -> anyhow::Result<()> {
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let replicas = self.options.stream_replicas.to_string();
+        let mut env: Vec<(&str, String)> = self
+            .options
+            .processor_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        env.extend([
+            ("PROCESSOR_LISTEN", health.to_string()),
+            ("NATS_URL", self.nats.urls(Some(NATS_PROCESSOR))),
+            ("STREAM_REPLICAS", replicas),
+            ("REDIS_URL", self.redis.urls(Some(REDIS_PROCESSOR))),
+            ("REDIS_CLUSTER", "true".to_owned()),
+            ("ACK_WAIT_SECS", self.options.ack_wait_secs.to_string()),
+            ("BATCH_SIZE", self.options.batch_size.to_string()),
+        ]);
+        env.extend(extra_env.iter().map(|(k, v)| (*k, v.clone())));
+        let service = self.launcher.spawn(name, "processor", health, &env)?;
+        self.services.push(service);
+        Ok(())
     }
 
     fn spawn(

@@ -60,13 +60,28 @@ struct Outcome {
     replication_lag_bytes: i64,
 }
 
-async fn failover_scenario(name: &str, durability: &str) -> Outcome {
+/// How the processors come back from what a failover lost.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repair {
+    /// Automatic repair is on from the start.
+    On,
+    /// The processors run without repair (`REPAIR_CHECK_INTERVAL_MS=0`), so
+    /// that what the failover lost stays visible; after that is measured, a
+    /// processor with repair joins.
+    Later,
+}
+
+async fn failover_scenario(name: &str, durability: &str, repair: Repair) -> Outcome {
     init_test_tracing();
     let started = Instant::now();
+    let mut processor_env = vec![("REDIS_DURABILITY".to_owned(), durability.to_owned())];
+    if repair == Repair::Later {
+        processor_env.push(("REPAIR_CHECK_INTERVAL_MS".to_owned(), "0".to_owned()));
+    }
     let options = ClusterOptions {
         redis_nodes: 3,
         redis_replicas_per_master: 1,
-        processor_env: vec![("REDIS_DURABILITY".to_owned(), durability.to_owned())],
+        processor_env,
         ..ClusterOptions::default()
     };
     let mut system = ClusterSystem::start(options)
@@ -174,6 +189,21 @@ async fn failover_scenario(name: &str, durability: &str) -> Outcome {
         after.lost, after.documents_missing, after.unequal, after.sessions
     );
 
+    if repair == Repair::Later {
+        // What was lost stays lost without repair; now a processor with
+        // repair joins (it finds no applied-floor marker and replays).
+        system
+            .add_processor(
+                "processor-repairing",
+                &[("REPAIR_CHECK_INTERVAL_MS", "1000".to_owned())],
+            )
+            .await
+            .expect("starting a processor with repair");
+        faults.push(format!(
+            "t={:>5.1?}: a processor with automatic repair joined",
+            load_started.elapsed()
+        ));
+    }
     let mut settled = settle(&system, name, &workload, &load_report).await;
     // A repair after a failover first has to find the new master: give the
     // documents REPAIR_TIMEOUT in all, counted from the takeover.
@@ -221,6 +251,7 @@ async fn with_replica_durability_a_failover_behind_loses_nothing_acknowledged() 
     let outcome = failover_scenario(
         "failover: REDIS_DURABILITY=replica, master killed while its replica lags",
         "replica",
+        Repair::On,
     )
     .await;
     assert!(
@@ -234,8 +265,9 @@ async fn with_replica_durability_a_failover_behind_loses_nothing_acknowledged() 
 async fn with_no_durability_a_failover_behind_loses_writes_until_they_are_repaired() {
     let _serial = SERIAL.lock().await;
     let outcome = failover_scenario(
-        "failover: REDIS_DURABILITY=none, master killed while its replica lags",
+        "failover: REDIS_DURABILITY=none, master killed while its replica lags, repair joining later",
         "none",
+        Repair::Later,
     )
     .await;
     assert!(
