@@ -18,13 +18,14 @@ use sessionfold_client::loadgen::{Workload, WorkloadSpec};
 struct Args {
     /// Measurements to run, comma-separated: raw, storage (Redis CPU per
     /// event against the plain-append floor, both layouts; bytes per child),
-    /// e2e, fresh, read, growth, idle, servers (JetStream `sync_interval`
-    /// always vs 2m; the apply step on redis-server 7.0 vs Valkey, with and
-    /// without the query engine).
+    /// e2e, fresh, durability (end to end and freshness for each
+    /// `REDIS_DURABILITY`), read, growth, idle, servers (JetStream
+    /// `sync_interval` always vs 2m; the apply step on redis-server 7.0 vs
+    /// Valkey, with and without the query engine).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "raw,storage,e2e,fresh,read,growth,idle,servers"
+        default_value = "raw,storage,e2e,fresh,durability,read,growth,idle,servers"
     )]
     only: Vec<String>,
     /// WebSocket producers (one session each at a time) of the throughput runs.
@@ -229,6 +230,67 @@ async fn storage_rows(
     Ok(floor.events_per_sec())
 }
 
+/// End-to-end throughput (1 processor) and freshness for each
+/// `REDIS_DURABILITY`, with a replica attached to the bench's Redis for all
+/// three, so that only the processors' wait differs.
+async fn durability_rows(
+    args: &Args,
+    servers: &Servers,
+    workload: &Workload,
+    rows: &mut Vec<Row>,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+    clock: Instant,
+) -> anyhow::Result<()> {
+    let replica = tokio::task::block_in_place(|| servers.start_redis_replica())?;
+    let mut results = serde_json::Map::new();
+    let fresh_secs = args.fresh_secs.min(10);
+    for mode in ["none", "fsync", "replica"] {
+        servers.set_processor_env(vec![("REDIS_DURABILITY", mode.to_owned())]);
+        let run = e2e::run(servers, workload, 1, args.connections).await?;
+        raw::settle().await;
+        let fresh = freshness::run(
+            servers,
+            args.fresh_connections,
+            args.events_per_frame,
+            Duration::from_secs(fresh_secs),
+        )
+        .await?;
+        raw::settle().await;
+        step(
+            &format!(
+                "REDIS_DURABILITY={mode}: {} events/s end to end, freshness p99 {} ms",
+                count(run.events_per_sec()),
+                ms(fresh.visible.p99())
+            ),
+            clock,
+        );
+        rows.push(Row::info(
+            2,
+            format!("`REDIS_DURABILITY={mode}`: end to end with 1 processor, and freshness at {} events/s", count(fresh.events_per_sec)),
+            format!(
+                "{} events/s ({}/{} documents exact); send → visible p50 {} / p99 {} ms",
+                count(run.events_per_sec()),
+                run.exact_documents,
+                run.sessions,
+                ms(fresh.visible.p50()),
+                ms(fresh.visible.p99())
+            ),
+        ));
+        results.insert(
+            mode.to_owned(),
+            serde_json::json!({
+                "end_to_end": run,
+                "freshness_p50_ms": fresh.visible.p50().as_secs_f64() * 1e3,
+                "freshness_p99_ms": fresh.visible.p99().as_secs_f64() * 1e3,
+            }),
+        );
+    }
+    servers.set_processor_env(Vec::new());
+    drop(replica);
+    json.insert("durability".into(), serde_json::Value::Object(results));
+    Ok(())
+}
+
 /// Prints a line as soon as a step is done, so a long run shows progress.
 fn step(what: &str, started: Instant) {
     eprintln!("bench: [{:>5.1} s] {what}", started.elapsed().as_secs_f64());
@@ -350,6 +412,10 @@ async fn main() -> anyhow::Result<()> {
     if args.wants("storage") {
         floor_events_per_sec =
             Some(storage_rows(&args, &servers, &workload, &mut rows, &mut json, clock).await?);
+    }
+
+    if args.wants("durability") {
+        durability_rows(&args, &servers, &workload, &mut rows, &mut json, clock).await?;
     }
 
     if args.wants("servers") {

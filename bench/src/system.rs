@@ -48,6 +48,8 @@ pub struct Servers {
     pub nats: NatsServer,
     pub redis: RedisServer,
     launcher: ServiceLauncher,
+    /// Set for every processor on top of its defaults.
+    processor_env: std::sync::Mutex<Vec<(&'static str, String)>>,
 }
 
 /// A field of `/proc/<pid>/status` in kB.
@@ -131,7 +133,23 @@ impl Servers {
             nats,
             redis,
             launcher,
+            processor_env: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Environment every processor started from now on gets on top of its
+    /// defaults (e.g. `REDIS_DURABILITY`).
+    pub fn set_processor_env(&self, env: Vec<(&'static str, String)>) {
+        *self.processor_env.lock().expect("not poisoned") = env;
+    }
+
+    /// A replica of the bench's Redis (its own server, `--replicaof`), for
+    /// `REDIS_DURABILITY=replica`; it stays attached until dropped.
+    pub fn start_redis_replica(&self) -> anyhow::Result<RedisServer> {
+        let port = self.redis.port().to_string();
+        let mut args: Vec<&str> = REDIS_ARGS.to_vec();
+        args.extend(["--replicaof", "127.0.0.1", &port]);
+        RedisServer::start_with(RedisOptions::with_args(&args)).context("starting a Redis replica")
     }
 
     pub fn nats_url(&self) -> String {
@@ -200,6 +218,7 @@ impl Servers {
                 ("REDIS_URL", self.redis_url()),
             ]);
             env.extend(names.processor_env());
+            env.extend(self.processor_env.lock().expect("not poisoned").iter().cloned());
             let name = format!("processor-{slot}");
             processors.push(self.launcher.spawn(&name, "processor", addr, &env)?);
         }
