@@ -10,7 +10,10 @@
 //! and the reports are `sessionfold-harness`'s, shared with the cluster test.
 //!
 //! - [`system`]: [`System`], the running system and the faults it can suffer.
+//! - [`adversary`]: the adversarial-producer model test's producers, fault
+//!   schedule, oracle and checks.
 
+pub mod adversary;
 pub mod system;
 
 pub use system::{System, SystemOptions};

@@ -42,6 +42,10 @@ pub struct SystemOptions {
     pub nats_sync_interval: Option<String>,
     /// More processor environment (e.g. `REDIS_DURABILITY`).
     pub processor_env: Vec<(String, String)>,
+    /// More ingest environment (e.g. its limits).
+    pub ingest_env: Vec<(String, String)>,
+    /// Also run `sessionfold api`, at [`System::api_addr`].
+    pub api: bool,
 }
 
 impl Default for SystemOptions {
@@ -57,6 +61,8 @@ impl Default for SystemOptions {
             nats_store_dir: None,
             nats_sync_interval: None,
             processor_env: Vec::new(),
+            ingest_env: Vec::new(),
+            api: false,
         }
     }
 }
@@ -65,6 +71,7 @@ impl Default for SystemOptions {
 pub struct System {
     processors: Vec<Option<ServiceProcess>>,
     ingest: Option<ServiceProcess>,
+    api: Option<ServiceProcess>,
     nats: Arc<Mutex<NatsServer>>,
     redis: Arc<Mutex<RedisServer>>,
     pub nats_url: String,
@@ -72,6 +79,8 @@ pub struct System {
     pub names: RunNames,
     pub options: SystemOptions,
     pub ingest_addr: SocketAddr,
+    /// Where the api serves, when [`SystemOptions::api`] is set.
+    pub api_addr: SocketAddr,
     /// Processors SIGKILLed so far.
     pub processors_killed: usize,
     /// Processor processes started so far (restarts included).
@@ -85,6 +94,7 @@ impl Drop for System {
         // The services go before the servers they use.
         self.processors.clear();
         self.ingest = None;
+        self.api = None;
     }
 }
 
@@ -136,6 +146,7 @@ impl System {
         let mut system = Self {
             processors: Vec::new(),
             ingest: None,
+            api: None,
             nats: Arc::new(Mutex::new(nats)),
             redis: Arc::new(Mutex::new(redis)),
             nats_url,
@@ -143,6 +154,7 @@ impl System {
             names,
             options,
             ingest_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             processors_killed: 0,
             processors_started: 0,
             launcher,
@@ -156,7 +168,24 @@ impl System {
         for slot in 0..system.options.processors {
             system.wait_ready_processor(slot).await?;
         }
+        if system.options.api {
+            system.start_api().await?;
+        }
         Ok(system)
+    }
+
+    /// Starts the api on [`api_addr`](Self::api_addr), reading this run's
+    /// keys, and waits until it is ready. Its log is `api.log`.
+    async fn start_api(&mut self) -> anyhow::Result<()> {
+        let env = [
+            ("API_LISTEN", self.api_addr.to_string()),
+            ("REDIS_URL", self.redis_url.clone()),
+            ("KEY_PREFIX", self.names.key_prefix.clone()),
+        ];
+        let api = self
+            .api
+            .insert(self.launcher.spawn("api", "api", self.api_addr, &env)?);
+        api.wait_ready(READY_TIMEOUT).await
     }
 
     /// Starts ingest on [`ingest_addr`](Self::ingest_addr) (again after
@@ -166,13 +195,19 @@ impl System {
         if self.ingest.is_some() {
             bail!("ingest is already running");
         }
-        let env = [
+        let mut env = vec![
             ("INGEST_LISTEN", self.ingest_addr.to_string()),
             (
                 "PUBLISH_TIMEOUT_MS",
                 self.options.publish_timeout_ms.to_string(),
             ),
         ];
+        env.extend(
+            self.options
+                .ingest_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone())),
+        );
         let ingest =
             self.ingest.insert(
                 self.launcher
