@@ -218,7 +218,13 @@ impl Servers {
                 ("REDIS_URL", self.redis_url()),
             ]);
             env.extend(names.processor_env());
-            env.extend(self.processor_env.lock().expect("not poisoned").iter().cloned());
+            env.extend(
+                self.processor_env
+                    .lock()
+                    .expect("not poisoned")
+                    .iter()
+                    .cloned(),
+            );
             let name = format!("processor-{slot}");
             processors.push(self.launcher.spawn(&name, "processor", addr, &env)?);
         }

@@ -16,7 +16,7 @@ use sessionfold_common::settings::{LimitSettings, NatsSettings, RedisSettings, S
 use sessionfold_ingest::Ingest;
 use sessionfold_ingest::config::{ConnectionSettings, GuardSettings};
 use sessionfold_processor::Processor;
-use sessionfold_processor::config::{SinkSettings, WorkerSettings};
+use sessionfold_processor::config::{LifecycleSettings, SinkSettings, WorkerSettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,8 @@ pub struct DevConfig {
     pub worker: WorkerSettings,
     #[command(flatten)]
     pub sink: SinkSettings,
+    #[command(flatten)]
+    pub lifecycle: LifecycleSettings,
     #[command(flatten)]
     pub shutdown: ShutdownSettings,
     #[command(flatten)]
@@ -73,6 +75,7 @@ impl DevConfig {
             redis: self.redis.clone(),
             worker: self.worker.clone(),
             sink: self.sink.clone(),
+            lifecycle: self.lifecycle.clone(),
             shutdown: self.shutdown.clone(),
             http: self.http.clone(),
         }

@@ -28,7 +28,7 @@ use sessionfold_common::jetstream as js_setup;
 use sessionfold_common::settings::{NatsSettings, RedisSettings, ShutdownSettings};
 use sessionfold_core::Subjects;
 use sessionfold_processor::Processor;
-use sessionfold_processor::config::{SinkSettings, WorkerSettings};
+use sessionfold_processor::config::{LifecycleSettings, SinkSettings, WorkerSettings};
 use sessionfold_processor::consumer::consumer_config;
 use tokio_util::sync::CancellationToken;
 
@@ -195,6 +195,13 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<Rebuilt> {
         },
         // The rebuild replays the whole stream itself; the live processors
         // repair the live prefix.
+        // Nor does it close sessions: its documents are a copy.
+        lifecycle: LifecycleSettings {
+            session_idle_timeout_secs: 0,
+            session_end_grace_secs: 0,
+            session_max_duration_secs: 0,
+            ..LifecycleSettings::default()
+        },
         sink: SinkSettings {
             repair_check_interval_ms: 0,
             ..SinkSettings::default()

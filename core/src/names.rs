@@ -20,6 +20,17 @@ pub const DEFAULT_DEAD_LETTERS_PREFIX: &str = "sessionfold.dead";
 /// Default subject prefix of the notes announcing a changed document
 /// (`UPDATES_SUBJECT_PREFIX`).
 pub const DEFAULT_UPDATES_PREFIX: &str = "sessionfold.updates";
+/// Default name of the JetStream stream of session timers (`TIMERS_STREAM`).
+pub const DEFAULT_TIMERS_STREAM: &str = "SESSIONFOLD_TIMERS";
+/// Default subject prefix of session timers (`TIMERS_SUBJECT_PREFIX`).
+pub const DEFAULT_TIMERS_PREFIX: &str = "sessionfold.timers";
+/// Default durable consumer of due timers (`TIMERS_CONSUMER_NAME`).
+pub const DEFAULT_TIMERS_CONSUMER: &str = "sessionfold-timers";
+/// Default name of the JetStream stream of finished sessions
+/// (`SESSIONS_STREAM`).
+pub const DEFAULT_SESSIONS_STREAM: &str = "SESSIONFOLD_SESSIONS";
+/// Default subject prefix of finished sessions (`SESSIONS_SUBJECT_PREFIX`).
+pub const DEFAULT_SESSIONS_PREFIX: &str = "sessionfold.sessions";
 /// Default prefix of every Redis key (`KEY_PREFIX`).
 pub const DEFAULT_KEY_PREFIX: &str = "sf:";
 

@@ -24,7 +24,8 @@ use crate::store::{Applied, Invocation, Outage, Store, Stored};
 pub struct Pulled {
     pub subject: String,
     pub payload: Bytes,
-    /// Its stream sequence and how often it has been delivered; `None` when
+    /// Its stream sequence, how often it has been delivered and when ingest
+    /// stored it; `None` when
     /// the message carries no JetStream metadata (it is then poison: a fold
     /// position cannot be made up).
     pub metadata: Option<Metadata>,
@@ -34,6 +35,9 @@ pub struct Pulled {
 pub struct Metadata {
     pub stream_sequence: u64,
     pub delivered: i64,
+    /// When JetStream stored it (its arrival), in milliseconds since the
+    /// Unix epoch.
+    pub published_ms: u64,
 }
 
 /// What applying a batch did.
@@ -41,8 +45,9 @@ pub struct Metadata {
 pub struct BatchOutcome {
     /// One per message, in the batch's order.
     pub outcomes: Vec<Outcome>,
-    /// Sessions whose frames were stored, with what each stored apply did.
-    pub stored_sessions: Vec<(SessionId, Vec<Stored>)>,
+    /// Sessions whose frames were stored, with each stored invocation and
+    /// what it did.
+    pub stored_sessions: Vec<(SessionId, Vec<(Invocation, Stored)>)>,
 }
 
 /// Builds invocations and applies them through a [`Store`].
@@ -55,16 +60,43 @@ pub struct Applier<S> {
     pub keys: Keys,
     pub max_children: u64,
     pub document_ttl_secs: u64,
+    /// How long after its close a session still takes frames, in
+    /// milliseconds (`None`: always).
+    pub lateness_ms: Option<u64>,
 }
 
 impl<S: Store> Applier<S> {
+    /// The invocation of `deliveries`, which arrived at `arrivals` (ms).
     fn invocation(
         &self,
         session: &SessionId,
         deliveries: &[sessionfold_core::Delivery],
+        arrivals: &[u64],
     ) -> Invocation {
+        let first = arrivals.iter().copied().min().unwrap_or(0);
+        let last = arrivals.iter().copied().max().unwrap_or(0);
+        let session_end = deliveries
+            .iter()
+            .zip(arrivals)
+            .filter(|(delivery, _)| {
+                delivery
+                    .events
+                    .iter()
+                    .any(|event| event.kind == sessionfold_core::EventKind::SessionEnd)
+            })
+            .map(|(_, arrival)| *arrival)
+            .max();
         Invocation::new(&self.keys, session, deliveries, self.max_children)
             .with_document_ttl(self.document_ttl_secs)
+            .with_arrivals(first, last, session_end)
+            .with_lateness(self.lateness_ms)
+    }
+
+    fn arrivals(batch: &[Pulled], messages: &[usize]) -> Vec<u64> {
+        messages
+            .iter()
+            .map(|&index| batch[index].metadata.map_or(0, |m| m.published_ms))
+            .collect()
     }
 
     /// Applies `batch` until it is stored or `shutdown` comes first. While
@@ -106,7 +138,13 @@ impl<S: Store> Applier<S> {
         let sessions: Vec<_> = batch::group(decoded).into_iter().collect();
         let invocations: Vec<Invocation> = sessions
             .iter()
-            .map(|(session, part)| self.invocation(session, &part.deliveries))
+            .map(|(session, part)| {
+                self.invocation(
+                    session,
+                    &part.deliveries,
+                    &Self::arrivals(batch, &part.messages),
+                )
+            })
             .collect();
 
         let mut result = BatchOutcome {
@@ -120,14 +158,18 @@ impl<S: Store> Applier<S> {
             // Shutdown during an outage: everything decodable stays NotStored.
             return result;
         };
-        for ((session, part), applied) in sessions.iter().zip(applied) {
+        for (((session, part), applied), invocation) in
+            sessions.iter().zip(applied).zip(invocations)
+        {
             match applied {
                 Applied::Stored(stored) => {
                     tracing::debug!(session_id = %session, written = stored.written, revision = stored.revision, frames = part.messages.len(), "applied");
                     for &index in &part.messages {
                         result.outcomes[index] = Outcome::Stored;
                     }
-                    result.stored_sessions.push((session.clone(), vec![stored]));
+                    result
+                        .stored_sessions
+                        .push((session.clone(), vec![(invocation, stored)]));
                 }
                 Applied::Refused(reason) => {
                     self.isolate_refusal(session, part, &reason, batch, &mut result, shutdown)
@@ -191,12 +233,16 @@ impl<S: Store> Applier<S> {
             if shutdown.is_cancelled() {
                 break;
             }
-            let invocation = self.invocation(session, std::slice::from_ref(delivery));
+            let invocation = self.invocation(
+                session,
+                std::slice::from_ref(delivery),
+                &Self::arrivals(batch, &[index]),
+            );
             match self.store.apply(std::slice::from_ref(&invocation)).await {
                 Ok(mut applied) => match applied.pop() {
                     Some(Applied::Stored(stored)) => {
                         result.outcomes[index] = Outcome::Stored;
-                        stored_applies.push(stored);
+                        stored_applies.push((invocation, stored));
                     }
                     Some(Applied::Refused(reason)) => refuse(result, index, reason),
                     None => {}
@@ -271,6 +317,7 @@ mod tests {
             keys: Keys::default(),
             max_children: 0,
             document_ttl_secs: 0,
+            lateness_ms: None,
         }
     }
 
@@ -281,6 +328,7 @@ mod tests {
             metadata: Some(Metadata {
                 stream_sequence: sequence,
                 delivered: 1,
+                published_ms: 1_700_000_000_000 + sequence,
             }),
         }
     }

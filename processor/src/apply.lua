@@ -15,7 +15,14 @@
 -- position): ARGV[7] their identities (16 bytes each), ARGV[8] their
 -- positions (8 bytes: the stream sequence in 6 and the index in the frame
 -- in 2, big-endian), ARGV[9] their order records (16 bytes: the timestamp
--- as a big-endian IEEE double, then the position); ARGV[10..] their JSON.
+-- as a big-endian IEEE double, then the position); then the lifecycle
+-- (docs/design.md "Session lifecycle"), times in milliseconds of the
+-- JetStream clock: ARGV[10] the earliest arrival of the batch's frames,
+-- ARGV[11] the latest, ARGV[12] the latest arrival of a frame holding a
+-- SESSION_END ('' for none), ARGV[13] how long after its close a session
+-- still takes frames ('' for always); ARGV[14] what the session's summary
+-- needs of the batch (docs/design.md "Summaries"; '' for nothing);
+-- ARGV[15..] the EVENTs' JSON.
 --
 -- The state hash holds, beside a few scalars:
 -- * identities, for de-duplication: buckets `b<k>` of 24-byte records
@@ -44,13 +51,16 @@
 -- not match the document, a layout-1 session to migrate) runs before the
 -- first write.
 --
--- Answers {written, revision, ops, skipped}: the children written, the
+-- Answers {written, revision, ops, skipped, first, last, end, state}: the
+-- children written, the
 -- session's revision after the step, what changed in `children` in order
 -- (9 bytes an op: 'i', rank, count: the next `count` written events went in
 -- from `rank` on; 'r', rank, 1: the child at `rank` was taken out, an
 -- earlier arrival replacing it), and the events not written (u32 event
--- numbers, 0-based: repeats). The written events are every event but the
--- skipped ones, in order.
+-- numbers, 0-based: repeats; the written events are every event but the
+-- skipped ones, in order), then the session's first and latest arrival and
+-- latest SESSION_END arrival after the step ('' for none), and `open` or
+-- `reopened` (it was closed, and this frame came within its lateness).
 
 local doc, state, old_ids, old_order = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local empty, start_candidate, end_candidate = ARGV[1], ARGV[2], ARGV[3]
@@ -58,7 +68,10 @@ local max_children = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
 local mode = ARGV[6]
 local identities, positions, order_records = ARGV[7], ARGV[8], ARGV[9]
-local FIRST_CHILD = 10
+local first_arrival, last_arrival = tonumber(ARGV[10]), tonumber(ARGV[11])
+local end_arrival, lateness = tonumber(ARGV[12]), tonumber(ARGV[13])
+local summary_input = ARGV[14]
+local FIRST_CHILD = 15
 local events = #identities / 16
 
 -- Records per bucket before the next bucket splits.
@@ -101,10 +114,22 @@ end
 
 -- ------------------------------------------------------------------ state
 local fields = redis.call('HMGET', state, 'v', 'n', 'lvl', 'spl', 'pi', 'np', 'nc', 's', 'e',
-  'rev', 'cmp', 'lr')
+  'rev', 'cmp', 'lr', 'st', 'ca', 'fa', 'la', 'ea')
 local fresh = fields[1] == false
+-- Closed: its state, the close's time; the session's arrivals so far.
+local closed, closed_at = fields[13], tonumber(fields[14])
+local session_first, session_last = tonumber(fields[15]), tonumber(fields[16])
+local session_end = tonumber(fields[17])
+if closed then
+  -- A frame for a closed session: taken (the session opens again) while
+  -- within its lateness, else refused for good.
+  if fields[11] or (lateness and first_arrival and first_arrival > closed_at + lateness) then
+    return fail('CLOSED', 'the session closed (' .. closed .. ') at ' .. tostring(closed_at)
+      .. ' and takes no frame past its allowed lateness')
+  end
+end
 if fields[11] then
-  return fail('COMPACTED', state .. ' holds a finished session; expand it first')
+  return fail('CLOSED', state .. ' holds a finished session')
 end
 local count = tonumber(fields[2]) or 0
 local level = tonumber(fields[3]) or 0
@@ -250,15 +275,38 @@ local function refresh_ttl()
     redis.call('EXPIRE', state, ttl)
   end
 end
+-- The session's arrivals with this batch's.
+local function earliest(a, b) if a == nil then return b end if b == nil then return a end return math.min(a, b) end
+local function latest(a, b) if a == nil then return b end if b == nil then return a end return math.max(a, b) end
+session_first = earliest(session_first, first_arrival)
+session_last = latest(session_last, last_arrival)
+session_end = latest(session_end, end_arrival)
+local arrivals_move = session_first ~= tonumber(fields[15]) or session_last ~= tonumber(fields[16])
+  or session_end ~= tonumber(fields[17])
+-- What the processor needs to arm the session's timers.
+local function lifecycle()
+  return {tostring(session_first or ''), tostring(session_last or ''),
+    tostring(session_end or ''), closed and 'reopened' or 'open'}
+end
 local function bound_moves(candidate, current, wins)
   return candidate ~= '' and (not current or wins(tonumber(candidate), tonumber(current)))
 end
 local start_moves = bound_moves(start_candidate, current_start, function(a, b) return a < b end)
 local end_moves = bound_moves(end_candidate, current_end, function(a, b) return a > b end)
-if next(write) == nil and not start_moves and not end_moves and not fresh then
-  -- Nothing new: no revision, but the frame still renews the TTL.
+if next(write) == nil and not start_moves and not end_moves and not fresh and not closed then
+  -- Nothing new: no revision, but the frame still renews the TTL and
+  -- counts as activity.
+  if arrivals_move then
+    local moved = {}
+    if session_first then moved[#moved + 1] = 'fa'; moved[#moved + 1] = tostring(session_first) end
+    if session_last then moved[#moved + 1] = 'la'; moved[#moved + 1] = tostring(session_last) end
+    if session_end then moved[#moved + 1] = 'ea'; moved[#moved + 1] = tostring(session_end) end
+    redis.call('HSET', state, unpack(moved))
+  end
   refresh_ttl()
-  return {0, revision, '', ''}
+  local answer = {0, revision, '', ''}
+  for _, value in ipairs(lifecycle()) do answer[#answer + 1] = value end
+  return answer
 end
 
 -- ------------------------------------------------------------- the order
@@ -654,6 +702,15 @@ if current_end then
   updates[#updates + 1] = 'e'
   updates[#updates + 1] = current_end
 end
+for _, field in ipairs({{'fa', session_first}, {'la', session_last}, {'ea', session_end}}) do
+  if field[2] then
+    updates[#updates + 1] = field[1]
+    updates[#updates + 1] = tostring(field[2])
+  end
+end
+if closed then
+  redis.call('HDEL', state, 'st', 'ca')
+end
 for b in pairs(changed_buckets) do
   updates[#updates + 1] = 'b' .. b
   updates[#updates + 1] = buckets[b]
@@ -672,5 +729,11 @@ end
 for from = 1, #updates, BULK * 2 do
   redis.call('HSET', state, unpack(updates, from, math.min(from + BULK * 2 - 1, #updates)))
 end
+-- ------------------------------------------------------------ summary
+-- (The session's summary for the read API is kept here, from
+-- `summary_input` and the state above.)
+
 refresh_ttl()
-return {written, revision, concat(ops), concat(skipped)}
+local answer = {written, revision, concat(ops), concat(skipped)}
+for _, value in ipairs(lifecycle()) do answer[#answer + 1] = value end
+return answer

@@ -26,6 +26,8 @@ pub struct Config {
     #[command(flatten)]
     pub sink: SinkSettings,
     #[command(flatten)]
+    pub lifecycle: LifecycleSettings,
+    #[command(flatten)]
     pub shutdown: ShutdownSettings,
     #[command(flatten)]
     pub http: sessionfold_common::http::HttpLimits,
@@ -60,6 +62,73 @@ impl SinkSettings {
     pub fn repair_check_interval(&self) -> Option<Duration> {
         (self.repair_check_interval_ms > 0)
             .then(|| Duration::from_millis(self.repair_check_interval_ms))
+    }
+}
+
+/// When sessions close by themselves, and what becomes of frames that come
+/// after (docs/design.md "Session lifecycle"). Times are arrivals at ingest:
+/// JetStream timestamps, not the events' own.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LifecycleSettings {
+    /// A session without a frame for this long closes with reason `idle`, in
+    /// seconds; 0 turns it off.
+    #[arg(long, env = "SESSION_IDLE_TIMEOUT_SECS", default_value_t = 1800)]
+    pub session_idle_timeout_secs: u64,
+    /// Once a SESSION_END was applied and no frame came for this long, the
+    /// session closes with reason `ended`, in seconds.
+    #[arg(long, env = "SESSION_END_GRACE_SECS", default_value_t = 10)]
+    pub session_end_grace_secs: u64,
+    /// A session closes with reason `max_duration` this long after its first
+    /// frame, in seconds; 0 turns it off.
+    #[arg(long, env = "SESSION_MAX_DURATION_SECS", default_value_t = 0)]
+    pub session_max_duration_secs: u64,
+    /// How long after its close a session still takes frames (it opens
+    /// again), in seconds.
+    #[arg(long, env = "ALLOWED_LATENESS_SECS", default_value_t = 3600)]
+    pub allowed_lateness_secs: u64,
+    /// What becomes of a frame past the lateness: `dead-letter` (kept with
+    /// reason `session_closed`) or `reject` (ingest answers
+    /// `session_closed`; one that slips through is dead-lettered too).
+    #[arg(long, env = "LATE_EVENTS", value_enum, default_value_t = LatePolicy::DeadLetter)]
+    pub late_events: LatePolicy,
+    /// JetStream stream of the sessions' timers.
+    #[arg(long, env = "TIMERS_STREAM", default_value = sessionfold_core::names::DEFAULT_TIMERS_STREAM)]
+    pub timers_stream: String,
+    /// Subject prefix of the timers: a session's is `<prefix>.<token>`, its
+    /// due notes `<prefix>.due.<token>`.
+    #[arg(long, env = "TIMERS_SUBJECT_PREFIX", default_value = sessionfold_core::names::DEFAULT_TIMERS_PREFIX)]
+    pub timers_subject_prefix: String,
+    /// Durable consumer of the due notes, shared by every processor replica.
+    #[arg(long, env = "TIMERS_CONSUMER_NAME", default_value = sessionfold_core::names::DEFAULT_TIMERS_CONSUMER)]
+    pub timers_consumer_name: String,
+    /// JetStream stream of finished sessions.
+    #[arg(long, env = "SESSIONS_STREAM", default_value = sessionfold_core::names::DEFAULT_SESSIONS_STREAM)]
+    pub sessions_stream: String,
+    /// Subject prefix of finished sessions: a session's is `<prefix>.<token>`.
+    #[arg(long, env = "SESSIONS_SUBJECT_PREFIX", default_value = sessionfold_core::names::DEFAULT_SESSIONS_PREFIX)]
+    pub sessions_subject_prefix: String,
+}
+
+/// What becomes of a frame for a session closed longer than its lateness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LatePolicy {
+    /// Moved to the dead-letter stream with reason `session_closed`.
+    #[default]
+    DeadLetter,
+    /// Answered `session_closed` by ingest.
+    Reject,
+}
+
+impl LifecycleSettings {
+    /// Whether sessions close by themselves at all.
+    pub fn enabled(&self) -> bool {
+        self.session_idle_timeout_secs > 0
+            || self.session_max_duration_secs > 0
+            || self.session_end_grace_secs > 0
+    }
+
+    pub fn lateness(&self) -> Duration {
+        Duration::from_secs(self.allowed_lateness_secs)
     }
 }
 
@@ -125,7 +194,7 @@ impl WorkerSettings {
     }
 }
 
-sessionfold_common::defaults_from_flags!(Config, SinkSettings, WorkerSettings);
+sessionfold_common::defaults_from_flags!(Config, SinkSettings, WorkerSettings, LifecycleSettings);
 
 impl Config {
     /// The subjects it reads frames from, moves dead letters to and
@@ -165,6 +234,10 @@ mod tests {
         assert_default_is_flag_defaults::<Config>();
         assert_default_is_flag_defaults::<WorkerSettings>();
         assert_default_is_flag_defaults::<SinkSettings>();
+        assert_default_is_flag_defaults::<LifecycleSettings>();
+        let lifecycle = LifecycleSettings::default();
+        assert_eq!(lifecycle.session_idle_timeout_secs, 1800);
+        assert_eq!(lifecycle.late_events, LatePolicy::DeadLetter);
         let worker = WorkerSettings::default();
         assert_eq!(worker.consumer_name, "sessionfold-processor");
         assert_eq!(

@@ -483,6 +483,7 @@ impl Repairer {
                     metadata: Some(Metadata {
                         stream_sequence,
                         delivered: 1,
+                        published_ms: crate::worker::published_ms(&info),
                     }),
                 });
             }

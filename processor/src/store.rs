@@ -27,7 +27,12 @@ use crate::durability::Durability;
 pub const APPLY_SCRIPT: &str = include_str!("apply.lua");
 
 /// Script arguments before the children (see the top of `apply.lua`).
-const FIXED_ARGS: usize = 9;
+const FIXED_ARGS: usize = 14;
+/// Index of the batch's earliest arrival among the arguments; the latest
+/// arrival, the latest SESSION_END arrival and the lateness follow.
+const ARRIVALS_ARG: usize = 9;
+/// Index of what the session's summary needs of the batch.
+pub const SUMMARY_ARG: usize = 13;
 /// Index of the document TTL among the arguments.
 const TTL_ARG: usize = 4;
 /// Index of the mode among the arguments.
@@ -183,6 +188,8 @@ impl Invocation {
         args.push(columns.identities);
         args.push(columns.positions);
         args.push(columns.order);
+        // The arrivals and the lateness, then the summary's input.
+        args.extend([Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()]);
         args.extend(children.into_iter().map(|child| child.json.into_bytes()));
         Self { keys, args }
     }
@@ -207,6 +214,25 @@ impl Invocation {
         self
     }
 
+    /// The batch's arrivals at ingest (JetStream timestamps, milliseconds):
+    /// its earliest and latest frame, and its latest frame holding a
+    /// SESSION_END.
+    pub fn with_arrivals(mut self, first: u64, last: u64, session_end: Option<u64>) -> Self {
+        self.args[ARRIVALS_ARG] = first.to_string().into_bytes();
+        self.args[ARRIVALS_ARG + 1] = last.to_string().into_bytes();
+        self.args[ARRIVALS_ARG + 2] =
+            session_end.map_or(Vec::new(), |t| t.to_string().into_bytes());
+        self
+    }
+
+    /// How long after its close a session still takes frames, in
+    /// milliseconds (`None`: always).
+    pub fn with_lateness(mut self, lateness_ms: Option<u64>) -> Self {
+        self.args[ARRIVALS_ARG + 3] =
+            lateness_ms.map_or(Vec::new(), |t| t.to_string().into_bytes());
+        self
+    }
+
     /// Marks the invocation as the migration of a layout-1 session.
     pub fn migrating(mut self) -> Self {
         self.args[MODE_ARG] = b"migrate".to_vec();
@@ -216,6 +242,12 @@ impl Invocation {
     /// The children in it.
     pub fn children(&self) -> usize {
         self.args.len() - FIXED_ARGS
+    }
+
+    /// The JSON of its `index`-th child (in the step's order), as the
+    /// [`ChildOp`]s of its apply number them.
+    pub fn child_json(&self, index: usize) -> &[u8] {
+        &self.args[FIXED_ARGS + index]
     }
 
     /// `EVALSHA` of the loaded script.
@@ -252,6 +284,21 @@ pub struct Stored {
     pub revision: u64,
     /// What changed in `children`, in order.
     pub ops: Vec<ChildOp>,
+    /// The session's arrivals after the step, for its timers.
+    pub arrivals: Arrivals,
+    /// The session was closed and this batch came within its lateness: it is
+    /// open again.
+    pub reopened: bool,
+}
+
+/// When a session's frames arrived at ingest (JetStream timestamps, in
+/// milliseconds), as the apply step keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Arrivals {
+    pub first: Option<u64>,
+    pub last: Option<u64>,
+    /// The latest frame holding a SESSION_END.
+    pub session_end: Option<u64>,
 }
 
 /// One change to a document's `children`.
@@ -265,8 +312,24 @@ pub enum ChildOp {
 
 impl Stored {
     fn parse(reply: redis::Value) -> Result<Self, RedisError> {
-        let (written, revision, ops, skipped): (i64, u64, Vec<u8>, Vec<u8>) =
-            redis::from_redis_value(reply)?;
+        let values: Vec<redis::Value> = redis::from_redis_value(reply)?;
+        let mut values = values.into_iter();
+        let mut next = || values.next().unwrap_or(redis::Value::Nil);
+        let written: i64 = redis::from_redis_value(next())?;
+        let revision: u64 = redis::from_redis_value(next())?;
+        let ops: Vec<u8> = redis::from_redis_value(next())?;
+        let skipped: Vec<u8> = redis::from_redis_value(next())?;
+        let mut time = || -> Result<Option<u64>, RedisError> {
+            let text: Option<String> = redis::from_redis_value(next())?;
+            Ok(text.and_then(|text| text.parse().ok()))
+        };
+        let arrivals = Arrivals {
+            first: time()?,
+            last: time()?,
+            session_end: time()?,
+        };
+        let state: Option<String> = redis::from_redis_value(next())?;
+        let reopened = state.as_deref() == Some("reopened");
         let skipped: std::collections::HashSet<u32> = skipped
             .chunks_exact(4)
             .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]))
@@ -294,6 +357,8 @@ impl Stored {
             written,
             revision,
             ops: expanded,
+            arrivals,
+            reopened,
         })
     }
 }
@@ -778,8 +843,12 @@ mod tests {
         assert_eq!(&order[8..16], &position_bytes(2, 0));
         assert_eq!(&order[16 + 8..], &position_bytes(7, 0));
         assert_eq!(
-            text(&args[9]),
+            text(&args[FIXED_ARGS]),
             r#"{"type":"EVENT","timestamp":5,"name":"a"}"#
+        );
+        assert_eq!(
+            invocation.child_json(1),
+            br#"{"type":"EVENT","timestamp":5,"name":"b"}"#
         );
         let with_ttl = invocation.migrating().with_document_ttl(60);
         assert_eq!(text(&with_ttl.args[TTL_ARG]), "60");
@@ -809,6 +878,10 @@ mod tests {
             redis::Value::Int(12),
             redis::Value::BulkString(ops),
             redis::Value::BulkString(1u32.to_be_bytes().to_vec()),
+            redis::Value::BulkString(b"1000".to_vec()),
+            redis::Value::BulkString(b"2500".to_vec()),
+            redis::Value::BulkString(Vec::new()),
+            redis::Value::BulkString(b"reopened".to_vec()),
         ]);
         assert_eq!(
             Stored::parse(reply).unwrap(),
@@ -821,6 +894,12 @@ mod tests {
                     ChildOp::Removed { rank: 5 },
                     ChildOp::Inserted { rank: 9, child: 3 },
                 ],
+                arrivals: Arrivals {
+                    first: Some(1000),
+                    last: Some(2500),
+                    session_end: None,
+                },
+                reopened: true,
             }
         );
     }

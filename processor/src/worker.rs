@@ -71,6 +71,7 @@ impl Processor {
             keys: config.keys(),
             max_children: config.worker.max_children_per_session,
             document_ttl_secs: config.worker.document_ttl_secs,
+            lateness_ms: Some(config.lifecycle.lateness().as_millis() as u64),
         };
         Ok(Self {
             config,
@@ -280,11 +281,15 @@ impl Processor {
 
     /// Tells live views that `session` changed. Best effort: a lost note
     /// only delays a view until the next one.
-    async fn announce(&self, session: &sessionfold_core::SessionId, stored: &[Stored]) {
-        let written: i64 = stored.iter().map(|stored| stored.written).sum();
-        let revision = stored
+    async fn announce(
+        &self,
+        session: &sessionfold_core::SessionId,
+        applies: &[(crate::store::Invocation, Stored)],
+    ) {
+        let written: i64 = applies.iter().map(|(_, stored)| stored.written).sum();
+        let revision = applies
             .iter()
-            .map(|stored| stored.revision)
+            .map(|(_, stored)| stored.revision)
             .max()
             .unwrap_or(0);
         let subject = self.applier.subjects.update(session);
@@ -301,6 +306,7 @@ fn pulled(message: &jetstream::Message) -> Pulled {
         Ok(info) => Some(Metadata {
             stream_sequence: info.stream_sequence,
             delivered: info.delivered,
+            published_ms: published_ms(&info),
         }),
         Err(err) => {
             tracing::warn!(error = %err, subject = %message.subject, "message without JetStream metadata");
@@ -312,6 +318,11 @@ fn pulled(message: &jetstream::Message) -> Pulled {
         payload: message.payload.clone(),
         metadata,
     }
+}
+
+/// A JetStream timestamp in milliseconds since the Unix epoch.
+pub(crate) fn published_ms(info: &jetstream::message::Info<'_>) -> u64 {
+    (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64
 }
 
 /// Sends `kind` for `message`; a failure is logged (the message is then

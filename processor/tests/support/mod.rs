@@ -111,9 +111,8 @@ pub async fn check_state(redis_url: &str, state_key: &str, doc_key: &str) {
 
 /// Replays what applies reported onto the children they started from.
 pub fn replay(children: &mut Vec<String>, invocation: &Invocation, stored: &Stored) {
-    let texts: Vec<String> = invocation.args[9..]
-        .iter()
-        .map(|arg| String::from_utf8(arg.clone()).unwrap())
+    let texts: Vec<String> = (0..invocation.children())
+        .map(|child| String::from_utf8(invocation.child_json(child).to_vec()).unwrap())
         .collect();
     for op in &stored.ops {
         match *op {
