@@ -29,7 +29,7 @@ SESSIONFOLD_NATS_SERVER ?= $(DEPS)/bin/nats-server
 SESSIONFOLD_REDIS_SERVER ?= $(DEPS)/bin/redis-server
 SESSIONFOLD_REJSON ?= $(DEPS)/lib/rejson.so
 
-.PHONY: help deps test-deps build run check test check-deploy cluster-test power-test security lint fmt clean
+.PHONY: help deps test-deps build run check test check-deploy cluster-test power-test adversary security lint fmt clean
 
 help: ## List the targets
 	@echo "usage: make <target>   (RELEASE=1 for the release profile)"
@@ -93,6 +93,16 @@ power-test: deps ## The power-cut scenarios with POWER_CUTS (default 4) cuts eac
 	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
 	POWER_CUTS="$${POWER_CUTS:-4}" FAULTS_PACING_MS="$${FAULTS_PACING_MS:-4000}" \
 		$(CARGO) test -p sessionfold-faults --test faults $(PROFILE_FLAGS) power_cut -- --nocapture
+
+adversary: deps ## The adversarial-producer model test, bigger: ADVERSARY_SESSIONS (200), ADVERSARY_EVENTS (80 a session), ADVERSARY_SECONDS (60) per seed; ADVERSARY_SEED=<n> replays the random-seed run
+	$(CARGO) build -p sessionfold $(PROFILE_FLAGS)
+	SESSIONFOLD_BIN="$(CURDIR)/$(BIN_DIR)/sessionfold" \
+	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
+	SESSIONFOLD_REDIS_SERVER="$(SESSIONFOLD_REDIS_SERVER)" \
+	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
+	ADVERSARY_SESSIONS="$${ADVERSARY_SESSIONS:-200}" ADVERSARY_EVENTS="$${ADVERSARY_EVENTS:-80}" \
+	ADVERSARY_SECONDS="$${ADVERSARY_SECONDS:-60}" \
+		$(CARGO) test -p sessionfold-faults --test adversary $(PROFILE_FLAGS) -- --nocapture
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
