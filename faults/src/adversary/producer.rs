@@ -35,7 +35,6 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::plan::{ProducerPlan, Style};
@@ -177,6 +176,9 @@ struct Connection {
     in_flight: VecDeque<InFlight>,
     max_in_flight: usize,
     request_id: Option<String>,
+    /// A frame holding `SESSION_END` was acknowledged: the server must
+    /// answer nothing more and close with 1000.
+    session_ended: bool,
 }
 
 impl Drop for Connection {
@@ -343,6 +345,7 @@ impl Producer<'_> {
             in_flight: VecDeque::new(),
             max_in_flight,
             request_id,
+            session_ended: false,
         })
     }
 
@@ -435,7 +438,7 @@ impl Producer<'_> {
                 self.reply(connection, &text);
                 None
             }
-            Incoming::Close(code) => Some(self.lost(connection, Some(code))),
+            Incoming::Close(code) => Some(self.lost(connection, code)),
             Incoming::Gone => Some(self.lost(connection, None)),
             Incoming::Other => None,
         }
@@ -448,6 +451,11 @@ impl Producer<'_> {
                 .push(format!("a reply with no frame in flight: {text}"));
             return;
         };
+        if connection.session_ended {
+            self.report.protocol_errors.push(format!(
+                "a reply after an acknowledged SESSION_END frame: {text}"
+            ));
+        }
         let entry = &mut self.report.ledger[front.ledger];
         let parsed: Result<Value, _> = serde_json::from_str(text);
         let Ok(value) = parsed else {
@@ -470,6 +478,7 @@ impl Producer<'_> {
             };
             for event in front.events {
                 self.acked[event] = true;
+                connection.session_ended |= self.plan.events[event].ends_session;
             }
         } else {
             let code = value["error"]["code"].as_str().unwrap_or("").to_owned();
@@ -501,11 +510,23 @@ impl Producer<'_> {
 
     /// The connection is over: everything in flight is unanswered and goes
     /// back to be sent again.
-    fn lost(&mut self, connection: &mut Connection, close: Option<Option<u16>>) -> End {
-        if let Some(code) = close {
-            self.report.server_closes.push(code);
-        } else {
-            self.report.server_closes.push(None);
+    /// The server ended the connection, with a close frame's `code` or
+    /// without one.
+    fn lost(&mut self, connection: &mut Connection, code: Option<u16>) -> End {
+        self.report.server_closes.push(code);
+        if connection.session_ended && code.is_some_and(|c| c != 1000) {
+            self.report.protocol_errors.push(format!(
+                "closed with {code:?} instead of 1000 after an acknowledged SESSION_END frame"
+            ));
+        }
+        let oversized_in_flight = connection
+            .in_flight
+            .iter()
+            .any(|f| self.report.ledger[f.ledger].expect == Expect::Close1009);
+        if code == Some(1009) && !oversized_in_flight {
+            self.report
+                .protocol_errors
+                .push("closed with 1009 with no message over the hard cap in flight".to_owned());
         }
         self.abandon(connection);
         End::Reconnect
@@ -884,11 +905,6 @@ impl Producer<'_> {
         )
         .await
     }
-}
-
-/// Whether a close code is the one a message over the hard cap gets.
-pub fn is_message_too_big(code: Option<u16>) -> bool {
-    code == Some(u16::from(CloseCode::Size))
 }
 
 #[cfg(test)]
