@@ -94,7 +94,7 @@ impl ClusterSystem {
         let accounts = std::fs::read_to_string(deploy_file("nats/accounts.conf"))
             .context("reading deploy/nats/accounts.conf")?;
         let nats = NatsCluster::start(options.nats_nodes, &accounts).await?;
-        let acl = deploy_file("redis/users.acl");
+        let acl = sessionfold_testkit::users_acl(sessionfold_testkit::search_module()?.is_some())?;
         let redis = RedisCluster::start_with_replicas(
             options.redis_nodes,
             options.redis_replicas_per_master,

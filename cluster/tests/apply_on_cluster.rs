@@ -65,7 +65,9 @@ async fn apply_all(store: &RedisStore, sessions: &[SessionId], frame: usize) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_spread_over_the_masters_and_survive_a_script_flush() {
     init_test_tracing();
-    let acl = sessionfold_cluster::deploy_file("redis/users.acl");
+    let acl =
+        sessionfold_testkit::users_acl(sessionfold_testkit::search_module().unwrap().is_some())
+            .unwrap();
     let cluster = RedisCluster::start(
         3,
         &["--aclfile".to_owned(), acl.display().to_string()],
@@ -129,8 +131,8 @@ async fn batches_spread_over_the_masters_and_survive_a_script_flush() {
         keys.iter().all(|&k| k > 0),
         "sessions on every master: {keys:?}"
     );
-    // A document and its state per session.
-    assert_eq!(keys.iter().sum::<u64>(), 2 * SESSIONS as u64);
+    // A document, its state, its summary and its names per session.
+    assert_eq!(keys.iter().sum::<u64>(), 4 * SESSIONS as u64);
 
     // The api's read-only user reads every document through the cluster.
     let mut api = RedisConnection::connect(&settings(REDIS_API), RedisTimeouts::default())

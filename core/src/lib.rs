@@ -11,6 +11,8 @@
 //! - [`fold`]: the fold rules (docs/design.md §2.1): a batch reference fold and the
 //!   incremental fold that the processor's Redis step implements.
 //! - [`limits`]: the configurable input limits.
+//! - [`summary`]: session summaries, which `GET /sessions` lists: the
+//!   names they keep, their sort keys and the reference [`summary::summarize`].
 //! - [`backoff`] and [`rng`]: the one retry schedule and the one seeded
 //!   random number generator, shared by the services, the client and the
 //!   harnesses.
@@ -28,6 +30,7 @@ pub mod rng;
 pub mod session;
 #[cfg(any(test, feature = "proptest"))]
 pub mod strategies;
+pub mod summary;
 
 pub use backoff::Backoff;
 pub use event::{Event, EventKind};

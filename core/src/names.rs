@@ -129,7 +129,22 @@ impl Keys {
             state: format!("{prefix}st:{{{token}}}"),
             ids: format!("{prefix}ids:{{{token}}}"),
             order: format!("{prefix}order:{{{token}}}"),
+            summary: format!("{prefix}sum:{{{token}}}"),
+            names: format!("{prefix}nm:{{{token}}}"),
         }
+    }
+
+    /// What every session summary's key starts with: the prefix the query
+    /// engine's index of sessions covers.
+    pub fn summary_prefix(&self) -> String {
+        format!("{}sum:", self.prefix)
+    }
+
+    /// The name of the query engine's index over the session summaries
+    /// (docs/design.md §4.2). Index names are not keys; on a Redis Cluster
+    /// every master holds its own index of the summaries in its slots.
+    pub fn sessions_index(&self) -> String {
+        format!("{}sessions", self.prefix)
     }
 
     /// The applied-floor marker of a single Redis server (the processor's
@@ -160,6 +175,14 @@ pub struct SessionKeys {
     pub ids: String,
     /// Layout 1: sorted set of position members scored by timestamp.
     pub order: String,
+    /// RedisJSON: the session's summary (bounds, state, counts, arrivals,
+    /// event names), which the apply step rewrites whole and the query
+    /// engine indexes for `GET /sessions`.
+    pub summary: String,
+    /// Sorted set: the distinct event names of the session's children (as
+    /// tokens, all scores 0, so in byte order), from which the summary
+    /// lists the first ones.
+    pub names: String,
 }
 
 #[cfg(test)]
@@ -204,6 +227,10 @@ mod tests {
         assert_eq!(keys.state, "sf:st:{s_7d_7b1}");
         assert_eq!(keys.ids, "sf:ids:{s_7d_7b1}");
         assert_eq!(keys.order, "sf:order:{s_7d_7b1}");
+        assert_eq!(keys.summary, "sf:sum:{s_7d_7b1}");
+        assert_eq!(keys.names, "sf:nm:{s_7d_7b1}");
+        assert!(keys.summary.starts_with(&Keys::default().summary_prefix()));
+        assert_eq!(Keys::new("run:").sessions_index(), "run:sessions");
         assert_eq!(Keys::new("run:").session(&session("s")).doc, "run:doc:{s}");
         assert_eq!(Keys::default().applied_marker(), "sf:applied");
         assert_eq!(

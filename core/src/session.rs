@@ -82,44 +82,58 @@ impl SessionId {
 
     /// The subject- and key-safe token for this session (see the module docs).
     pub fn token(&self) -> String {
-        let mut token = String::with_capacity(self.0.len());
-        for byte in self.0.bytes() {
-            if byte.is_ascii_alphanumeric() || byte == b'-' {
-                token.push(byte as char);
-            } else {
-                token.push('_');
-                token.push(hex_digit(byte >> 4));
-                token.push(hex_digit(byte & 0x0f));
-            }
-        }
-        token
+        escape_token(&self.0)
     }
 
     /// Reverses [`token`](Self::token). Returns `None` for anything that no
     /// valid session_id produces.
     pub fn from_token(token: &str) -> Option<Self> {
-        let mut bytes = Vec::with_capacity(token.len());
-        let mut input = token.bytes();
-        while let Some(byte) = input.next() {
-            match byte {
-                b'_' => {
-                    let high = hex_value(input.next()?)?;
-                    let low = hex_value(input.next()?)?;
-                    let decoded = (high << 4) | low;
-                    // An escaped byte that did not need escaping would give a
-                    // second token for the same id.
-                    if decoded.is_ascii_alphanumeric() || decoded == b'-' {
-                        return None;
-                    }
-                    bytes.push(decoded);
-                }
-                b if b.is_ascii_alphanumeric() || b == b'-' => bytes.push(b),
-                _ => return None,
-            }
-        }
-        let text = String::from_utf8(bytes).ok()?;
-        Self::parse(&text).ok()
+        Self::parse(&unescape_token(token)?).ok()
     }
+}
+
+/// The token escape of any text (see the module docs): ASCII letters, digits
+/// and `-` stay, every other byte becomes `_XX`. Besides session ids it
+/// names event names in session summaries, where the query engine must see
+/// nothing but letters, digits, `-` and `_`. It keeps prefixes: the escape
+/// of a prefix of `text` is a prefix of the escape of `text`.
+pub fn escape_token(text: &str) -> String {
+    let mut token = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' {
+            token.push(byte as char);
+        } else {
+            token.push('_');
+            token.push(hex_digit(byte >> 4));
+            token.push(hex_digit(byte & 0x0f));
+        }
+    }
+    token
+}
+
+/// Reverses [`escape_token`]: `None` for text it never produces (a stray
+/// character, a bad or needless escape, bytes that are not UTF-8).
+pub fn unescape_token(token: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(token.len());
+    let mut input = token.bytes();
+    while let Some(byte) = input.next() {
+        match byte {
+            b'_' => {
+                let high = hex_value(input.next()?)?;
+                let low = hex_value(input.next()?)?;
+                let decoded = (high << 4) | low;
+                // An escaped byte that did not need escaping would give a
+                // second token for the same text.
+                if decoded.is_ascii_alphanumeric() || decoded == b'-' {
+                    return None;
+                }
+                bytes.push(decoded);
+            }
+            b if b.is_ascii_alphanumeric() || b == b'-' => bytes.push(b),
+            _ => return None,
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 impl fmt::Display for SessionId {

@@ -3,7 +3,10 @@
 --
 -- KEYS[1] the document (RedisJSON, exactly what the api serves);
 -- KEYS[2] the session's state hash; KEYS[3], KEYS[4] the identity hash and
--- order set of layout 1 (only looked at, to ask for a migration).
+-- order set of layout 1 (only looked at, to ask for a migration); KEYS[5]
+-- the session's summary (RedisJSON, rewritten whole by every step that
+-- changes the session; the query engine indexes it for `GET /sessions`),
+-- KEYS[6] the session's event names (a sorted set, for the summary).
 --
 -- ARGV[1] the empty document (JSON text); ARGV[2] the batch's smallest
 -- SESSION_START timestamp or ''; ARGV[3] its largest SESSION_END timestamp
@@ -21,8 +24,12 @@
 -- ARGV[11] the latest, ARGV[12] the latest arrival of a frame holding a
 -- SESSION_END ('' for none), ARGV[13] how long after its close a session
 -- still takes frames ('' for always); ARGV[14] what the session's summary
--- needs of the batch (docs/design.md "Summaries"; '' for nothing);
--- ARGV[15..] the EVENTs' JSON.
+-- needs of the batch (docs/design.md §4.2; '' keeps no summary), binary:
+-- the session_id and its token (each a u16 length, then the bytes), the
+-- batch's distinct event names as tokens (a u16 count, then each a u16
+-- length and the bytes), the most names a summary lists (u16), then one u16
+-- per EVENT in ARGV order: the index of its name in that list, 0xFFFF for
+-- no name, 0xFFFE for a name too long to keep; ARGV[15..] the EVENTs' JSON.
 --
 -- The state hash holds, beside a few scalars:
 -- * identities, for de-duplication: buckets `b<k>` of 24-byte records
@@ -63,6 +70,7 @@
 -- `reopened` (it was closed, and this frame came within its lateness).
 
 local doc, state, old_ids, old_order = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local summary, names_key = KEYS[5], KEYS[6]
 local empty, start_candidate, end_candidate = ARGV[1], ARGV[2], ARGV[3]
 local max_children = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
@@ -132,6 +140,7 @@ if fields[11] then
   return fail('CLOSED', state .. ' holds a finished session')
 end
 local count = tonumber(fields[2]) or 0
+local children_before = count
 local level = tonumber(fields[3]) or 0
 local split = tonumber(fields[4]) or 0
 local index = fields[5] or ''
@@ -273,6 +282,10 @@ local function refresh_ttl()
   if ttl > 0 then
     redis.call('EXPIRE', doc, ttl)
     redis.call('EXPIRE', state, ttl)
+    if summary_input ~= '' then
+      redis.call('EXPIRE', summary, ttl)
+      redis.call('EXPIRE', names_key, ttl)
+    end
   end
 end
 -- The session's arrivals with this batch's.
@@ -293,6 +306,121 @@ local function bound_moves(candidate, current, wins)
 end
 local start_moves = bound_moves(start_candidate, current_start, function(a, b) return a < b end)
 local end_moves = bound_moves(end_candidate, current_end, function(a, b) return a > b end)
+
+-- ------------------------------------------------------------ summary
+-- The session's summary (docs/design.md §4.2): one small JSON document
+-- rewritten whole from the state above and the names of the session's
+-- children, so its upkeep costs the same at any size of the session. The
+-- state hash counts the children carrying each name (`m:<token>`), names too
+-- long to keep (`ml`), and says when the names of children written before
+-- summaries existed are unknown (`mu`); KEYS[6] holds the names in byte
+-- order (a sorted set, all scores 0). The summary lists the first
+-- `max_names` of them and says `names_capped` when there are more (or long
+-- or unknown ones), so it depends on the children alone, not on the order
+-- they came in. Its `state` is `open`: every step that writes opens the
+-- session, and closing it sets `$.state` alone.
+local name_counts = {}    -- token -> change of its count in this step
+local long_names = 0      -- change of the count of too-long names
+local function hex_double(x)
+  if x == 0 then x = 0 end  -- no -0, whose sign bit would sort it last
+  return string.format('%02x%02x%02x%02x%02x%02x%02x%02x', string.byte(pack('>d', x), 1, 8))
+end
+-- The batch's names, from ARGV[14].
+local summary_session, summary_token, batch_names, max_names, name_column
+if summary_input ~= '' then
+  local at = 1
+  local function u16()
+    local value
+    value, at = unpack_('>I2', summary_input, at)
+    return value
+  end
+  local function text()
+    local length = u16()
+    local value = sub(summary_input, at, at + length - 1)
+    at = at + length
+    return value
+  end
+  summary_session, summary_token = text(), text()
+  batch_names = {}
+  for k = 1, u16() do batch_names[k] = text() end
+  max_names = u16()
+  name_column = at
+end
+-- Counts the name of event i (0-based, ARGV order), written now.
+local function count_name_of_event(i)
+  if summary_input == '' then return end
+  local n = unpack_('>I2', summary_input, name_column + 2 * i)
+  if n == 65534 then
+    long_names = long_names + 1
+  elseif n ~= 65535 then
+    local token = batch_names[n + 1]
+    name_counts[token] = (name_counts[token] or 0) + 1
+  end
+end
+-- Uncounts the name of a child taken out (its JSON), with the same escape
+-- the processor uses.
+local function uncount_name_of_child(json)
+  if summary_input == '' then return end
+  local name = cjson.decode(json).name
+  if type(name) ~= 'string' then return end
+  if #name > 128 then
+    long_names = long_names - 1
+    return
+  end
+  local token = string.gsub(name, '[^A-Za-z0-9%-]', function(c) return string.format('_%02x', string.byte(c)) end)
+  name_counts[token] = (name_counts[token] or 0) - 1
+end
+local function keep_summary(children_before)
+  if summary_input == '' then return end
+  local known = redis.call('HMGET', state, 'ml', 'mu')
+  local long_count = (tonumber(known[1]) or 0) + long_names
+  local unknown = known[2] or (children_before > 0 and redis.call('EXISTS', summary) == 0)
+  local updates = {}
+  for token, change in pairs(name_counts) do
+    if change ~= 0 then
+      local now = redis.call('HINCRBY', state, 'm:' .. token, change)
+      if now <= 0 then
+        redis.call('HDEL', state, 'm:' .. token)
+        redis.call('ZREM', names_key, token)
+      elseif now == change then
+        redis.call('ZADD', names_key, 0, token)
+      end
+    end
+  end
+  if long_names ~= 0 then updates[#updates + 1] = 'ml'; updates[#updates + 1] = tostring(long_count) end
+  if unknown and not known[2] then updates[#updates + 1] = 'mu'; updates[#updates + 1] = '1' end
+  if #updates > 0 then redis.call('HSET', state, unpack(updates)) end
+  local names = redis.call('ZRANGE', names_key, '-', '+', 'BYLEX', 'LIMIT', 0, max_names)
+  local capped = unknown or long_count > 0 or redis.call('ZCARD', names_key) > max_names
+  local quoted = {}
+  for k, name in ipairs(names) do quoted[k] = '"' .. name .. '"' end
+  local function number_or_null(value)
+    if value == nil or value == false then return 'null' end
+    return value
+  end
+  local function arrival(ms)
+    if ms == nil then return 'null' end
+    return string.format('%.0f', ms)
+  end
+  local sort_start
+  if current_start then
+    sort_start = 's' .. hex_double(tonumber(current_start)) .. summary_token
+  else
+    sort_start = 'u' .. hex_double(session_first or 0) .. summary_token
+  end
+  redis.call('JSON.SET', summary, '$', concat({
+    '{"session_id":', cjson.encode(summary_session),
+    ',"token":"', summary_token,
+    '","state":"open","start":', number_or_null(current_start),
+    ',"end":', number_or_null(current_end),
+    ',"children":', tostring(count),
+    ',"first_arrival":', arrival(session_first),
+    ',"last_arrival":', arrival(session_last),
+    ',"names":[', concat(quoted, ','),
+    '],"names_capped":', capped and 'true' or 'false',
+    ',"sort_start":"', sort_start,
+    '","sort_activity":"', hex_double(session_last or 0), summary_token, '"}'}))
+end
 if next(write) == nil and not start_moves and not end_moves and not fresh and not closed then
   -- Nothing new: no revision, but the frame still renews the TTL and
   -- counts as activity.
@@ -302,6 +430,7 @@ if next(write) == nil and not start_moves and not end_moves and not fresh and no
     if session_last then moved[#moved + 1] = 'la'; moved[#moved + 1] = tostring(session_last) end
     if session_end then moved[#moved + 1] = 'ea'; moved[#moved + 1] = tostring(session_end) end
     redis.call('HSET', state, unpack(moved))
+    keep_summary(count)
   end
   refresh_ttl()
   local answer = {0, revision, '', ''}
@@ -526,7 +655,8 @@ local written = 0
 for i, kept in pairs(replaces) do
   local rank = remove(kept)
   if rank then
-    redis.call('JSON.ARRPOP', doc, '$.children', rank)
+    local popped = redis.call('JSON.ARRPOP', doc, '$.children', rank)
+    uncount_name_of_child(popped[1])
     count = count - 1
     ops[#ops + 1] = 'r' .. pack('>I4I4', rank, 1)
   end
@@ -540,6 +670,7 @@ local to_write, skipped = {}, {}
 for i = 0, events - 1 do
   if write[i] then
     to_write[#to_write + 1] = i
+    count_name_of_event(i)
   else
     skipped[#skipped + 1] = pack('>I4', i)
   end
@@ -729,9 +860,9 @@ end
 for from = 1, #updates, BULK * 2 do
   redis.call('HSET', state, unpack(updates, from, math.min(from + BULK * 2 - 1, #updates)))
 end
--- ------------------------------------------------------------ summary
--- (The session's summary for the read API is kept here, from
--- `summary_input` and the state above.)
+-- The summary, from the state above (its section is before the early
+-- return, which keeps it too).
+keep_summary(children_before)
 
 refresh_ttl()
 local answer = {written, revision, concat(ops), concat(skipped)}

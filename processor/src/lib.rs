@@ -8,6 +8,8 @@
 //!   implementation: the apply script, the durability wait and how errors
 //!   are classified.
 //! - [`durability`]: `REDIS_DURABILITY`, what must hold before an ack.
+//! - [`summary`]: the query engine's index over the session summaries the
+//!   apply step keeps (`GET /sessions` searches it).
 //! - [`batch`]: decoding a pulled batch and grouping it by session.
 //! - [`applier`]: applying one batch through a store, outages waited out,
 //!   refusals isolated: an outcome per message.
@@ -20,6 +22,8 @@
 //! - [`backoff`]: the delays between retries.
 //! - [`consumer`]: creating (and re-creating) the durable pull consumer.
 //! - [`dead_letter`]: where messages that can never be applied go.
+//! - [`note`]: the update note published after each apply: its revision
+//!   and what changed, for the api's live deltas.
 //! - [`worker`]: the pull → apply → ack loop, a few batches in flight; [`serve`] adds health routes.
 //! - [`lag`]: polls the consumer's pending and ack-pending counts into gauges.
 //! - [`readiness`]: what `/readyz` checks (NATS, Redis, stream, consumer).
@@ -34,10 +38,12 @@ pub mod durability;
 pub mod lag;
 pub mod legacy;
 pub mod migrate;
+pub mod note;
 pub mod readiness;
 pub mod repair;
 pub mod settle;
 pub mod store;
+pub mod summary;
 pub mod worker;
 
 pub use config::Config;

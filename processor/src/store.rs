@@ -99,6 +99,68 @@ pub fn position_bytes(stream_sequence: u64, index: usize) -> [u8; 8] {
     bytes
 }
 
+/// Marks an EVENT without a name in the summary's column.
+const NO_NAME: u16 = u16::MAX;
+/// Marks an EVENT whose name the summary cannot keep (too long, or past
+/// the 65 533 distinct names one batch can number).
+const NAME_LEFT_OUT: u16 = u16::MAX - 1;
+
+/// The `name` of a child's JSON, if it has one.
+fn name_of(json: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: Option<serde_json::Value>,
+    }
+    serde_json::from_str::<Named>(json)
+        .ok()?
+        .name?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// What the summary section of the apply step reads (see the top of
+/// `apply.lua`): the session, the batch's distinct names as tokens, how
+/// many names a summary lists, and each EVENT's name.
+fn summary_input<'a>(session_id: &str, names: impl Iterator<Item = Option<&'a str>>) -> Vec<u8> {
+    use sessionfold_core::session::escape_token;
+    use sessionfold_core::summary::{MAX_NAME_BYTES, MAX_NAMES};
+    let names: Vec<Option<&str>> = names.collect();
+    let mut tokens: Vec<String> = names
+        .iter()
+        .flatten()
+        .filter(|name| name.len() <= MAX_NAME_BYTES)
+        .map(|name| escape_token(name))
+        .collect();
+    tokens.sort();
+    tokens.dedup();
+    // A u16 numbers them; a batch with more distinct names leaves the rest
+    // out (the summary then says its names are capped).
+    tokens.truncate(usize::from(NAME_LEFT_OUT));
+    let mut input = Vec::with_capacity(64 + names.len() * 2);
+    let text = |input: &mut Vec<u8>, bytes: &[u8]| {
+        input.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        input.extend_from_slice(bytes);
+    };
+    text(&mut input, session_id.as_bytes());
+    text(&mut input, escape_token(session_id).as_bytes());
+    input.extend_from_slice(&(tokens.len() as u16).to_be_bytes());
+    for token in &tokens {
+        text(&mut input, token.as_bytes());
+    }
+    input.extend_from_slice(&(MAX_NAMES as u16).to_be_bytes());
+    for name in names {
+        let mark = match name {
+            None => NO_NAME,
+            Some(name) if name.len() > MAX_NAME_BYTES => NAME_LEFT_OUT,
+            Some(name) => tokens
+                .binary_search(&escape_token(name))
+                .map_or(NAME_LEFT_OUT, |at| at as u16),
+        };
+        input.extend_from_slice(&mark.to_be_bytes());
+    }
+    input
+}
+
 impl Invocation {
     /// Builds the script arguments for `deliveries` of `session`, without a
     /// document TTL (see [`Invocation::with_document_ttl`]). Children go in
@@ -113,6 +175,7 @@ impl Invocation {
         let mut start: Option<f64> = None;
         let mut end: Option<f64> = None;
         let mut children = Vec::new();
+        let mut names = Vec::new();
         for delivery in deliveries {
             for (index, event) in delivery.events.iter().enumerate() {
                 match event.kind {
@@ -122,17 +185,34 @@ impl Invocation {
                     EventKind::SessionEnd => {
                         end = Some(end.map_or(event.timestamp, |t| t.max(event.timestamp)));
                     }
-                    EventKind::Event => children.push(Child {
-                        identity: event.identity_digest(),
-                        stream_sequence: delivery.stream_sequence,
-                        index,
-                        timestamp: event.timestamp,
-                        json: event.to_json(),
-                    }),
+                    EventKind::Event => {
+                        children.push(Child {
+                            identity: event.identity_digest(),
+                            stream_sequence: delivery.stream_sequence,
+                            index,
+                            timestamp: event.timestamp,
+                            json: event.to_json(),
+                        });
+                        names.push(
+                            event
+                                .body
+                                .get("name")
+                                .and_then(serde_json::Value::as_str)
+                                .map(str::to_owned),
+                        );
+                    }
                 }
             }
         }
-        Self::with_children(keys, session, start, end, children, max_children)
+        Self::assemble(
+            keys.session(session),
+            empty_document(session.as_str()).to_string(),
+            Some(session.as_str()),
+            start,
+            end,
+            children.into_iter().zip(names).collect(),
+            max_children,
+        )
     }
 
     /// The invocation of explicit `children` (sorted here) and bounds.
@@ -155,16 +235,50 @@ impl Invocation {
     }
 
     /// The invocation on `keys` of explicit `children` (sorted here),
-    /// bounds, and the empty document a new session starts from.
+    /// bounds, and the empty document a new session starts from. The
+    /// summary's event names are read from the children's JSON.
     pub fn from_parts(
         keys: SessionKeys,
         empty: String,
         start: Option<f64>,
         end: Option<f64>,
-        mut children: Vec<Child>,
+        children: Vec<Child>,
         max_children: u64,
     ) -> Self {
-        children.sort_by(|a, b| {
+        // The empty document names the session.
+        let session_id = serde_json::from_str::<serde_json::Value>(&empty)
+            .ok()
+            .and_then(|empty| empty["session_id"].as_str().map(str::to_owned));
+        let named = children
+            .into_iter()
+            .map(|child| {
+                let name = name_of(&child.json);
+                (child, name)
+            })
+            .collect();
+        Self::assemble(
+            keys,
+            empty,
+            session_id.as_deref(),
+            start,
+            end,
+            named,
+            max_children,
+        )
+    }
+
+    /// The arguments of `children` (each with its event name), sorted here;
+    /// without a `session_id` the step keeps no summary.
+    fn assemble(
+        keys: SessionKeys,
+        empty: String,
+        session_id: Option<&str>,
+        start: Option<f64>,
+        end: Option<f64>,
+        mut children: Vec<(Child, Option<String>)>,
+        max_children: u64,
+    ) -> Self {
+        children.sort_by(|(a, _), (b, _)| {
             a.timestamp
                 .total_cmp(&b.timestamp)
                 .then_with(|| (a.stream_sequence, a.index).cmp(&(b.stream_sequence, b.index)))
@@ -175,9 +289,12 @@ impl Invocation {
             })
         };
         let mut columns = Columns::with_capacity(children.len());
-        for child in &children {
+        for (child, _) in &children {
             columns.push(child);
         }
+        let summary = session_id.map_or(Vec::new(), |session_id| {
+            summary_input(session_id, children.iter().map(|(_, name)| name.as_deref()))
+        });
         let mut args = Vec::with_capacity(FIXED_ARGS + children.len());
         args.push(empty.into_bytes());
         args.push(bound(start));
@@ -189,14 +306,29 @@ impl Invocation {
         args.push(columns.positions);
         args.push(columns.order);
         // The arrivals and the lateness, then the summary's input.
-        args.extend([Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()]);
-        args.extend(children.into_iter().map(|child| child.json.into_bytes()));
+        args.extend([Vec::new(), Vec::new(), Vec::new(), Vec::new(), summary]);
+        args.extend(
+            children
+                .into_iter()
+                .map(|(child, _)| child.json.into_bytes()),
+        );
         Self { keys, args }
     }
 
     /// The empty document argument.
     pub fn empty_document(&self) -> &[u8] {
         &self.args[0]
+    }
+
+    /// The batch's smallest `SESSION_START` timestamp, as the step gets it
+    /// (a normalized JSON number), if it has one.
+    pub fn start_candidate(&self) -> Option<&[u8]> {
+        Some(&self.args[1][..]).filter(|bound| !bound.is_empty())
+    }
+
+    /// The batch's largest `SESSION_END` timestamp, as the step gets it.
+    pub fn end_candidate(&self) -> Option<&[u8]> {
+        Some(&self.args[2][..]).filter(|bound| !bound.is_empty())
     }
 
     /// The document TTL argument, in seconds.
@@ -264,11 +396,13 @@ impl Invocation {
     fn call(&self, command: &str, script: &str) -> redis::Cmd {
         let mut cmd = redis::cmd(command);
         cmd.arg(script)
-            .arg(4)
+            .arg(6)
             .arg(&self.keys.doc)
             .arg(&self.keys.state)
             .arg(&self.keys.ids)
             .arg(&self.keys.order)
+            .arg(&self.keys.summary)
+            .arg(&self.keys.names)
             .arg(&self.args);
         cmd
     }
@@ -513,6 +647,19 @@ impl RedisStore {
         }
         let shared = idle[0].clone();
         check_durability_support(&mut idle[0].clone(), options.durability).await?;
+        let keys = Keys::new(settings.key_prefix.as_str());
+        match crate::summary::ensure_index(&mut idle[0].clone(), &keys).await {
+            Ok(crate::summary::IndexOutcome::Ready) => {
+                tracing::debug!(index = %keys.sessions_index(), "index of sessions ready");
+            }
+            Ok(crate::summary::IndexOutcome::NoQueryEngine) => tracing::info!(
+                "Redis has no query engine (RediSearch): session summaries are kept, but GET /sessions answers 503"
+            ),
+            Err(err) => tracing::warn!(
+                error = %format!("{err:#}"),
+                "the index of sessions was not created; GET /sessions answers 503 until a processor creates it"
+            ),
+        }
         Ok(Self {
             pool: Arc::new(Pool {
                 idle: Mutex::new(idle),

@@ -279,23 +279,20 @@ impl Processor {
         }
     }
 
-    /// Tells live views that `session` changed. Best effort: a lost note
-    /// only delays a view until the next one.
+    /// Tells live views what changed in `session`: one note per stored
+    /// apply, with its revision and changes (see [`crate::note`]). Best
+    /// effort: a lost note only makes a view read the document again.
     async fn announce(
         &self,
         session: &sessionfold_core::SessionId,
         applies: &[(crate::store::Invocation, Stored)],
     ) {
-        let written: i64 = applies.iter().map(|(_, stored)| stored.written).sum();
-        let revision = applies
-            .iter()
-            .map(|(_, stored)| stored.revision)
-            .max()
-            .unwrap_or(0);
         let subject = self.applier.subjects.update(session);
-        let note = serde_json::json!({"session_id": session.as_str(), "written": written, "revision": revision});
-        if let Err(err) = self.nats.publish(subject, note.to_string().into()).await {
-            tracing::debug!(session_id = %session, error = %err, "update note not sent");
+        for (invocation, stored) in applies {
+            let note = crate::note::update_note(session.as_str(), invocation, stored);
+            if let Err(err) = self.nats.publish(subject.clone(), note.into()).await {
+                tracing::debug!(session_id = %session, error = %err, "update note not sent");
+            }
         }
     }
 }

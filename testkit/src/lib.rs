@@ -38,7 +38,7 @@ mod util;
 pub use jetstream::JetStreamProbe;
 pub use nats::{NatsOptions, NatsServer, SYNC_ALWAYS};
 pub use process::log_tail;
-pub use redis::{RedisOptions, RedisServer, RedisSnapshot, search_module};
+pub use redis::{RedisOptions, RedisServer, RedisSnapshot, USERS_ACL, search_module, users_acl};
 pub use services::{BinaryDefault, RunNames, ServiceLauncher, ServiceProcess, sessionfold_bin};
 pub use util::{
     POLL_INTERVAL, eventually, eventually_ok, free_port, init_test_tracing, unique_name,

@@ -107,6 +107,39 @@ pub fn search_module() -> Result<Option<PathBuf>> {
     }
 }
 
+/// The shipped Redis users (`deploy/redis/users.acl`).
+pub const USERS_ACL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/redis/users.acl");
+
+/// The shipped Redis users for a server with the query engine (`search`)
+/// or without it. Redis refuses a whole ACL file that names a command it
+/// does not know, so without the query engine this is a copy of
+/// [`USERS_ACL`] without its `+ft.…` rules, as deploy/redis/README.md tells
+/// operators to make.
+pub fn users_acl(search: bool) -> Result<PathBuf> {
+    let shipped = PathBuf::from(USERS_ACL);
+    if search {
+        return Ok(shipped);
+    }
+    let text = std::fs::read_to_string(&shipped)
+        .with_context(|| format!("reading {}", shipped.display()))?;
+    let stripped: Vec<String> = text
+        .lines()
+        .map(|line| {
+            line.split(' ')
+                .filter(|rule| !rule.to_ascii_lowercase().starts_with("+ft."))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let path = std::env::temp_dir().join(format!(
+        "sessionfold-users-without-search-{}.acl",
+        std::process::id()
+    ));
+    std::fs::write(&path, stripped.join("\n") + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 impl RedisServer {
     /// Starts the server and waits until it answers (and is not loading).
     pub fn start() -> Result<Self> {

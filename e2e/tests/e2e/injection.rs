@@ -186,12 +186,13 @@ async fn hostile_session_ids_get_exactly_one_subject_and_their_own_keys() {
     }
 
     let keys = redis_keys(&app).await;
-    // The sessions' keys, and the processor's applied-floor marker.
+    // The sessions' keys (each frame's one event is named), and the
+    // processor's applied-floor marker.
     let expected_keys: BTreeSet<String> = sessions
         .iter()
         .flat_map(|session| {
             let keys = run_keys.session(session);
-            [keys.doc, keys.state]
+            [keys.doc, keys.state, keys.summary, keys.names]
         })
         .chain([sessionfold_processor::repair::single_marker_key(
             &run_keys.prefix,

@@ -32,7 +32,9 @@ async fn each_service_can_do_its_job_and_nothing_more() {
     init_test_tracing();
     let accounts = std::fs::read_to_string(deploy_file("nats/accounts.conf")).unwrap();
     let nats = NatsServer::start_with_config(&accounts).unwrap();
-    let acl = deploy_file("redis/users.acl");
+    let acl =
+        sessionfold_testkit::users_acl(sessionfold_testkit::search_module().unwrap().is_some())
+            .unwrap();
     let redis = RedisServer::start_with_args(&["--aclfile", acl.to_str().unwrap()]).unwrap();
 
     // The ACLs name the default stream, consumer and key prefix.
