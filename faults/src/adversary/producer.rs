@@ -707,11 +707,7 @@ impl Producer<'_> {
         let single = self.rng.chance(40);
         let text = self.frame_of(&texts, single);
         let expect = Expect::Store {
-            events: if single && texts.len() == 1 {
-                1
-            } else {
-                texts.len()
-            },
+            events: texts.len(),
         };
         self.send(connection, Payload::Text(text), expect, events)
             .await

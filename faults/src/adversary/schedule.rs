@@ -50,7 +50,7 @@ pub fn schedule(seed: u64, load: Duration, processors: usize) -> Vec<Step> {
             behind: rng.millis(1000, 2500),
         },
     ];
-    // About one fault per 4 s of load beyond the first one.
+    // And one more for every 4 s of load after the first 4 s.
     let extra = (load.as_secs() / 4).saturating_sub(1);
     for _ in 0..extra {
         let fault = match rng.below(6) {
