@@ -45,7 +45,24 @@ pub fn none_match(headers: &HeaderMap, etag: &str) -> bool {
 
 /// The response for a stored `document`: `200` with the JSON and its
 /// `ETag`, or `304` when the client already holds it.
+/// The header telling a session's state (docs/design.md §10).
+pub const SESSION_STATE_HEADER: &str = "sessionfold-session-state";
+
 pub fn document_response(headers: &HeaderMap, document: Document) -> Response {
+    let state = document
+        .state
+        .as_deref()
+        .and_then(|state| HeaderValue::from_str(state).ok());
+    let mut response = document_response_without_state(headers, document);
+    if let Some(state) = state {
+        response
+            .headers_mut()
+            .insert(header::HeaderName::from_static(SESSION_STATE_HEADER), state);
+    }
+    response
+}
+
+fn document_response_without_state(headers: &HeaderMap, document: Document) -> Response {
     let (bytes, slot) = document.into_parts();
     let tag = etag(&bytes);
     let tag_value = HeaderValue::from_str(&tag).expect("a quoted hex digest is a header value");

@@ -96,6 +96,7 @@ pub enum DataResponses {
         headers(
             ("ETag" = String, description = "Strong entity tag: the quoted 128-bit XXH3 hash (hex) of the document's bytes"),
             ("Cache-Control" = String, description = "`no-cache`: revalidate with `If-None-Match`"),
+            ("Sessionfold-Session-State" = String, description = "`open`, or why the session closed: `ended`, `idle` or `max_duration`"),
             ("X-Request-Id" = String, description = "The request's id"),
         )
     )]
@@ -105,6 +106,7 @@ pub enum DataResponses {
         status = 304,
         headers(
             ("ETag" = String, description = "The document's current entity tag"),
+            ("Sessionfold-Session-State" = String, description = "The session's state, as on `200`"),
             ("X-Request-Id" = String, description = "The request's id"),
         )
     )]

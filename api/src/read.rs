@@ -131,6 +131,8 @@ impl From<Unavailable> for ReadError {
 /// (or the response body made from it) lives.
 pub struct Document {
     pub bytes: Bytes,
+    /// The session's state (`open`, or its close reason), when asked for.
+    pub state: Option<String>,
     slot: Option<OwnedSemaphorePermit>,
 }
 
@@ -139,6 +141,7 @@ impl Document {
     pub fn small(bytes: impl Into<Bytes>) -> Self {
         Self {
             bytes: bytes.into(),
+            state: None,
             slot: None,
         }
     }
@@ -181,7 +184,18 @@ impl ReadPool {
 
     /// Reads the document at `key`: `None` when there is none.
     pub async fn read(&self, key: &str) -> Result<Option<Document>, ReadError> {
-        let read = self.read_unrecorded(key).await;
+        self.read_with_state(key, None).await
+    }
+
+    /// Reads the document at `key` and, in the same round trip, the
+    /// session's state from its state hash at `state_key` (`open` unless
+    /// the hash says it closed).
+    pub async fn read_with_state(
+        &self,
+        key: &str,
+        state_key: Option<&str>,
+    ) -> Result<Option<Document>, ReadError> {
+        let read = self.read_unrecorded(key, state_key).await;
         if let Err(err) = &read {
             ::metrics::counter!(
                 sessionfold_common::metrics::API_READS_REFUSED_TOTAL,
@@ -192,7 +206,11 @@ impl ReadPool {
         read
     }
 
-    async fn read_unrecorded(&self, key: &str) -> Result<Option<Document>, ReadError> {
+    async fn read_unrecorded(
+        &self,
+        key: &str,
+        state_key: Option<&str>,
+    ) -> Result<Option<Document>, ReadError> {
         let deadline = Instant::now() + self.settings.read_timeout();
         let limit = self.settings.max_document_bytes;
         let size = match self.sizes.get(key) {
@@ -217,7 +235,16 @@ impl ReadPool {
         get.arg(key);
         // Bytes, not a String: RedisJSON writes UTF-8, and checking it again
         // would cost a pass over every document served.
-        let document: Option<Vec<u8>> = lane.query(&get, deadline).await?;
+        let (document, state): (Option<Vec<u8>>, Option<String>) = match state_key {
+            Some(state_key) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(get).cmd("HGET").arg(state_key).arg("st");
+                let (document, state): (Option<Vec<u8>>, Option<String>) =
+                    lane.query(&pipe, deadline).await?;
+                (document, Some(state.unwrap_or_else(|| "open".to_owned())))
+            }
+            None => (lane.query(&get, deadline).await?, None),
+        };
         let Some(document) = document else {
             self.sizes.forget(key);
             return Ok(None);
@@ -237,6 +264,7 @@ impl ReadPool {
         };
         Ok(Some(Document {
             bytes: Bytes::from(document),
+            state,
             slot,
         }))
     }
@@ -250,7 +278,7 @@ impl ReadPool {
         arrlen.arg(key).arg("$.children");
         match self
             .small
-            .query::<Vec<Option<u64>>>(&arrlen, deadline)
+            .query::<Vec<Option<u64>>, _>(&arrlen, deadline)
             .await
         {
             Ok(lengths) => {
@@ -282,10 +310,11 @@ impl Lane {
         }
     }
 
-    /// Runs `cmd` on a connection of this lane by `deadline`.
-    async fn query<T: FromRedisValue>(
+    /// Runs `cmd` (a command or a pipeline) on a connection of this lane by
+    /// `deadline`.
+    async fn query<T: FromRedisValue, Q: Query>(
         &self,
-        cmd: &redis::Cmd,
+        cmd: &Q,
         deadline: Instant,
     ) -> Result<T, Unavailable> {
         let _permit = timeout_at(deadline, self.permits.acquire())
@@ -302,7 +331,7 @@ impl Lane {
                 Some(connection) => connection,
                 None => self.connect(deadline).await?,
             };
-            match timeout_at(deadline, cmd.query_async::<T>(&mut connection)).await {
+            match timeout_at(deadline, cmd.run::<T>(&mut connection)).await {
                 Ok(Ok(value)) => {
                     self.idle.lock().expect("lane lock").push(connection);
                     return Ok(value);
@@ -355,6 +384,32 @@ impl Lane {
             Ok(Err(err)) => Err(Unavailable::Redis(format!("{err:#}"))),
             Err(_) => Err(Unavailable::Timeout),
         }
+    }
+}
+
+/// A command or a pipeline: what one lane round trip sends.
+trait Query {
+    fn run<T: FromRedisValue>(
+        &self,
+        connection: &mut RedisConnection,
+    ) -> impl Future<Output = redis::RedisResult<T>>;
+}
+
+impl Query for redis::Cmd {
+    fn run<T: FromRedisValue>(
+        &self,
+        connection: &mut RedisConnection,
+    ) -> impl Future<Output = redis::RedisResult<T>> {
+        self.query_async(connection)
+    }
+}
+
+impl Query for redis::Pipeline {
+    fn run<T: FromRedisValue>(
+        &self,
+        connection: &mut RedisConnection,
+    ) -> impl Future<Output = redis::RedisResult<T>> {
+        self.query_async(connection)
     }
 }
 

@@ -182,8 +182,12 @@ async fn data(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let admitted = admit(&shared, peer, &headers, query.as_deref())?;
-    let key = shared.keys.session(&admitted.session).doc;
-    let document = shared.reads.read(&key).await?.ok_or(ApiError::NotFound)?;
+    let keys = shared.keys.session(&admitted.session);
+    let document = shared
+        .reads
+        .read_with_state(&keys.doc, Some(&keys.state))
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if document.is_large() {
         // Hashing megabytes for the ETag would hold up the requests
         // waiting on this worker thread.

@@ -204,7 +204,7 @@ pub async fn redis_apply(
                 };
                 let applied = store.apply(batch).await?;
                 if let Some(refused) = applied.iter().find_map(|a| match a {
-                    Applied::Refused(reason) => Some(reason),
+                    Applied::Refused(reason) | Applied::Late(reason) => Some(reason),
                     Applied::Stored(_) => None,
                 }) {
                     bail!("the apply step refused a batch: {refused}");

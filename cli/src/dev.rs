@@ -65,6 +65,7 @@ impl DevConfig {
             client_ip: self.client_ip.clone(),
             guard: self.guard.clone(),
             http: self.http.clone(),
+            late: self.lifecycle.late.clone(),
         }
     }
 

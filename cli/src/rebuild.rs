@@ -195,11 +195,11 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<Rebuilt> {
         },
         // The rebuild replays the whole stream itself; the live processors
         // repair the live prefix.
-        // Nor does it close sessions: its documents are a copy.
+        // Nor does it close sessions or keep their timers: its documents
+        // are a copy (docs/design.md "Session lifecycle" says what that
+        // means after switching to it).
         lifecycle: LifecycleSettings {
-            session_idle_timeout_secs: 0,
-            session_end_grace_secs: 0,
-            session_max_duration_secs: 0,
+            session_lifecycle: false,
             ..LifecycleSettings::default()
         },
         sink: SinkSettings {

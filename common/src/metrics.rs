@@ -72,6 +72,21 @@ pub const CONSUMER_ACK_PENDING: &str = "sessionfold_consumer_ack_pending_message
 /// Gauge, label `consumer`: messages being redelivered now.
 pub const CONSUMER_REDELIVERED: &str = "sessionfold_consumer_redelivered_messages";
 
+/// Counter, label `how` (`new`, `reopened`): sessions opened by a frame.
+pub const SESSIONS_OPENED_TOTAL: &str = "sessionfold_sessions_opened_total";
+/// Counter, label `reason` (`ended`, `idle`, `max_duration`): sessions
+/// closed, counted once per close (the finished message stored).
+pub const SESSIONS_CLOSED_TOTAL: &str = "sessionfold_sessions_closed_total";
+/// Gauge: sessions whose close is pending (each has one timer), polled from
+/// JetStream.
+pub const SESSIONS_OPEN: &str = "sessionfold_sessions_open";
+/// Counter, label `outcome` (`applied`: within the lateness, the session
+/// opened again; `dead_lettered`; `rejected`, by ingest): frames for a
+/// closed session.
+pub const LATE_FRAMES_TOTAL: &str = "sessionfold_late_frames_total";
+/// Histogram: how long after its due time a session actually closed.
+pub const TIMER_LAG_SECONDS: &str = "sessionfold_timer_lag_seconds";
+
 // --------------------------------------------------------------------- api
 /// Counter, label `reason` (`busy`, `large_busy`, `timeout`, `redis`,
 /// `too_large`): document reads the api refused or could not do.
@@ -107,6 +122,10 @@ pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "sessionfold_http_connections_r
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Buckets of the timer-lag histogram, in seconds.
+const TIMER_LAG_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+];
 /// Buckets of the batch-size histogram, in messages.
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -122,6 +141,12 @@ pub fn install() -> PrometheusHandle {
             let builder = || {
                 PrometheusBuilder::new()
                     .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                    .and_then(|b| {
+                        b.set_buckets_for_metric(
+                            Matcher::Full(TIMER_LAG_SECONDS.into()),
+                            TIMER_LAG_BUCKETS,
+                        )
+                    })
                     .and_then(|b| {
                         b.set_buckets_for_metric(Matcher::Full(BATCH_MESSAGES.into()), BATCH_BUCKETS)
                     })
@@ -194,6 +219,15 @@ fn describe() {
     );
     describe_gauge!(CONSUMER_ACK_PENDING, "Messages delivered and not acked yet");
     describe_gauge!(CONSUMER_REDELIVERED, "Messages being redelivered");
+    describe_counter!(SESSIONS_OPENED_TOTAL, "Sessions opened by a frame, by how");
+    describe_counter!(SESSIONS_CLOSED_TOTAL, "Sessions closed, by reason");
+    describe_gauge!(SESSIONS_OPEN, "Sessions whose close is pending");
+    describe_counter!(LATE_FRAMES_TOTAL, "Frames for a closed session, by outcome");
+    describe_histogram!(
+        TIMER_LAG_SECONDS,
+        Unit::Seconds,
+        "How long after its due time a session closed"
+    );
     describe_counter!(
         API_READS_REFUSED_TOTAL,
         "Document reads refused or failed, by reason"
@@ -252,6 +286,11 @@ pub fn routes() -> Router {
 pub fn frame_accepted(events: usize) {
     ::metrics::counter!(FRAMES_ACCEPTED_TOTAL).increment(1);
     ::metrics::counter!(EVENTS_ACCEPTED_TOTAL).increment(events as u64);
+}
+
+/// Records a frame for a closed session and what became of it.
+pub fn late_frame(outcome: &'static str) {
+    ::metrics::counter!(LATE_FRAMES_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// Records a rejected frame with its reply `code` and the events it rejects.

@@ -194,7 +194,39 @@ macro_rules! defaults_from_flags {
     )+};
 }
 
-defaults_from_flags!(NatsSettings, RedisSettings, LimitSettings, ShutdownSettings);
+/// What becomes of a frame for a session closed longer ago than its allowed
+/// lateness (docs/design.md §10); read by ingest and the processor alike.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LateEventSettings {
+    /// `dead-letter`: the processor keeps such a frame in the dead-letter
+    /// stream with reason `session_closed`; `reject`: ingest answers it
+    /// `session_closed` (a connection opened before the session was closed
+    /// for good is not checked again: its frames are dead-lettered).
+    #[arg(long, env = "LATE_EVENTS", value_enum, default_value_t = LatePolicy::DeadLetter)]
+    pub late_events: LatePolicy,
+    /// NATS key-value bucket of the sessions closed for good, which the
+    /// processor writes and ingest reads under `LATE_EVENTS=reject`.
+    #[arg(long, env = "CLOSED_SESSIONS_BUCKET", default_value = sessionfold_core::names::DEFAULT_CLOSED_BUCKET)]
+    pub closed_sessions_bucket: String,
+}
+
+/// What becomes of a frame for a session closed for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LatePolicy {
+    /// Moved to the dead-letter stream with reason `session_closed`.
+    #[default]
+    DeadLetter,
+    /// Answered `session_closed` by ingest.
+    Reject,
+}
+
+defaults_from_flags!(
+    NatsSettings,
+    RedisSettings,
+    LimitSettings,
+    ShutdownSettings,
+    LateEventSettings
+);
 
 /// For the unit tests of each crate's settings: `T::default()` is what its
 /// flags declare, not a second list of values that may drift from them.

@@ -37,7 +37,7 @@ pub use event::{Event, EventKind};
 pub use fold::{Delivery, IncrementalFold, fold};
 pub use frame::Frame;
 pub use limits::Limits;
-pub use names::{Keys, SessionKeys, Subjects};
+pub use names::{Keys, LifecycleSubjects, SessionKeys, Subjects};
 pub use protocol::{ErrorCode, FrameError, Reply};
 pub use rng::SeededRng;
 pub use session::{SessionId, SessionIdError};

@@ -31,6 +31,9 @@ pub const DEFAULT_TIMERS_CONSUMER: &str = "sessionfold-timers";
 pub const DEFAULT_SESSIONS_STREAM: &str = "SESSIONFOLD_SESSIONS";
 /// Default subject prefix of finished sessions (`SESSIONS_SUBJECT_PREFIX`).
 pub const DEFAULT_SESSIONS_PREFIX: &str = "sessionfold.sessions";
+/// Default key-value bucket of the sessions closed for good
+/// (`CLOSED_SESSIONS_BUCKET`).
+pub const DEFAULT_CLOSED_BUCKET: &str = "sessionfold_closed";
 /// Default prefix of every Redis key (`KEY_PREFIX`).
 pub const DEFAULT_KEY_PREFIX: &str = "sf:";
 
@@ -96,6 +99,79 @@ impl Subjects {
     /// Where changes to `session`'s document are announced.
     pub fn update(&self, session: &SessionId) -> String {
         format!("{}.{}", self.updates_prefix, session.token())
+    }
+}
+
+/// The subjects of the session lifecycle (docs/design.md "Session
+/// lifecycle"). A session's timer is one scheduled message:
+/// `<timers>.open.<token>` while it is open (its close), or
+/// `<timers>.closed.<token>` once closed (its compaction); when it fires the
+/// server publishes `<timers>.due.<token>`. Its finished message is
+/// `<sessions>.<token>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleSubjects {
+    pub timers_prefix: String,
+    pub sessions_prefix: String,
+}
+
+impl Default for LifecycleSubjects {
+    fn default() -> Self {
+        Self {
+            timers_prefix: DEFAULT_TIMERS_PREFIX.to_owned(),
+            sessions_prefix: DEFAULT_SESSIONS_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl LifecycleSubjects {
+    /// Where an open `session`'s close is scheduled (one message: a new
+    /// schedule replaces the pending one).
+    pub fn open_timer(&self, session: &SessionId) -> String {
+        format!("{}.open.{}", self.timers_prefix, session.token())
+    }
+
+    /// Where a closed `session`'s compaction is scheduled.
+    pub fn closed_timer(&self, session: &SessionId) -> String {
+        format!("{}.closed.{}", self.timers_prefix, session.token())
+    }
+
+    /// The open sessions' timers (one each: counting them counts the
+    /// sessions whose close is pending).
+    pub fn open_timers_filter(&self) -> String {
+        format!("{}.open.*", self.timers_prefix)
+    }
+
+    /// Where the server publishes `session`'s timer when it fires.
+    pub fn timer_due(&self, session: &SessionId) -> String {
+        format!("{}.due.{}", self.timers_prefix, session.token())
+    }
+
+    /// The subjects the timers stream listens on.
+    pub fn timers_filter(&self) -> String {
+        format!("{}.>", self.timers_prefix)
+    }
+
+    /// The fired timers, which the processors consume.
+    pub fn timers_due_filter(&self) -> String {
+        format!("{}.due.*", self.timers_prefix)
+    }
+
+    /// Recovers the session of a fired timer from its subject.
+    pub fn session_of_timer_due(&self, subject: &str) -> Option<SessionId> {
+        let token = subject
+            .strip_prefix(self.timers_prefix.as_str())?
+            .strip_prefix(".due.")?;
+        SessionId::from_token(token)
+    }
+
+    /// Where `session`'s finished message is published.
+    pub fn finished(&self, session: &SessionId) -> String {
+        format!("{}.{}", self.sessions_prefix, session.token())
+    }
+
+    /// The subjects the finished-sessions stream listens on.
+    pub fn finished_filter(&self) -> String {
+        format!("{}.*", self.sessions_prefix)
     }
 }
 
@@ -205,6 +281,32 @@ mod tests {
         assert_eq!(
             subjects.session_of_event("sessionfold.events.a_2eb"),
             Some(id)
+        );
+    }
+
+    #[test]
+    fn a_sessions_timer_fires_on_a_subject_that_names_it_and_no_other_timer() {
+        let subjects = LifecycleSubjects::default();
+        let id = session("a.b");
+        assert_eq!(subjects.open_timer(&id), "sessionfold.timers.open.a_2eb");
+        assert_eq!(
+            subjects.closed_timer(&id),
+            "sessionfold.timers.closed.a_2eb"
+        );
+        assert_eq!(subjects.timer_due(&id), "sessionfold.timers.due.a_2eb");
+        assert_eq!(subjects.finished(&id), "sessionfold.sessions.a_2eb");
+        assert_eq!(
+            subjects.session_of_timer_due("sessionfold.timers.due.a_2eb"),
+            Some(id.clone())
+        );
+        // Schedules are never taken for fired timers.
+        assert_eq!(
+            subjects.session_of_timer_due(&subjects.open_timer(&id)),
+            None
+        );
+        assert_eq!(
+            subjects.session_of_timer_due(&subjects.closed_timer(&id)),
+            None
         );
     }
 

@@ -23,6 +23,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The frame could not be stored durably; it was not accepted. Send it again.
     Unavailable,
+    /// The session closed longer ago than its allowed lateness and takes no
+    /// frame again (`LATE_EVENTS=reject`).
+    SessionClosed,
 }
 
 impl ErrorCode {
@@ -37,6 +40,7 @@ impl ErrorCode {
             Self::EventTooLarge => "event_too_large",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
+            Self::SessionClosed => "session_closed",
         }
     }
 
@@ -47,7 +51,7 @@ impl ErrorCode {
     }
 
     /// Every code, for metrics labels and documentation.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         Self::InvalidJson,
         Self::InvalidFrame,
         Self::InvalidEvent,
@@ -57,6 +61,7 @@ impl ErrorCode {
         Self::EventTooLarge,
         Self::RateLimited,
         Self::Unavailable,
+        Self::SessionClosed,
     ];
 }
 

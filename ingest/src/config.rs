@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use sessionfold_common::auth::AuthSettings;
 use sessionfold_common::http::HttpLimits;
 use sessionfold_common::rate_limit::ClientIpSettings;
-use sessionfold_common::settings::{LimitSettings, NatsSettings, ShutdownSettings};
+use sessionfold_common::settings::{
+    LateEventSettings, LimitSettings, NatsSettings, ShutdownSettings,
+};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -32,6 +34,8 @@ pub struct Config {
     pub guard: GuardSettings,
     #[command(flatten)]
     pub http: HttpLimits,
+    #[command(flatten)]
+    pub late: LateEventSettings,
 }
 
 /// Abuse limits; 0 turns a limit off.

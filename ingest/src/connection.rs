@@ -51,6 +51,9 @@ pub struct Connection {
     /// This connection's account with the listener's read budget: every
     /// complete message returns what its bytes took.
     pub(crate) read_credit: Option<ReadCredit>,
+    /// The session was closed for good when the connection opened, and
+    /// late frames are rejected (`LATE_EVENTS=reject`).
+    pub(crate) closed_for_good: bool,
 }
 
 /// A frame's reply, once known.
@@ -166,6 +169,7 @@ impl Connection {
             grant,
             frames_received: 0,
             read_credit: None,
+            closed_for_good: false,
         }
     }
 
@@ -193,6 +197,14 @@ impl Connection {
             Ok(frame) => frame,
             Err(error) => return (ready_rejection(frame_number, error), false),
         };
+        if self.closed_for_good {
+            metrics::late_frame("rejected");
+            let error = FrameError::new(
+                ErrorCode::SessionClosed,
+                "the session closed longer ago than its allowed lateness and takes no frames",
+            );
+            return (ready_rejection(frame_number, error), false);
+        }
         let accepted = frame.events.len();
         let ends_session = frame.has_session_end();
         if accepted == 0 {

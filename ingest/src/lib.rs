@@ -2,6 +2,7 @@
 //! each frame, publishes it to JetStream and acknowledges it once durable.
 //!
 //! - [`config`]: the service's settings.
+//! - [`closed`]: sessions closed for good, refused under `LATE_EVENTS=reject`.
 //! - [`server`]: [`serve`], the shared state and the HTTP routes.
 //! - [`connection`]: one producer connection as a state machine, frame by
 //!   frame, replies in order.
@@ -12,6 +13,7 @@
 //! - [`http_error`]: JSON errors for refused HTTP requests.
 //! - [`readiness`]: what `/readyz` checks (NATS, the stream, shutdown).
 
+pub mod closed;
 pub mod config;
 pub mod connection;
 pub mod guard;

@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) guard: GuardSettings,
     pub(crate) connection_limits: Arc<ConnectionLimits>,
     pub(crate) frame_limits: Arc<FrameLimits>,
+    /// Set under `LATE_EVENTS=reject`.
+    pub(crate) closed_sessions: Option<Arc<dyn crate::closed::ClosedSessions>>,
 }
 
 impl Shared {
@@ -96,6 +98,7 @@ impl Shared {
                 config.guard.max_connections_per_ip,
             ),
             frame_limits: FrameLimits::new(&config.guard, limits.max_frame_bytes),
+            closed_sessions: None,
         }
     }
 }
@@ -200,14 +203,15 @@ impl Ingest {
             },
             config.nats.clone(),
         );
+        let mut shared = Shared::new(config, limits, Arc::new(publisher), authenticator, drain);
+        if config.late.late_events == sessionfold_common::settings::LatePolicy::Reject {
+            shared.closed_sessions = Some(Arc::new(crate::closed::ClosedBucket::new(
+                js.clone(),
+                config.late.closed_sessions_bucket.as_str(),
+            )));
+        }
         Ok(Self {
-            shared: Arc::new(Shared::new(
-                config,
-                limits,
-                Arc::new(publisher),
-                authenticator,
-                drain,
-            )),
+            shared: Arc::new(shared),
             nats,
         })
     }
@@ -352,8 +356,13 @@ fn accept(
                 let _tracking = tracking;
                 let _slot = slot;
                 let (sink, source) = futures::StreamExt::split(socket);
+                let closed_for_good = match &shared.closed_sessions {
+                    Some(closed) => closed.is_closed(&session).await,
+                    None => false,
+                };
                 let mut connection = Connection::new(shared, session, request_id, client_ip, grant);
                 connection.read_credit = credit;
+                connection.closed_for_good = closed_for_good;
                 connection::run(sink, source, connection).await;
             }
             .instrument(span)

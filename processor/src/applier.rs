@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::batch;
 use crate::settle::Outcome;
-use crate::store::{Applied, Invocation, Outage, Store, Stored};
+use crate::store::{Applied, Invocation, LifecycleSpec, Outage, Store, Stored};
 
 /// One message as pulled from JetStream.
 #[derive(Debug, Clone)]
@@ -45,9 +45,32 @@ pub struct Metadata {
 pub struct BatchOutcome {
     /// One per message, in the batch's order.
     pub outcomes: Vec<Outcome>,
-    /// Sessions whose frames were stored, with each stored invocation and
-    /// what it did.
-    pub stored_sessions: Vec<(SessionId, Vec<(Invocation, Stored)>)>,
+    /// Sessions whose frames were stored.
+    pub stored_sessions: Vec<StoredSession>,
+}
+
+/// A session some of whose frames were stored.
+#[derive(Debug)]
+pub struct StoredSession {
+    pub session: SessionId,
+    /// The stored messages, as indices into the batch.
+    pub messages: Vec<usize>,
+    /// Each stored invocation and what it did, in the order they ran.
+    pub applies: Vec<(Invocation, Stored)>,
+}
+
+impl StoredSession {
+    /// The session's timer after its last apply.
+    pub fn timer(&self) -> Option<crate::store::Timer> {
+        let armed = self
+            .applies
+            .iter()
+            .any(|(_, stored)| stored.timer.is_some_and(|timer| timer.armed));
+        self.applies
+            .last()
+            .and_then(|(_, stored)| stored.timer)
+            .map(|timer| crate::store::Timer { armed, ..timer })
+    }
 }
 
 /// Builds invocations and applies them through a [`Store`].
@@ -60,9 +83,9 @@ pub struct Applier<S> {
     pub keys: Keys,
     pub max_children: u64,
     pub document_ttl_secs: u64,
-    /// How long after its close a session still takes frames, in
-    /// milliseconds (`None`: always).
-    pub lateness_ms: Option<u64>,
+    /// When sessions close by themselves and how long after a closed one
+    /// still takes frames (`None`: never, and always).
+    pub lifecycle: Option<LifecycleSpec>,
 }
 
 impl<S: Store> Applier<S> {
@@ -89,7 +112,7 @@ impl<S: Store> Applier<S> {
         Invocation::new(&self.keys, session, deliveries, self.max_children)
             .with_document_ttl(self.document_ttl_secs)
             .with_arrivals(first, last, session_end)
-            .with_lateness(self.lateness_ms)
+            .with_lifecycle(self.lifecycle.as_ref())
     }
 
     fn arrivals(batch: &[Pulled], messages: &[usize]) -> Vec<u64> {
@@ -167,9 +190,20 @@ impl<S: Store> Applier<S> {
                     for &index in &part.messages {
                         result.outcomes[index] = Outcome::Stored;
                     }
-                    result
-                        .stored_sessions
-                        .push((session.clone(), vec![(invocation, stored)]));
+                    result.stored_sessions.push(StoredSession {
+                        session: session.clone(),
+                        messages: part.messages.clone(),
+                        applies: vec![(invocation, stored)],
+                    });
+                }
+                // Every frame of the part arrived at or after its earliest,
+                // which is past the lateness already.
+                Applied::Late(reason) => {
+                    for &index in &part.messages {
+                        let stream_sequence = batch[index].metadata.map(|m| m.stream_sequence);
+                        tracing::info!(session_id = %session, stream_sequence, %reason, "frame for a closed session");
+                        result.outcomes[index] = Outcome::Late(reason.clone());
+                    }
                 }
                 Applied::Refused(reason) => {
                     self.isolate_refusal(session, part, &reason, batch, &mut result, shutdown)
@@ -229,6 +263,7 @@ impl<S: Store> Applier<S> {
             return;
         }
         let mut stored_applies = Vec::new();
+        let mut stored_messages = Vec::new();
         for (delivery, &index) in part.deliveries.iter().zip(&part.messages) {
             if shutdown.is_cancelled() {
                 break;
@@ -243,8 +278,10 @@ impl<S: Store> Applier<S> {
                     Some(Applied::Stored(stored)) => {
                         result.outcomes[index] = Outcome::Stored;
                         stored_applies.push((invocation, stored));
+                        stored_messages.push(index);
                     }
                     Some(Applied::Refused(reason)) => refuse(result, index, reason),
+                    Some(Applied::Late(reason)) => result.outcomes[index] = Outcome::Late(reason),
                     None => {}
                 },
                 // An outage: this frame and the rest stay NotStored.
@@ -255,9 +292,11 @@ impl<S: Store> Applier<S> {
             }
         }
         if !stored_applies.is_empty() {
-            result
-                .stored_sessions
-                .push((session.clone(), stored_applies));
+            result.stored_sessions.push(StoredSession {
+                session: session.clone(),
+                messages: stored_messages,
+                applies: stored_applies,
+            });
         }
     }
 }
@@ -317,7 +356,7 @@ mod tests {
             keys: Keys::default(),
             max_children: 0,
             document_ttl_secs: 0,
-            lateness_ms: None,
+            lifecycle: None,
         }
     }
 
@@ -352,7 +391,7 @@ mod tests {
         let sessions: Vec<_> = outcome
             .stored_sessions
             .iter()
-            .map(|(s, _)| s.as_str().to_owned())
+            .map(|stored| stored.session.as_str().to_owned())
             .collect();
         assert_eq!(sessions, ["a", "b"]);
     }

@@ -22,8 +22,9 @@
 -- (docs/design.md "Session lifecycle"), times in milliseconds of the
 -- JetStream clock: ARGV[10] the earliest arrival of the batch's frames,
 -- ARGV[11] the latest, ARGV[12] the latest arrival of a frame holding a
--- SESSION_END ('' for none), ARGV[13] how long after its close a session
--- still takes frames ('' for always); ARGV[14] what the session's summary
+-- SESSION_END ('' for none), ARGV[13] the lifecycle settings (see
+-- `parse_lifecycle`; '' when sessions never close by themselves, and a
+-- closed one then always takes frames); ARGV[14] what the session's summary
 -- needs of the batch (docs/design.md §4.2; '' keeps no summary), binary:
 -- the session_id and its token (each a u16 length, then the bytes), the
 -- batch's distinct event names as tokens (a u16 count, then each a u16
@@ -58,16 +59,26 @@
 -- not match the document, a layout-1 session to migrate) runs before the
 -- first write.
 --
--- Answers {written, revision, ops, skipped, first, last, end, state}: the
--- children written, the
--- session's revision after the step, what changed in `children` in order
+-- Answers {written, revision, ops, skipped, first, last, end, state, timer,
+-- armed}: the children written, the session's revision after the step, what changed in `children` in order
 -- (9 bytes an op: 'i', rank, count: the next `count` written events went in
 -- from `rank` on; 'r', rank, 1: the child at `rank` was taken out, an
 -- earlier arrival replacing it), and the events not written (u32 event
 -- numbers, 0-based: repeats; the written events are every event but the
 -- skipped ones, in order), then the session's first and latest arrival and
--- latest SESSION_END arrival after the step ('' for none), and `open` or
--- `reopened` (it was closed, and this frame came within its lateness).
+-- latest SESSION_END arrival after the step ('' for none); `new` (this
+-- step made the session), `open`, `reopened` (it was closed, and this batch came within its lateness and
+-- changed it) or `closed` (it was closed, and this batch changed nothing:
+-- a redelivery of frames applied before the close); then the session's
+-- timer: when it is due ('' for none) and '1' when this step armed it (the
+-- processor must schedule it) or ''.
+--
+-- The timer (state field `td`) is the due time of the session's one
+-- pending schedule on the timers stream; the step arms it only when it
+-- must fire earlier than the pending one (a new session, a SESSION_END),
+-- and on a reopening. A later due needs nothing: the close step, run when the
+-- pending schedule fires, finds the session not due yet and schedules it
+-- again.
 
 local doc, state, old_ids, old_order = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local summary, names_key = KEYS[5], KEYS[6]
@@ -77,7 +88,9 @@ local ttl = tonumber(ARGV[5])
 local mode = ARGV[6]
 local identities, positions, order_records = ARGV[7], ARGV[8], ARGV[9]
 local first_arrival, last_arrival = tonumber(ARGV[10]), tonumber(ARGV[11])
-local end_arrival, lateness = tonumber(ARGV[12]), tonumber(ARGV[13])
+local end_arrival = tonumber(ARGV[12])
+local lifecycle = parse_lifecycle(ARGV[13])
+local lateness = lifecycle and lifecycle.lateness
 local summary_input = ARGV[14]
 local FIRST_CHILD = 15
 local events = #identities / 16
@@ -122,12 +135,13 @@ end
 
 -- ------------------------------------------------------------------ state
 local fields = redis.call('HMGET', state, 'v', 'n', 'lvl', 'spl', 'pi', 'np', 'nc', 's', 'e',
-  'rev', 'cmp', 'lr', 'st', 'ca', 'fa', 'la', 'ea')
+  'rev', 'cmp', 'lr', 'st', 'ca', 'fa', 'la', 'ea', 'td')
 local fresh = fields[1] == false
 -- Closed: its state, the close's time; the session's arrivals so far.
 local closed, closed_at = fields[13], tonumber(fields[14])
 local session_first, session_last = tonumber(fields[15]), tonumber(fields[16])
 local session_end = tonumber(fields[17])
+local timer_due = tonumber(fields[18])
 if closed then
   -- A frame for a closed session: taken (the session opens again) while
   -- within its lateness, else refused for good.
@@ -296,10 +310,27 @@ session_last = latest(session_last, last_arrival)
 session_end = latest(session_end, end_arrival)
 local arrivals_move = session_first ~= tonumber(fields[15]) or session_last ~= tonumber(fields[16])
   or session_end ~= tonumber(fields[17])
--- What the processor needs to arm the session's timers.
-local function lifecycle()
+-- Arms the session's timer when it must fire before the pending one:
+-- its due time and whether it was armed now.
+local function arm_timer(still_closed)
+  if still_closed then return timer_due, false end
+  local due = close_due(lifecycle, session_first, session_last, session_end)
+  -- A reopened session's pending timer is its compaction, on the closed
+  -- sessions' subject: it needs its own close timer.
+  if due and (timer_due == nil or due < timer_due or closed) then
+    redis.call('HSET', state, 'td', tostring(due))
+    return due, true
+  end
+  return timer_due, false
+end
+-- What the processor needs for the session's timers.
+local function lifecycle_answer(still_closed)
+  local due, armed = arm_timer(still_closed)
+  local open = 'open'
+  if still_closed then open = 'closed' elseif closed then open = 'reopened'
+  elseif fresh then open = 'new' end
   return {tostring(session_first or ''), tostring(session_last or ''),
-    tostring(session_end or ''), closed and 'reopened' or 'open'}
+    tostring(session_end or ''), open, tostring(due or ''), armed and '1' or ''}
 end
 local function bound_moves(candidate, current, wins)
   return candidate ~= '' and (not current or wins(tonumber(candidate), tonumber(current)))
@@ -421,7 +452,13 @@ local function keep_summary(children_before)
     ',"sort_start":"', sort_start,
     '","sort_activity":"', hex_double(session_last or 0), summary_token, '"}'}))
 end
-if next(write) == nil and not start_moves and not end_moves and not fresh and not closed then
+if next(write) == nil and not start_moves and not end_moves and not fresh then
+  if closed then
+    -- Nothing new for a closed session: it stays closed, untouched.
+    local answer = {0, revision, '', ''}
+    for _, value in ipairs(lifecycle_answer(true)) do answer[#answer + 1] = value end
+    return answer
+  end
   -- Nothing new: no revision, but the frame still renews the TTL and
   -- counts as activity.
   if arrivals_move then
@@ -434,7 +471,7 @@ if next(write) == nil and not start_moves and not end_moves and not fresh and no
   end
   refresh_ttl()
   local answer = {0, revision, '', ''}
-  for _, value in ipairs(lifecycle()) do answer[#answer + 1] = value end
+  for _, value in ipairs(lifecycle_answer(false)) do answer[#answer + 1] = value end
   return answer
 end
 
@@ -866,5 +903,5 @@ keep_summary(children_before)
 
 refresh_ttl()
 local answer = {written, revision, concat(ops), concat(skipped)}
-for _, value in ipairs(lifecycle()) do answer[#answer + 1] = value end
+for _, value in ipairs(lifecycle_answer(false)) do answer[#answer + 1] = value end
 return answer

@@ -70,6 +70,11 @@ impl SinkSettings {
 /// JetStream timestamps, not the events' own.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LifecycleSettings {
+    /// Whether sessions close by themselves at all (`false`: they stay open
+    /// until their document expires, no timer is kept and no finished
+    /// session is published).
+    #[arg(long, env = "SESSION_LIFECYCLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub session_lifecycle: bool,
     /// A session without a frame for this long closes with reason `idle`, in
     /// seconds; 0 turns it off.
     #[arg(long, env = "SESSION_IDLE_TIMEOUT_SECS", default_value_t = 1800)]
@@ -86,16 +91,14 @@ pub struct LifecycleSettings {
     /// again), in seconds.
     #[arg(long, env = "ALLOWED_LATENESS_SECS", default_value_t = 3600)]
     pub allowed_lateness_secs: u64,
-    /// What becomes of a frame past the lateness: `dead-letter` (kept with
-    /// reason `session_closed`) or `reject` (ingest answers
-    /// `session_closed`; one that slips through is dead-lettered too).
-    #[arg(long, env = "LATE_EVENTS", value_enum, default_value_t = LatePolicy::DeadLetter)]
-    pub late_events: LatePolicy,
+    #[command(flatten)]
+    pub late: sessionfold_common::settings::LateEventSettings,
     /// JetStream stream of the sessions' timers.
     #[arg(long, env = "TIMERS_STREAM", default_value = sessionfold_core::names::DEFAULT_TIMERS_STREAM)]
     pub timers_stream: String,
-    /// Subject prefix of the timers: a session's is `<prefix>.<token>`, its
-    /// due notes `<prefix>.due.<token>`.
+    /// Subject prefix of the timers: a session's schedule is
+    /// `<prefix>.open.<token>` or `<prefix>.closed.<token>`, and fires on
+    /// `<prefix>.due.<token>`.
     #[arg(long, env = "TIMERS_SUBJECT_PREFIX", default_value = sessionfold_core::names::DEFAULT_TIMERS_PREFIX)]
     pub timers_subject_prefix: String,
     /// Durable consumer of the due notes, shared by every processor replica.
@@ -107,24 +110,26 @@ pub struct LifecycleSettings {
     /// Subject prefix of finished sessions: a session's is `<prefix>.<token>`.
     #[arg(long, env = "SESSIONS_SUBJECT_PREFIX", default_value = sessionfold_core::names::DEFAULT_SESSIONS_PREFIX)]
     pub sessions_subject_prefix: String,
-}
-
-/// What becomes of a frame for a session closed longer than its lateness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LatePolicy {
-    /// Moved to the dead-letter stream with reason `session_closed`.
-    #[default]
-    DeadLetter,
-    /// Answered `session_closed` by ingest.
-    Reject,
+    /// How long the finished-sessions stream keeps a message, in seconds.
+    #[arg(long, env = "SESSIONS_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
+    pub sessions_max_age_secs: u64,
 }
 
 impl LifecycleSettings {
     /// Whether sessions close by themselves at all.
     pub fn enabled(&self) -> bool {
-        self.session_idle_timeout_secs > 0
-            || self.session_max_duration_secs > 0
-            || self.session_end_grace_secs > 0
+        self.session_lifecycle
+    }
+
+    /// The settings as the Lua steps read them; `None` when sessions never
+    /// close by themselves.
+    pub fn spec(&self) -> Option<crate::store::LifecycleSpec> {
+        self.enabled().then(|| crate::store::LifecycleSpec {
+            lateness_ms: self.allowed_lateness_secs.saturating_mul(1000),
+            idle_ms: self.session_idle_timeout_secs.saturating_mul(1000),
+            grace_ms: self.session_end_grace_secs.saturating_mul(1000),
+            max_ms: self.session_max_duration_secs.saturating_mul(1000),
+        })
     }
 
     pub fn lateness(&self) -> Duration {
@@ -237,7 +242,10 @@ mod tests {
         assert_default_is_flag_defaults::<LifecycleSettings>();
         let lifecycle = LifecycleSettings::default();
         assert_eq!(lifecycle.session_idle_timeout_secs, 1800);
-        assert_eq!(lifecycle.late_events, LatePolicy::DeadLetter);
+        assert_eq!(
+            lifecycle.late.late_events,
+            sessionfold_common::settings::LatePolicy::DeadLetter
+        );
         let worker = WorkerSettings::default();
         assert_eq!(worker.consumer_name, "sessionfold-processor");
         assert_eq!(

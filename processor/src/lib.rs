@@ -17,6 +17,8 @@
 //! - [`migrate`]: moving a session of the first layout to the current one
 //!   on its first touch; [`legacy`]: that first layout's step, kept for the
 //!   bench and the migration tests.
+//! - [`lifecycle`]: sessions that close by themselves: their timers, the
+//!   close when one fires, the finished-sessions stream.
 //! - [`repair`]: noticing that Redis lost applied writes and re-applying
 //!   the stream.
 //! - [`backoff`]: the delays between retries.
@@ -37,6 +39,7 @@ pub mod dead_letter;
 pub mod durability;
 pub mod lag;
 pub mod legacy;
+pub mod lifecycle;
 pub mod migrate;
 pub mod note;
 pub mod readiness;

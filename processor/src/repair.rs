@@ -266,6 +266,7 @@ pub struct Repairer {
     batch_size: usize,
     interval: Duration,
     applier: Applier<RedisStore>,
+    lifecycle: Option<crate::lifecycle::Lifecycle>,
     redis: RedisConnection,
     script: redis::Script,
     /// The floor this processor last saw on each node, by marker key.
@@ -285,6 +286,7 @@ impl Repairer {
             batch_size: processor.config.worker.batch_size.max(1),
             interval,
             applier: processor.applier.clone(),
+            lifecycle: processor.lifecycle.clone(),
             redis: processor.store.connection(),
             script: redis::Script::new(MARK_SCRIPT),
             floors_seen: HashMap::new(),
@@ -505,13 +507,20 @@ impl Repairer {
             last_stream_sequence = batch.last().and_then(sequence),
             messages = batch.len()
         );
-        let outcome = self
+        let mut outcome = self
             .applier
             .apply(batch, || async {}, shutdown)
             .instrument(span)
             .await;
         if shutdown.is_cancelled() {
             anyhow::bail!("shutting down");
+        }
+        // A session rebuilt from scratch arms its timer again.
+        if let Some(lifecycle) = &self.lifecycle {
+            let unscheduled = lifecycle.schedule_armed(batch, &mut outcome).await;
+            if unscheduled > 0 {
+                anyhow::bail!("{unscheduled} timers of re-applied sessions not scheduled");
+            }
         }
         Ok(outcome
             .outcomes

@@ -8,6 +8,7 @@
 //! | refused by Redis, attempts left | nak with a longer delay |
 //! | refused by Redis, `MAX_ATTEMPTS` deliveries used | dead letter (`refused`) |
 //! | poison: cannot be decoded, no JetStream metadata | dead letter (`poison`) at once |
+//! | late: its session closed longer ago than the allowed lateness | dead letter (`late`, reason `session_closed`) at once |
 //!
 //! While an outage lasts, the batch is kept alive with in-progress acks
 //! ([`crate::worker`]); the settlement happens once it is over.
@@ -25,6 +26,8 @@ pub enum Outcome {
     Refused(String),
     /// It can never be applied.
     Poison(String),
+    /// Its session closed longer ago than the allowed lateness.
+    Late(String),
 }
 
 /// Why a message went to the dead-letter stream; labels the metric.
@@ -32,6 +35,7 @@ pub enum Outcome {
 pub enum DeadLetterKind {
     Poison,
     Refused,
+    Late,
 }
 
 impl DeadLetterKind {
@@ -39,6 +43,7 @@ impl DeadLetterKind {
         match self {
             Self::Poison => "poison",
             Self::Refused => "refused",
+            Self::Late => "late",
         }
     }
 }
@@ -90,7 +95,23 @@ pub fn settle(outcome: Outcome, delivered: i64, max_attempts: i64) -> Settlement
             kind: DeadLetterKind::Poison,
             reason,
         },
+        Outcome::Late(detail) => Settlement::DeadLetter {
+            kind: DeadLetterKind::Late,
+            reason: late_reason(&detail),
+        },
     }
+}
+
+/// The stable reason code of a late frame's dead letter.
+pub const SESSION_CLOSED: &str = "session_closed";
+
+/// `session_closed`, then what Redis said (without its error code).
+fn late_reason(detail: &str) -> String {
+    let detail = detail
+        .split_once(crate::store::CLOSED_CODE)
+        .map_or(detail, |(_, rest)| rest)
+        .trim_start_matches([':', ' ', '-']);
+    format!("{SESSION_CLOSED}: {detail}")
 }
 
 #[cfg(test)]
@@ -149,6 +170,24 @@ mod tests {
             Settlement::DeadLetter {
                 kind: DeadLetterKind::Poison,
                 reason: "not a frame".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn a_late_frame_is_dead_lettered_at_once_as_session_closed() {
+        let settlement = settle(
+            Outcome::Late(
+                "SESSIONFOLD_CLOSED: the session closed (idle) at 1000 and takes no frame past its allowed lateness".to_owned(),
+            ),
+            1,
+            5,
+        );
+        assert_eq!(
+            settlement,
+            Settlement::DeadLetter {
+                kind: DeadLetterKind::Late,
+                reason: "session_closed: the session closed (idle) at 1000 and takes no frame past its allowed lateness".to_owned()
             }
         );
     }

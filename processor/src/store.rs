@@ -23,13 +23,14 @@ use tokio::sync::Semaphore;
 
 use crate::durability::Durability;
 
-/// The atomic, idempotent apply step (layout 2).
-pub const APPLY_SCRIPT: &str = include_str!("apply.lua");
+/// The atomic, idempotent apply step (layout 2), after the lifecycle's
+/// functions it shares with the close step.
+pub const APPLY_SCRIPT: &str = concat!(include_str!("lifecycle.lua"), include_str!("apply.lua"));
 
 /// Script arguments before the children (see the top of `apply.lua`).
 const FIXED_ARGS: usize = 14;
 /// Index of the batch's earliest arrival among the arguments; the latest
-/// arrival, the latest SESSION_END arrival and the lateness follow.
+/// arrival, the latest SESSION_END arrival and the lifecycle settings follow.
 const ARRIVALS_ARG: usize = 9;
 /// Index of what the session's summary needs of the batch.
 pub const SUMMARY_ARG: usize = 13;
@@ -357,11 +358,11 @@ impl Invocation {
         self
     }
 
-    /// How long after its close a session still takes frames, in
-    /// milliseconds (`None`: always).
-    pub fn with_lateness(mut self, lateness_ms: Option<u64>) -> Self {
+    /// The lifecycle settings the step arms timers and takes late frames
+    /// by (`None`: sessions never close by themselves).
+    pub fn with_lifecycle(mut self, lifecycle: Option<&LifecycleSpec>) -> Self {
         self.args[ARRIVALS_ARG + 3] =
-            lateness_ms.map_or(Vec::new(), |t| t.to_string().into_bytes());
+            lifecycle.map_or(Vec::new(), |spec| spec.to_arg().into_bytes());
         self
     }
 
@@ -420,9 +421,45 @@ pub struct Stored {
     pub ops: Vec<ChildOp>,
     /// The session's arrivals after the step, for its timers.
     pub arrivals: Arrivals,
+    /// This step made the session.
+    pub created: bool,
+    /// The session is closed, and this step (which changed nothing) left it
+    /// so.
+    pub still_closed: bool,
     /// The session was closed and this batch came within its lateness: it is
     /// open again.
     pub reopened: bool,
+    /// The session's timer after the step.
+    pub timer: Option<Timer>,
+}
+
+/// A session's pending timer, as the state keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timer {
+    /// When it is due (milliseconds, JetStream clock).
+    pub due_ms: u64,
+    /// The step armed it: no schedule is known to exist for it yet.
+    pub armed: bool,
+}
+
+/// The lifecycle settings as both Lua steps read them (`parse_lifecycle`
+/// in `lifecycle.lua`), in milliseconds; 0 turns `idle_ms` or `max_ms`
+/// off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LifecycleSpec {
+    pub lateness_ms: u64,
+    pub idle_ms: u64,
+    pub grace_ms: u64,
+    pub max_ms: u64,
+}
+
+impl LifecycleSpec {
+    pub fn to_arg(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.lateness_ms, self.idle_ms, self.grace_ms, self.max_ms
+        )
+    }
 }
 
 /// When a session's frames arrived at ingest (JetStream timestamps, in
@@ -453,17 +490,25 @@ impl Stored {
         let revision: u64 = redis::from_redis_value(next())?;
         let ops: Vec<u8> = redis::from_redis_value(next())?;
         let skipped: Vec<u8> = redis::from_redis_value(next())?;
-        let mut time = || -> Result<Option<u64>, RedisError> {
-            let text: Option<String> = redis::from_redis_value(next())?;
+        let millis = |value: redis::Value| -> Result<Option<u64>, RedisError> {
+            let text: Option<String> = redis::from_redis_value(value)?;
             Ok(text.and_then(|text| text.parse().ok()))
         };
         let arrivals = Arrivals {
-            first: time()?,
-            last: time()?,
-            session_end: time()?,
+            first: millis(next())?,
+            last: millis(next())?,
+            session_end: millis(next())?,
         };
         let state: Option<String> = redis::from_redis_value(next())?;
         let reopened = state.as_deref() == Some("reopened");
+        let created = state.as_deref() == Some("new");
+        let still_closed = state.as_deref() == Some("closed");
+        let due_ms = millis(next())?;
+        let armed: Option<String> = redis::from_redis_value(next())?;
+        let timer = due_ms.map(|due_ms| Timer {
+            due_ms,
+            armed: armed.as_deref() == Some("1"),
+        });
         let skipped: std::collections::HashSet<u32> = skipped
             .chunks_exact(4)
             .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]))
@@ -492,7 +537,10 @@ impl Stored {
             revision,
             ops: expanded,
             arrivals,
+            created,
             reopened,
+            still_closed,
+            timer,
         })
     }
 }
@@ -505,7 +553,13 @@ pub enum Applied {
     /// Redis refused it and will refuse it again (a full session, a key of
     /// the wrong type): the reason.
     Refused(String),
+    /// The session closed longer ago than its allowed lateness (or was
+    /// compacted): it takes no frame again. The reason.
+    Late(String),
 }
+
+/// The error code of a frame for a session closed past its lateness.
+pub const CLOSED_CODE: &str = "SESSIONFOLD_CLOSED";
 
 /// Whether a Redis error means "try again later" (the server is down,
 /// loading, failing over, out of memory) rather than "this batch is wrong".
@@ -919,9 +973,60 @@ impl Store for RedisStore {
                     .map(Applied::Stored)
                     .map_err(Outage::from),
                 Err(err) if is_outage(&err) => Err(Outage::from(err)),
+                Err(err) if err.code() == Some(CLOSED_CODE) => Ok(Applied::Late(err.to_string())),
                 Err(err) => Ok(Applied::Refused(err.to_string())),
             })
             .collect()
+    }
+}
+
+/// The close step: the lifecycle's shared functions, then the step itself.
+pub const CLOSE_SCRIPT: &str = concat!(include_str!("lifecycle.lua"), include_str!("close.lua"));
+
+impl RedisStore {
+    /// Runs `script` (whose body is `body`) on `keys`' node, then waits for
+    /// the durability guarantee as the apply step does: a close that a
+    /// failover loses would close the session a second time.
+    pub async fn run_durably(
+        &self,
+        script: &redis::Script,
+        body: &str,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<redis::Value, Outage> {
+        let invoke = |command: &str, script: &str| {
+            let mut cmd = redis::cmd(command);
+            cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
+            cmd
+        };
+        let evalsha = invoke("EVALSHA", script.get_hash());
+        let mut lease = self.lease().await;
+        let connection = lease.connection();
+        let reply = match evalsha.query_async::<redis::Value>(connection).await {
+            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                invoke("EVAL", body).query_async(connection).await
+            }
+            reply => reply,
+        };
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(err) if is_outage(&err) => return Err(Outage::from(err)),
+            Err(err) => return Err(Outage::Unreachable(format!("the script failed: {err}"))),
+        };
+        if let Some(wait) = self.durability.wait_command(self.durability_timeout) {
+            if connection.is_cluster() {
+                let reply = connection.route_to_all_masters(&wait).await?;
+                self.durability
+                    .check_cluster_reply(&reply)
+                    .map_err(Outage::NotDurable)?;
+            } else {
+                let reply: redis::Value = wait.query_async(connection).await?;
+                self.durability
+                    .check_reply(&reply)
+                    .map_err(Outage::NotDurable)?;
+            }
+        }
+        Ok(reply)
     }
 }
 
@@ -1029,6 +1134,8 @@ mod tests {
             redis::Value::BulkString(b"2500".to_vec()),
             redis::Value::BulkString(Vec::new()),
             redis::Value::BulkString(b"reopened".to_vec()),
+            redis::Value::BulkString(b"3600000".to_vec()),
+            redis::Value::BulkString(b"1".to_vec()),
         ]);
         assert_eq!(
             Stored::parse(reply).unwrap(),
@@ -1046,7 +1153,13 @@ mod tests {
                     last: Some(2500),
                     session_end: None,
                 },
+                created: false,
                 reopened: true,
+                still_closed: false,
+                timer: Some(Timer {
+                    due_ms: 3_600_000,
+                    armed: true
+                }),
             }
         );
     }

@@ -23,6 +23,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::consumer::ensure_consumer;
 use crate::dead_letter::DeadLetters;
+use crate::lifecycle::{Closer, Lifecycle};
 use crate::settle::{Settlement, settle};
 use crate::store::{RedisStore, StoreOptions, Stored};
 
@@ -38,6 +39,8 @@ pub struct Processor {
     pub(crate) store: RedisStore,
     pub(crate) applier: Applier<RedisStore>,
     dead_letters: DeadLetters,
+    /// `None` when sessions never close by themselves.
+    pub(crate) lifecycle: Option<Lifecycle>,
     pub(crate) consuming: Arc<AtomicBool>,
     pub(crate) stopping: Arc<AtomicBool>,
 }
@@ -71,7 +74,19 @@ impl Processor {
             keys: config.keys(),
             max_children: config.worker.max_children_per_session,
             document_ttl_secs: config.worker.document_ttl_secs,
-            lateness_ms: Some(config.lifecycle.lateness().as_millis() as u64),
+            lifecycle: config.lifecycle.spec(),
+        };
+        let lifecycle = match config.lifecycle.spec() {
+            Some(spec) => Some(
+                Lifecycle::ensure(
+                    js.clone(),
+                    &config.lifecycle,
+                    spec,
+                    config.nats.stream_replicas,
+                )
+                .await?,
+            ),
+            None => None,
         };
         Ok(Self {
             config,
@@ -80,6 +95,7 @@ impl Processor {
             store,
             applier,
             dead_letters,
+            lifecycle,
             consuming: Arc::new(AtomicBool::new(false)),
             stopping: Arc::new(AtomicBool::new(false)),
         })
@@ -104,6 +120,14 @@ impl Processor {
                 Some(tokio::spawn(repairer.run(shutdown.clone())))
             }
             None => None,
+        };
+        let closer = match self.closer(&shutdown).await {
+            Ok(closer) => closer,
+            Err(err) => {
+                self.stopping.store(true, Ordering::Relaxed);
+                lag.abort();
+                return Err(err);
+            }
         };
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
@@ -131,11 +155,51 @@ impl Processor {
         if let Some(repair) = repair {
             repair.abort();
         }
+        for task in closer {
+            // The closer finishes the closes in hand first.
+            if let Err(err) = task.await {
+                tracing::warn!(error = %err, "closer task failed");
+            }
+        }
         if let Err(err) = self.nats.flush().await {
             tracing::warn!(error = %err, "flushing acks at shutdown");
         }
         tracing::info!("processor stopped");
         Ok(())
+    }
+
+    /// Starts closing sessions whose timer fired (with its own Redis
+    /// connections), and counting the open ones.
+    async fn closer(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+        let Some(lifecycle) = &self.lifecycle else {
+            return Ok(Vec::new());
+        };
+        let store = RedisStore::connect_with(
+            &self.config.redis,
+            StoreOptions {
+                connections: 4,
+                durability: self.config.sink.redis_durability,
+                durability_timeout: self.config.sink.durability_timeout(),
+            },
+        )
+        .await?;
+        let closer = Closer::new(
+            lifecycle.clone(),
+            store,
+            self.config.keys(),
+            self.config.subjects(),
+            self.nats.clone(),
+        );
+        Ok(vec![
+            tokio::spawn(closer.run(shutdown.clone())),
+            tokio::spawn(crate::lifecycle::poll_open_sessions(
+                lifecycle.clone(),
+                shutdown.clone(),
+            )),
+        ])
     }
 
     async fn consumer(&self) -> anyhow::Result<PullConsumer> {
@@ -229,9 +293,10 @@ impl Processor {
                 settle_with(message, AckKind::Progress, "in-progress ack").await;
             }
         };
-        let outcome = self.applier.apply(&pulled, keep_alive, shutdown).await;
-        for (session, stored) in &outcome.stored_sessions {
-            self.announce(session, stored).await;
+        let mut outcome = self.applier.apply(&pulled, keep_alive, shutdown).await;
+        self.schedule_timers(&pulled, &mut outcome).await;
+        for stored in &outcome.stored_sessions {
+            self.announce(&stored.session, &stored.applies).await;
         }
         let max_attempts = self.config.worker.max_attempts;
         for ((message, pulled), outcome) in messages.iter().zip(&pulled).zip(outcome.outcomes) {
@@ -262,6 +327,9 @@ impl Processor {
                             });
                             metrics::counter!(names::DEAD_LETTERS_TOTAL, "kind" => kind.as_str())
                                 .increment(1);
+                            if kind == crate::settle::DeadLetterKind::Late {
+                                names::late_frame("dead_lettered");
+                            }
                             settle_with(message, AckKind::Term, "term").await;
                         }
                         Err(err) => {
@@ -276,6 +344,14 @@ impl Processor {
                     }
                 }
             }
+        }
+    }
+
+    /// Schedules the timers the batch armed before anything is acked (see
+    /// [`Lifecycle::schedule_armed`]).
+    async fn schedule_timers(&self, pulled: &[Pulled], outcome: &mut crate::applier::BatchOutcome) {
+        if let Some(lifecycle) = &self.lifecycle {
+            lifecycle.schedule_armed(pulled, outcome).await;
         }
     }
 

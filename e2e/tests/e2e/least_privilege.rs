@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sessionfold_testkit::{NatsServer, RedisServer, init_test_tracing};
 
-use crate::helpers::{default_names, expected_document, spawn_split_app_on};
+use crate::helpers::{DEADLINE, default_names, expected_document, spawn_split_app_on};
 
 fn deploy_file(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -46,17 +46,22 @@ async fn each_service_can_do_its_job_and_nothing_more() {
     let processor_redis = redis_as("sessionfold-processor", "processor-dev-password");
 
     let api_nats = nats_as("api", "api-dev-password");
+    let operator_nats = nats_as("operator", "operator-dev-password");
     let app = spawn_split_app_on(
         nats,
         redis,
         default_names(),
-        &[("NATS_URL", &ingest_nats)],
+        &[("NATS_URL", &ingest_nats), ("LATE_EVENTS", "reject")],
         &[("REDIS_URL", &api_redis), ("NATS_URL", &api_nats)],
     )
     .await;
+    // Sessions close quickly and are closed for good a second later, so the
+    // lifecycle's every step runs under the ACLs too.
     let _processor = app.start_processor_with(&[
         ("NATS_URL", &processor_nats),
         ("REDIS_URL", &processor_redis),
+        ("SESSION_IDLE_TIMEOUT_SECS", "1"),
+        ("ALLOWED_LATENESS_SECS", "1"),
     ]);
 
     let frame =
@@ -65,6 +70,52 @@ async fn each_service_can_do_its_job_and_nothing_more() {
     producer.send_accepted(frame).await;
     app.wait_for_document("acl", &expected_document("acl", &[frame]))
         .await;
+
+    // The session closes: its finished message is stored, the api tells its
+    // state, and once closed for good ingest refuses its frames.
+    let operator = async_nats::jetstream::new(connect_as(&operator_nats).await);
+    sessionfold_testkit::eventually("the finished message", DEADLINE, || {
+        let operator = operator.clone();
+        async move {
+            let mut stream = operator
+                .get_stream(sessionfold_core::names::DEFAULT_SESSIONS_STREAM)
+                .await
+                .ok()?;
+            (stream.info().await.ok()?.state.messages == 1).then_some(())
+        }
+    })
+    .await;
+    let state = app
+        .http
+        .get(app.data_url(Some("acl")))
+        .send()
+        .await
+        .unwrap()
+        .headers()
+        .get("sessionfold-session-state")
+        .map(|value| value.to_str().unwrap().to_owned());
+    assert_eq!(state.as_deref(), Some("idle"));
+    sessionfold_testkit::eventually("the session is closed for good", DEADLINE, || {
+        let operator = operator.clone();
+        async move {
+            let bucket = operator
+                .get_key_value(sessionfold_core::names::DEFAULT_CLOSED_BUCKET)
+                .await
+                .ok()?;
+            let token = sessionfold_core::SessionId::parse("acl").unwrap().token();
+            bucket.get(token).await.ok()?.map(|_| ())
+        }
+    })
+    .await;
+    let mut late = app.connect("acl").await;
+    let reply = late
+        .send_and_reply(r#"[{"type":"EVENT","timestamp":5,"name":"late"}]"#)
+        .await;
+    assert_eq!(
+        reply.error_code(),
+        Some(sessionfold_core::ErrorCode::SessionClosed),
+        "{reply:?}"
+    );
 
     // The api's Redis user reads documents and cannot write anything.
     let doc = app.doc_key("acl");

@@ -15,6 +15,7 @@ mod hostile_input;
 mod injection;
 mod invalid_input;
 mod least_privilege;
+mod lifecycle;
 mod logs;
 mod observability;
 mod openapi;

@@ -83,7 +83,7 @@ fn start(configure: impl FnOnce(&mut Config)) -> Harness {
         drain.clone(),
     ));
     let grant = Grant::UNLIMITED;
-    start_with(shared, publisher, drain, grant)
+    start_with(shared, publisher, drain, grant, false)
 }
 
 fn start_with(
@@ -91,6 +91,7 @@ fn start_with(
     publisher: Arc<FakePublisher>,
     drain: CancellationToken,
     grant: Grant,
+    closed_for_good: bool,
 ) -> Harness {
     let (to_server, source) = mpsc::unbounded();
     let (sink, from_server) = mpsc::unbounded();
@@ -102,6 +103,8 @@ fn start_with(
         Ipv4Addr::LOCALHOST.into(),
         grant,
     );
+    let mut connection = connection;
+    connection.closed_for_good = closed_for_good;
     let task = tokio::spawn(run(sink, source, connection));
     Harness {
         publisher,
@@ -188,6 +191,32 @@ async fn replies_leave_in_frame_order_whatever_order_the_acks_come_in() {
     second.send(stored(20)).unwrap();
     assert_eq!(h.reply().await, Reply::stored(2, 1, 20));
     assert_eq!(h.reply().await, Reply::stored(3, 1, 30));
+}
+
+#[tokio::test]
+async fn a_session_closed_for_good_has_its_valid_frames_answered_session_closed_unpublished() {
+    let config = config(|_| {});
+    let publisher = Arc::new(FakePublisher::default());
+    let drain = CancellationToken::new();
+    let shared = Arc::new(Shared::new(
+        &config,
+        config.limits.limits(),
+        Arc::new(publisher.clone()),
+        Authenticator::new(&config.auth),
+        drain.clone(),
+    ));
+    let mut h = start_with(shared, publisher, drain, Grant::UNLIMITED, true);
+    h.send(EVENT);
+    let reply = h.reply().await;
+    assert_eq!(
+        reply.error_code(),
+        Some(ErrorCode::SessionClosed),
+        "{reply:?}"
+    );
+    // An invalid frame still gets its own error first.
+    h.send("not json");
+    assert_eq!(h.reply().await.error_code(), Some(ErrorCode::InvalidJson));
+    assert_eq!(h.publisher.waiting(), 0, "nothing was published");
 }
 
 #[tokio::test]
@@ -393,7 +422,7 @@ async fn an_expiring_token_closes_the_connection_with_1008() {
     let grant = Grant {
         expires_at: Some(sessionfold_common::auth::now() + 30),
     };
-    let mut h = start_with(shared, publisher, drain, grant);
+    let mut h = start_with(shared, publisher, drain, grant, false);
     h.send("[]");
     assert_eq!(h.reply().await, Reply::accepted(1, 0));
     tokio::time::advance(Duration::from_secs(31)).await;
