@@ -2,7 +2,10 @@
 -- idempotently (docs/design.md "Session lifecycle"). It runs on the same
 -- state hash as the apply step, whose header describes its fields.
 --
--- KEYS[1] the document; KEYS[2] the session's state hash.
+-- KEYS[1] the document; KEYS[2] the session's state hash; KEYS[3] its
+-- summary (docs/design.md §4.2), whose `state` the close sets; KEYS[4] the
+-- event names the summary is kept from (dropped with the compaction: the
+-- summary changes no more).
 -- ARGV[1] the mode: 'due' (the session's timer fired) or 'published' (its
 -- finished message for revision ARGV[3] is stored); ARGV[2] now, in
 -- milliseconds of the JetStream clock (when the timer fired: the same on
@@ -30,7 +33,7 @@
 -- the document, and a reopening always makes one, so `<token>:<revision>`
 -- names one close.
 
-local doc, state = KEYS[1], KEYS[2]
+local doc, state, summary, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode, now = ARGV[1], tonumber(ARGV[2])
 local lifecycle = parse_lifecycle(ARGV[4])
 
@@ -71,6 +74,9 @@ if not closed then
   closed, closed_at = reason, now
   redis.call('HSET', state, 'st', reason, 'ca', tostring(now),
     'td', tostring(now + lifecycle.lateness))
+  if redis.call('EXISTS', summary) == 1 then
+    redis.call('JSON.SET', summary, '$.state', cjson.encode(reason))
+  end
   return finished(due)
 end
 
@@ -93,7 +99,7 @@ for i, name in ipairs({'fa', 'la', 'ea', 's', 'e'}) do
   if value then keep[#keep + 1] = name; keep[#keep + 1] = value end
 end
 local ttl = redis.call('PTTL', state)
-redis.call('DEL', state)
+redis.call('DEL', state, names)
 redis.call('HSET', state, unpack(keep))
 if ttl > 0 then redis.call('PEXPIRE', state, ttl) end
 return {'compacted_now', closed, revision}

@@ -361,8 +361,8 @@ impl Closing {
 }
 
 /// The finished message of a session: `{session_id, reason, revision,
-/// closed_at, first_arrival, last_arrival, document}` (times in
-/// milliseconds since the Unix epoch); `document` is `null` when it is
+/// closed_at, document}` (`closed_at` in milliseconds since the Unix
+/// epoch, JetStream's clock); `document` is `null` when it is
 /// larger than `max_payload` allows (read it with `GET /data` then).
 pub fn finished_message(
     session: &SessionId,
@@ -558,7 +558,12 @@ impl Closer {
             .run_durably(
                 &self.script,
                 CLOSE_SCRIPT,
-                &[keys.doc.as_str(), keys.state.as_str()],
+                &[
+                    keys.doc.as_str(),
+                    keys.state.as_str(),
+                    keys.summary.as_str(),
+                    keys.names.as_str(),
+                ],
                 &args,
             )
             .await
