@@ -318,6 +318,17 @@ async fn the_api_tells_a_sessions_state_beside_the_unchanged_document() {
     .await;
     let (_, document) = app.get_data("told").await;
     assert_eq!(document, expected_document("told", &[START]));
+    // The summary the query engine indexes says so too.
+    let client = redis::Client::open(app.redis.url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let summary_key = app.keys().session(&session("told")).summary;
+    let state: String = redis::cmd("JSON.GET")
+        .arg(&summary_key)
+        .arg("$.state")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(state, r#"["idle"]"#);
 }
 
 #[tokio::test]
