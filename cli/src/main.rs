@@ -9,6 +9,7 @@
 //!   document), over [`sessionfold_client`].
 //! - [`token`]: issuing signed session tokens.
 //! - [`dead_letters`]: listing and replaying messages that could not be applied.
+//! - [`sessions`]: following finished sessions.
 //! - [`rebuild`]: rebuilding every document from the stream into a fresh
 //!   key prefix through a temporary durable consumer.
 
@@ -16,6 +17,7 @@ mod dead_letters;
 mod dev;
 mod rebuild;
 mod send;
+mod sessions;
 mod token;
 
 use clap::{Parser, Subcommand};
@@ -57,6 +59,8 @@ enum Command {
     Token(crate::token::TokenArgs),
     /// Rebuild every document from the stream into a fresh key prefix.
     Rebuild(crate::rebuild::RebuildArgs),
+    /// Follow finished sessions, as downstream consumers get them.
+    Sessions(crate::sessions::SessionsArgs),
 }
 
 #[tokio::main]
@@ -70,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
             | Command::Send(_)
             | Command::Get(_)
             | Command::Tail(_)
+            | Command::Sessions(_)
     ) {
         telemetry::init_for_tool();
     } else {
@@ -95,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Get(args) => crate::send::get(args).await,
         Command::Tail(args) => crate::send::tail(args).await,
         Command::Rebuild(args) => crate::rebuild::run(args).await,
+        Command::Sessions(args) => crate::sessions::run(args).await,
         Command::Api(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             sessionfold_api::serve(config, listener, shutdown).await

@@ -9,7 +9,7 @@
 
 use std::process::Command;
 
-const SUBCOMMANDS: [&str; 10] = [
+const SUBCOMMANDS: [&str; 11] = [
     "dev",
     "ingest",
     "processor",
@@ -20,6 +20,7 @@ const SUBCOMMANDS: [&str; 10] = [
     "tail",
     "token",
     "rebuild",
+    "sessions",
 ];
 
 fn sessionfold(args: &[&str]) -> std::process::Output {

@@ -440,3 +440,43 @@ fn unix_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+#[tokio::test]
+async fn sessions_tail_prints_the_finished_session_a_downstream_consumer_gets() {
+    let app = spawn_app_with(&[("SESSION_IDLE_TIMEOUT_SECS", "1")]).await;
+    let mut producer = app.connect("followed").await;
+    producer.send_accepted(START).await;
+    let closes = wait_for_closes(&app, "followed", 1).await;
+    let mut other = app.connect("other").await;
+    other.send_accepted(START).await;
+    wait_for_closes(&app, "other", 1).await;
+    let tail = tokio::time::timeout(
+        CLOSE_DEADLINE,
+        tokio::process::Command::from(app.command())
+            .args([
+                "sessions",
+                "tail",
+                "--from-start",
+                "--session",
+                "followed",
+                "--limit",
+                "1",
+            ])
+            .output(),
+    )
+    .await
+    .expect("sessions tail ends after its limit")
+    .unwrap();
+    assert!(tail.status.success(), "{tail:?}");
+    let lines: Vec<Value> = String::from_utf8(tail.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines, vec![closes[0].body.clone()]);
+    assert_eq!(lines[0]["reason"], "idle");
+    assert_eq!(
+        lines[0]["document"],
+        expected_document("followed", &[START])
+    );
+}
