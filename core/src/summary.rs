@@ -11,6 +11,12 @@ use crate::session::escape_token;
 /// The most distinct event names a summary lists.
 pub const MAX_NAMES: usize = 32;
 
+/// The most distinct names the apply step counts per session: the smallest
+/// tokens seen. Every name it leaves out is larger than every name it
+/// counts, so the first [`MAX_NAMES`] stay exact while the bookkeeping of a
+/// session of many distinct names stays bounded.
+pub const MAX_COUNTED_NAMES: usize = 256;
+
 /// The longest event name a summary keeps, in bytes; a session with a longer
 /// name says its names are capped.
 pub const MAX_NAME_BYTES: usize = 128;

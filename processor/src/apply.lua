@@ -344,12 +344,14 @@ local end_moves = bound_moves(end_candidate, current_end, function(a, b) return 
 -- children, so its upkeep costs the same at any size of the session. The
 -- state hash counts the children carrying each name (`m:<token>`), names too
 -- long to keep (`ml`), and says when the names of children written before
--- summaries existed are unknown (`mu`); KEYS[6] holds the names in byte
+-- summaries existed are unknown (`mu`) and when some names are not counted
+-- (`mo`, past MAX_COUNTED_NAMES; see below); KEYS[6] holds the names in byte
 -- order (a sorted set, all scores 0). The summary lists the first
 -- `max_names` of them and says `names_capped` when there are more (or long
 -- or unknown ones), so it depends on the children alone, not on the order
 -- they came in. Its `state` is `open`: every step that writes opens the
 -- session, and closing it sets `$.state` alone.
+local MAX_COUNTED_NAMES = 256
 local name_counts = {}    -- token -> change of its count in this step
 local long_names = 0      -- change of the count of too-long names
 local function hex_double(x)
@@ -403,18 +405,69 @@ local function uncount_name_of_child(json)
 end
 local function keep_summary(children_before)
   if summary_input == '' then return end
-  local known = redis.call('HMGET', state, 'ml', 'mu')
+  local known = redis.call('HMGET', state, 'ml', 'mu', 'mo')
   local long_count = (tonumber(known[1]) or 0) + long_names
   local unknown = known[2] or (children_before > 0 and redis.call('EXISTS', summary) == 0)
+  local overflowed = known[3] and true or false
   local updates = {}
+  -- Only the MAX_COUNTED_NAMES smallest tokens are counted (`mo` once some
+  -- were left out): every name left out is larger than every counted one,
+  -- so the first names in byte order stay exact and the count stays
+  -- bounded. The batch's names are read and written in a few calls, however
+  -- many distinct names it carries.
+  local tracked = redis.call('ZCARD', names_key)
+  local bound = nil  -- once some were left out: the largest counted token
+  if overflowed and tracked > 0 then
+    bound = redis.call('ZRANGE', names_key, '+', '-', 'BYLEX', 'REV', 'LIMIT', 0, 1)[1]
+  end
+  local tokens = {}
   for token, change in pairs(name_counts) do
-    if change ~= 0 then
-      local now = redis.call('HINCRBY', state, 'm:' .. token, change)
-      if now <= 0 then
-        redis.call('HDEL', state, 'm:' .. token)
-        redis.call('ZREM', names_key, token)
-      elseif now == change then
-        redis.call('ZADD', names_key, 0, token)
+    if change ~= 0 and not (bound and token > bound) then tokens[#tokens + 1] = token end
+  end
+  if #tokens > 0 then
+    table.sort(tokens)
+    local function chunked(command, key, args)
+      local out = {}
+      for at = 1, #args, 4000 do  -- even: pairs stay whole
+        local reply = redis.call(command, key, unpack(args, at, math.min(at + 3999, #args)))
+        if type(reply) == 'table' then
+          for _, value in ipairs(reply) do out[#out + 1] = value end
+        end
+      end
+      return out
+    end
+    local fields = {}
+    for k, token in ipairs(tokens) do fields[k] = 'm:' .. token end
+    local counts = chunked('HMGET', state, fields)
+    local set, gone_fields, gone, added = {}, {}, {}, {}
+    for k, token in ipairs(tokens) do
+      local before = tonumber(counts[k]) or 0
+      local now = before + name_counts[token]
+      if now > 0 then
+        set[#set + 1] = fields[k]; set[#set + 1] = tostring(now)
+        if before <= 0 then added[#added + 1] = '0'; added[#added + 1] = token end
+      elseif before > 0 then
+        gone_fields[#gone_fields + 1] = fields[k]; gone[#gone + 1] = token
+      end
+    end
+    if #set > 0 then chunked('HSET', state, set) end
+    if #gone > 0 then
+      chunked('HDEL', state, gone_fields)
+      chunked('ZREM', names_key, gone)
+    end
+    if #added > 0 then chunked('ZADD', names_key, added) end
+    tracked = tracked + #added / 2 - #gone
+    if tracked > MAX_COUNTED_NAMES then
+      local evicted = redis.call('ZRANGE', names_key, '+', '-', 'BYLEX', 'REV', 'LIMIT', 0,
+        tracked - MAX_COUNTED_NAMES)
+      local evicted_fields = {}
+      for k, token in ipairs(evicted) do evicted_fields[k] = 'm:' .. token end
+      chunked('HDEL', state, evicted_fields)
+      chunked('ZREM', names_key, evicted)
+      tracked = MAX_COUNTED_NAMES
+      if not overflowed then
+        overflowed = true
+        updates[#updates + 1] = 'mo'; updates[#updates + 1] = '1'
       end
     end
   end
@@ -422,7 +475,7 @@ local function keep_summary(children_before)
   if unknown and not known[2] then updates[#updates + 1] = 'mu'; updates[#updates + 1] = '1' end
   if #updates > 0 then redis.call('HSET', state, unpack(updates)) end
   local names = redis.call('ZRANGE', names_key, '-', '+', 'BYLEX', 'LIMIT', 0, max_names)
-  local capped = unknown or long_count > 0 or redis.call('ZCARD', names_key) > max_names
+  local capped = unknown or overflowed or long_count > 0 or tracked > max_names
   local quoted = {}
   for k, name in ipairs(names) do quoted[k] = '"' .. name .. '"' end
   local function number_or_null(value)

@@ -1047,6 +1047,15 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_apply_step_counts_as_many_names_as_core_says() {
+        let line = format!(
+            "local MAX_COUNTED_NAMES = {}\n",
+            sessionfold_core::summary::MAX_COUNTED_NAMES
+        );
+        assert!(APPLY_SCRIPT.contains(&line), "apply.lua lacks {line:?}");
+    }
     use sessionfold_core::{Frame, Limits};
 
     #[test]

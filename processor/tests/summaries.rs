@@ -13,7 +13,9 @@ use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::{Value, json};
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::strategies::any_schedule;
-use sessionfold_core::summary::{MAX_NAMES, activity_sort_key, start_sort_key, summarize};
+use sessionfold_core::summary::{
+    MAX_COUNTED_NAMES, MAX_NAMES, activity_sort_key, start_sort_key, summarize,
+};
 use sessionfold_core::{Delivery, Frame, Keys, Limits, SessionId, fold};
 use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
 use sessionfold_testkit::{RedisServer, init_test_tracing, unique_name};
@@ -310,4 +312,87 @@ async fn the_processor_creates_the_index_of_sessions_and_it_finds_summaries() {
         })
         .unwrap();
     assert_eq!(found, vec![Value::String(keys.session(&session).summary)]);
+}
+
+/// Names of the state hash's per-name counters and members of the names set.
+async fn counted_names(redis_url: &str, keys: &sessionfold_core::SessionKeys) -> (usize, usize) {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&keys.state)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let members: usize = redis::cmd("ZCARD")
+        .arg(&keys.names)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    (
+        fields.iter().filter(|f| f.starts_with("m:")).count(),
+        members,
+    )
+}
+
+#[tokio::test]
+async fn a_session_of_many_distinct_names_counts_a_bounded_set_and_lists_the_same_first_names_in_any_order()
+ {
+    init_test_tracing();
+    let redis = RedisServer::start().unwrap();
+    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
+        .await
+        .unwrap();
+    let session = SessionId::parse("distinct names").unwrap();
+    // 20 frames of 50 events, every name distinct, in a scrambled order of
+    // names, then one frame that repeats a few ids under other names.
+    let mut rng = sessionfold_core::SeededRng::new(11);
+    let mut frames: Vec<Delivery> = (0..20u64)
+        .map(|f| {
+            let events: Vec<String> = (0..50u64)
+                .map(|i| {
+                    let n = rng.below(1_000_000);
+                    json!({"type": "EVENT", "timestamp": f * 50 + i, "name": format!("n{n}"), "id": format!("e{f}-{i}")}).to_string()
+                })
+                .collect();
+            frame(&session, f + 1, &format!("[{}]", events.join(",")))
+        })
+        .collect();
+    frames.push(frame(
+        &session,
+        21,
+        r#"[{"type":"EVENT","timestamp":3,"name":"a-first","id":"e0-3"},{"type":"EVENT","timestamp":7,"name":"zz","id":"e0-7"}]"#,
+    ));
+    let document = fold(session.as_str(), &frames);
+    let reference = summarize(&document, Some(arrival(1)), Some(arrival(21)), "open");
+    assert_eq!(reference["names_capped"], true);
+    let orders: Vec<Vec<usize>> = vec![
+        (0..frames.len()).collect(),
+        (0..frames.len()).rev().collect(),
+        {
+            let mut order: Vec<usize> = (0..frames.len()).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.index(i + 1));
+            }
+            order
+        },
+    ];
+    for order in orders {
+        let keys = names();
+        for &f in &order {
+            store
+                .apply(&[invocation(
+                    &keys,
+                    &session,
+                    std::slice::from_ref(&frames[f]),
+                )])
+                .await
+                .unwrap();
+        }
+        let session_keys = keys.session(&session);
+        let summary = public(stored(&redis.url(), &session_keys.summary).await.unwrap());
+        assert_eq!(summary, reference, "order {order:?}");
+        let (counters, members) = counted_names(&redis.url(), &session_keys).await;
+        assert_eq!(counters, MAX_COUNTED_NAMES, "order {order:?}");
+        assert_eq!(members, MAX_COUNTED_NAMES, "order {order:?}");
+    }
 }
