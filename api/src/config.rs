@@ -30,6 +30,8 @@ pub struct Config {
     #[command(flatten)]
     pub live: crate::live::LiveSettings,
     #[command(flatten)]
+    pub consumer: crate::applied::ConsumerNames,
+    #[command(flatten)]
     pub http: HttpLimits,
 }
 
@@ -43,6 +45,8 @@ pub struct ApiLimitSettings {
     pub reads: crate::read::ReadSettings,
     #[command(flatten)]
     pub streams: crate::live::StreamSettings,
+    #[command(flatten)]
+    pub waits: crate::applied::AppliedSettings,
 }
 
 impl ApiLimitSettings {
@@ -54,6 +58,8 @@ impl ApiLimitSettings {
             (streams.max_streams == 0, "API_MAX_STREAMS"),
             (streams.max_streams_per_ip == 0, "API_MAX_STREAMS_PER_IP"),
             (streams.stream_max_secs == 0, "API_STREAM_MAX_SECS"),
+            (self.waits.max_waiters == 0, "API_MAX_WAITERS"),
+            (self.waits.max_waiters_per_ip == 0, "API_MAX_WAITERS_PER_IP"),
         ]
         .into_iter()
         .filter_map(|(off, name)| off.then_some(name))
@@ -87,6 +93,8 @@ mod tests {
         assert_default_is_flag_defaults::<crate::live::LiveSettings>();
         assert_default_is_flag_defaults::<crate::live::StreamSettings>();
         assert_default_is_flag_defaults::<crate::read::ReadSettings>();
+        assert_default_is_flag_defaults::<crate::applied::AppliedSettings>();
+        assert_default_is_flag_defaults::<crate::applied::ConsumerNames>();
         assert_eq!(Config::default().live.nats_url, None);
     }
 }

@@ -32,6 +32,18 @@ pub enum ApiError {
     TooManyStreams { per_ip: bool },
     #[error("live updates are not available: {0}")]
     LiveUnavailable(String),
+    /// A query parameter other than `session_id` is malformed or over its
+    /// cap; the code names it (`invalid_min_seq`, `invalid_wait_ms`).
+    #[error("{1}")]
+    InvalidParameter(&'static str, String),
+    #[error(
+        "the frames up to stream sequence {min_seq} are not all applied yet (applied up to {ack_floor}); retry, or wait longer with wait_ms"
+    )]
+    NotYetApplied { min_seq: u64, ack_floor: u64 },
+    #[error("min_seq reads are not available: {0}")]
+    WaitUnavailable(String),
+    #[error("{}", if *per_ip { "too many min_seq reads are waiting from this address" } else { "too many min_seq reads are waiting" })]
+    TooManyWaiters { per_ip: bool },
 }
 
 impl From<ReadError> for ApiError {
@@ -59,7 +71,21 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams")
             }
             Self::LiveUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::WaitUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::InvalidParameter(code, _) => (StatusCode::BAD_REQUEST, code),
+            Self::NotYetApplied { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_applied"),
+            Self::TooManyWaiters { per_ip: true } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_waiters")
+            }
+            Self::TooManyWaiters { per_ip: false } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too_many_waiters")
+            }
         }
+    }
+
+    /// The stable code of this error, as its body says.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
     }
 
     /// Seconds a client should wait before trying again, for the refusals
@@ -67,7 +93,12 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited(seconds) => Some(*seconds),
-            Self::Unavailable(_) | Self::TooManyStreams { .. } => Some(1),
+            Self::Unavailable(_)
+            | Self::TooManyStreams { .. }
+            | Self::LiveUnavailable(_)
+            | Self::WaitUnavailable(_)
+            | Self::NotYetApplied { .. }
+            | Self::TooManyWaiters { .. } => Some(1),
             _ => None,
         }
     }

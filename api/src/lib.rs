@@ -8,11 +8,14 @@
 //! - [`live`]: `GET /data/stream`, the document pushed as Server-Sent Events,
 //!   one shared read per update for all of a session's watchers ([`fanout`]),
 //!   with caps on streams and their lifetime.
+//! - [`applied`]: read your writes, `GET /data?min_seq=S`: waits until the
+//!   processors' ack floor reaches `S`, one shared JetStream lookup at a time.
 //! - [`error`]: JSON errors with their HTTP status.
 //! - [`conditional`]: `ETag` and `304` on a matching `If-None-Match`.
 //! - [`openapi`]: the OpenAPI document at `/openapi.json`.
 //! - [`readiness`]: what `/readyz` checks (Redis, shutdown).
 
+pub mod applied;
 pub mod conditional;
 pub mod config;
 pub mod error;

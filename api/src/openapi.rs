@@ -74,6 +74,23 @@ pub struct DataQuery {
     token: Option<String>,
 }
 
+/// Read your writes on `GET /data` (docs/design.md §1.5).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct MinSeqQuery {
+    /// Answer only once every accepted frame up to this JetStream stream
+    /// sequence (the `seq` of an accepted reply) is applied: the
+    /// document then holds the session's frames up to it.
+    #[param(minimum = 1, example = 1)]
+    min_seq: Option<u64>,
+    /// How long to wait for `min_seq`, in milliseconds (0, the default:
+    /// check once); at most `API_MAX_WAIT_MS` (10 000 by default). Only
+    /// with `min_seq`.
+    #[param(minimum = 0, maximum = 10000, example = 1000)]
+    wait_ms: Option<u64>,
+}
+
 /// Conditional request headers of `GET /data`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
@@ -111,7 +128,10 @@ pub enum DataResponses {
         )
     )]
     NotModified,
-    /// `invalid_session_id`: `session_id` is missing or not a valid session id.
+    /// `invalid_session_id`: `session_id` is missing or not a valid
+    /// session id; `invalid_min_seq`, `invalid_wait_ms`: `min_seq` is not
+    /// an integer from 1, `wait_ms` not one from 0 to `API_MAX_WAIT_MS`,
+    /// or `wait_ms` came without `min_seq`.
     #[response(status = 400)]
     BadRequest(ErrorBody),
     /// `unauthorized`, `invalid_token` or `token_expired`: a credential is
@@ -131,16 +151,20 @@ pub enum DataResponses {
     /// `GET /data/children` once the api offers that route.
     #[response(status = 413)]
     TooLarge(TooLargeBody),
-    /// `rate_limited`: this client made too many requests; retry after
-    /// `Retry-After` seconds.
+    /// `rate_limited`: this client made too many requests;
+    /// `too_many_waiters`: `API_MAX_WAITERS_PER_IP` `min_seq` reads of
+    /// this client address are waiting. Retry after `Retry-After` seconds.
     #[response(
         status = 429,
         headers(("Retry-After" = u64, description = "Seconds to wait"))
     )]
     RateLimited(ErrorBody),
     /// `unavailable`: Redis could not be read within the read deadline
-    /// (`API_READ_TIMEOUT_MS`), or too many large documents are being
-    /// served at once; retry after `Retry-After` seconds.
+    /// (`API_READ_TIMEOUT_MS`), too many large documents are being
+    /// served at once, or (`min_seq`) JetStream could not be asked;
+    /// `not_yet_applied`: the frames up to `min_seq` were not all applied
+    /// within `wait_ms`; `too_many_waiters`: `API_MAX_WAITERS` `min_seq`
+    /// reads are waiting. Retry after `Retry-After` seconds.
     #[response(
         status = 503,
         headers(("Retry-After" = u64, description = "Seconds to wait"))
@@ -257,7 +281,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_session_id`, `not_found`,
     /// `unavailable`, `unauthorized`, `invalid_token`, `token_expired`,
-    /// `forbidden`, `rate_limited`, `too_many_streams`.
+    /// `forbidden`, `rate_limited`, `too_many_streams`, `invalid_min_seq`,
+    /// `invalid_wait_ms`, `not_yet_applied`, `too_many_waiters`.
     code: String,
     /// For people.
     message: String,

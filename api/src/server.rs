@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     client_ip: ClientIpSettings,
     per_ip: KeyedLimit<IpAddr>,
     live: Live,
+    applied: crate::applied::Applied,
+    max_wait_ms: u64,
+    updates: sessionfold_core::Subjects,
 }
 
 /// A connected api, ready to route.
@@ -55,6 +58,8 @@ impl Api {
             }
             None => None,
         };
+        let applied =
+            crate::applied::Applied::new(client.clone(), &config.consumer, &config.limits.waits);
         let live = Live::new(client, &config.live, &config.limits.streams);
         Ok(Self {
             shared: Arc::new(Shared {
@@ -68,6 +73,12 @@ impl Api {
                 client_ip: config.client_ip.clone(),
                 per_ip: KeyedLimit::new(config.limits.api_ip_requests_per_sec, 0, 0),
                 live,
+                applied,
+                max_wait_ms: config.limits.waits.max_wait_ms,
+                updates: sessionfold_core::Subjects {
+                    updates_prefix: config.live.updates_subject_prefix.clone(),
+                    ..sessionfold_core::Subjects::default()
+                },
             }),
         })
     }
@@ -171,10 +182,16 @@ async fn data_stream(
     get,
     path = "/data",
     tag = "documents",
-    params(crate::openapi::DataQuery, crate::openapi::ConditionalHeaders),
+    params(
+        crate::openapi::DataQuery,
+        crate::openapi::MinSeqQuery,
+        crate::openapi::ConditionalHeaders
+    ),
     responses(crate::openapi::DataResponses)
 )]
 /// A session's document; `ETag` and `If-None-Match` make reads conditional.
+/// With `min_seq`, it answers once every accepted frame up to that stream
+/// sequence is applied (waiting up to `wait_ms`).
 async fn data(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -182,6 +199,19 @@ async fn data(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let admitted = admit(&shared, peer, &headers, query.as_deref())?;
+    if let Some(want) =
+        crate::applied::MinSeq::from_query(query.as_deref().unwrap_or(""), shared.max_wait_ms)?
+    {
+        shared
+            .applied
+            .wait(
+                want,
+                admitted.session.as_str(),
+                shared.updates.update(&admitted.session),
+                admitted.client_ip,
+            )
+            .await?;
+    }
     let keys = shared.keys.session(&admitted.session);
     let document = shared
         .reads

@@ -95,6 +95,10 @@ impl DevConfig {
                 nats_url: Some(self.nats.nats_url.clone()),
                 updates_subject_prefix: self.worker.updates_subject_prefix.clone(),
             },
+            consumer: sessionfold_api::applied::ConsumerNames {
+                stream_name: self.nats.stream_name.clone(),
+                consumer_name: self.worker.consumer_name.clone(),
+            },
             http: self.http.clone(),
         }
     }

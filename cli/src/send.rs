@@ -35,6 +35,17 @@ pub struct SendArgs {
     /// Most bytes in one frame (stay under the server's MAX_FRAME_BYTES).
     #[arg(long, default_value_t = 512 * 1024)]
     pub frame_bytes: usize,
+    /// Then print the document, read with `min_seq` (the last frame's
+    /// `seq`): it holds every event sent, without guessing a delay.
+    #[arg(long)]
+    pub then_get: bool,
+    /// The api's base URL, for `--then-get`.
+    #[arg(long, env = "SESSIONFOLD_API", default_value = "http://localhost:8080")]
+    pub api: String,
+    /// How long `--then-get` lets the api wait for the apply, in
+    /// milliseconds (at most the api's API_MAX_WAIT_MS).
+    #[arg(long, default_value_t = 10_000)]
+    pub wait_ms: u64,
 }
 
 /// Reads events from a JSON array or NDJSON text.
@@ -99,11 +110,13 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut accepted = 0usize;
+    let mut last_seq: Option<u64> = None;
     let mut rejected = Vec::new();
     for (index, frame) in frames.into_iter().enumerate() {
         match sender.send_frame(&frame).await {
-            Ok(FrameOutcome::Accepted { events, .. }) => {
+            Ok(FrameOutcome::Accepted { events, seq }) => {
                 accepted += events;
+                last_seq = seq.max(last_seq);
                 progress.inc(events as u64);
             }
             Ok(FrameOutcome::Rejected(error)) => rejected.push((index + 1, error)),
@@ -140,6 +153,19 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         "{} frames were rejected",
         rejected.len()
     );
+    if args.then_get {
+        let read = ReadArgs {
+            session: args.session.clone(),
+            api: args.api.clone(),
+            token: args.token.clone(),
+        };
+        let mut query = Vec::new();
+        if let Some(seq) = last_seq {
+            query.push(("min_seq", seq.to_string()));
+            query.push(("wait_ms", args.wait_ms.to_string()));
+        }
+        print_document(&read, &query).await?;
+    }
     Ok(())
 }
 
@@ -159,9 +185,21 @@ pub struct ReadArgs {
 impl ReadArgs {
     /// `GET <api><path>?session_id=…` with the credential, answered 2xx.
     async fn request(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        self.request_with(path, &[]).await
+    }
+
+    /// The same with more query parameters.
+    async fn request_with(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<reqwest::Response> {
         let mut url = url::Url::parse(&self.api)?.join(path)?;
         url.query_pairs_mut()
             .append_pair("session_id", &self.session);
+        for (name, value) in query {
+            url.query_pairs_mut().append_pair(name, value);
+        }
         let mut request = reqwest::Client::new().get(url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -171,7 +209,8 @@ impl ReadArgs {
         if !status.is_success() {
             let body: Value = response.json().await.unwrap_or(Value::Null);
             anyhow::bail!(
-                "{status}: {}",
+                "{status} {}: {}",
+                body["error"]["code"].as_str().unwrap_or(""),
                 body["error"]["message"].as_str().unwrap_or("error")
             );
         }
@@ -181,8 +220,12 @@ impl ReadArgs {
 
 /// Prints a session's document, pretty.
 pub async fn get(args: ReadArgs) -> anyhow::Result<()> {
+    print_document(&args, &[]).await
+}
+
+async fn print_document(args: &ReadArgs, query: &[(&str, String)]) -> anyhow::Result<()> {
     let body: Value = args
-        .request("/data")
+        .request_with("/data", query)
         .await?
         .json()
         .await

@@ -67,9 +67,18 @@ async fn each_service_can_do_its_job_and_nothing_more() {
     let frame =
         r#"[{"type":"SESSION_START","timestamp":1},{"type":"EVENT","timestamp":2,"name":"a"}]"#;
     let mut producer = app.connect("acl").await;
-    producer.send_accepted(frame).await;
-    app.wait_for_document("acl", &expected_document("acl", &[frame]))
-        .await;
+    let seq = producer.send_and_reply(frame).await.seq().unwrap();
+    // Read your writes: the api's user looks up the consumer's ack floor.
+    let mut url = app.data_url(Some("acl"));
+    url.query_pairs_mut()
+        .append_pair("min_seq", &seq.to_string())
+        .append_pair("wait_ms", "10000");
+    let response = app.http.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap(),
+        expected_document("acl", &[frame])
+    );
 
     // The session closes: its finished message is stored, the api tells its
     // state, and once closed for good ingest refuses its frames.
@@ -185,4 +194,51 @@ async fn each_service_can_do_its_job_and_nothing_more() {
             .map_err(anyhow::Error::from)
     };
     assert!(forged.await.is_err(), "the processor published a frame");
+
+    // The api's NATS user reads the consumer's info and nothing else of
+    // JetStream: no frames, no stream, no messages of the consumer.
+    let api = connect_as(&api_nats).await;
+    let info = api
+        .request(
+            format!(
+                "$JS.API.CONSUMER.INFO.{}.{}",
+                app.names.stream, app.names.consumer
+            ),
+            "".into(),
+        )
+        .await
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+    assert!(
+        info["ack_floor"]["stream_seq"].as_u64().unwrap() >= seq,
+        "{info}"
+    );
+    let mut js = async_nats::jetstream::new(api.clone());
+    js.set_timeout(Duration::from_millis(500));
+    assert!(
+        js.get_stream(&app.names.stream).await.is_err(),
+        "the api read the stream's info"
+    );
+    let forged = async {
+        js.publish(app.subject("acl"), frame.into())
+            .await?
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    assert!(forged.await.is_err(), "the api published a frame");
+    let next = tokio::time::timeout(
+        Duration::from_millis(500),
+        api.request(
+            format!(
+                "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+                app.names.stream, app.names.consumer
+            ),
+            "1".into(),
+        ),
+    )
+    .await;
+    assert!(
+        !matches!(next, Ok(Ok(_))),
+        "the api pulled a message of the processors' consumer"
+    );
 }

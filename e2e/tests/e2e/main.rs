@@ -21,6 +21,7 @@ mod observability;
 mod openapi;
 mod pipeline;
 mod processor_faults;
+mod read_your_writes;
 mod rebuild;
 mod resilience;
 mod retention;

@@ -134,3 +134,52 @@ async fn send_get_and_tail_work_against_a_running_system() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
 }
+
+#[tokio::test]
+async fn send_then_get_prints_the_document_with_every_event_sent() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ndjson = dir.path().join("events.ndjson");
+    // Out of timestamp order, in 30 frames: the last ack comes well before
+    // every apply has run.
+    let events: Vec<String> = (0..300)
+        .map(|i| {
+            format!(
+                r#"{{"type":"EVENT","timestamp":{},"name":"e{i}"}}"#,
+                (i * 7) % 300
+            )
+        })
+        .collect();
+    std::fs::write(&ndjson, events.join("\n")).unwrap();
+    let sent = tokio::process::Command::from(app.command())
+        .args([
+            "send",
+            "--session",
+            "then-get",
+            "--url",
+            &format!("ws://{}/websocket", app.ingest_addr),
+            "--api",
+            &format!("http://{}", app.api_addr),
+            "--events-per-frame",
+            "10",
+            "--then-get",
+        ])
+        .arg(&ndjson)
+        .output()
+        .await
+        .unwrap();
+    assert!(sent.status.success(), "{sent:?}");
+    let stdout = String::from_utf8(sent.stdout).unwrap();
+    let (summary, document) = stdout.split_once('\n').unwrap();
+    assert!(
+        summary.starts_with("300 events acknowledged in 30 frames"),
+        "{summary}"
+    );
+    let frames: Vec<String> = events
+        .chunks(10)
+        .map(|chunk| format!("[{}]", chunk.join(",")))
+        .collect();
+    let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
+    let printed: Value = serde_json::from_str(document).unwrap();
+    assert_eq!(printed, expected_document("then-get", &frames));
+}
