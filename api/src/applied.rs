@@ -83,7 +83,8 @@ pub struct MinSeq {
 
 impl MinSeq {
     /// `min_seq` and `wait_ms` from the query: `None` without `min_seq`;
-    /// `wait_ms` defaults to 0 (check once) and may not pass `max_wait_ms`.
+    /// `wait_ms` defaults to 0 (check once) and may not pass `max_wait_ms`
+    /// (checked with or without `min_seq`).
     pub fn from_query(query: &str, max_wait_ms: u64) -> Result<Option<Self>, ApiError> {
         let value = |name: &str| {
             sessionfold_core::session::query_value(query, name)
@@ -91,22 +92,18 @@ impl MinSeq {
         };
         let seq = value("min_seq")?;
         let wait = value("wait_ms")?;
-        let Some(seq) = seq else {
-            if wait.is_some() {
-                return Err(ApiError::InvalidParameter(
-                    "invalid_wait_ms",
-                    "wait_ms is only meaningful with min_seq".to_owned(),
-                ));
-            }
-            return Ok(None);
+        let seq = match seq {
+            None => None,
+            Some(seq) => Some(seq.parse::<u64>().ok().filter(|&seq| seq >= 1).ok_or_else(
+                || {
+                    ApiError::InvalidParameter(
+                    "invalid_min_seq",
+                    "min_seq must be a stream sequence: an integer from 1 to 18446744073709551615"
+                        .to_owned(),
+                )
+                },
+            )?),
         };
-        let seq: u64 = seq.parse().ok().filter(|&seq| seq >= 1).ok_or_else(|| {
-            ApiError::InvalidParameter(
-                "invalid_min_seq",
-                "min_seq must be a stream sequence: an integer from 1 to 18446744073709551615"
-                    .to_owned(),
-            )
-        })?;
         let wait_ms = match wait {
             None => 0,
             Some(wait) => wait
@@ -122,7 +119,9 @@ impl MinSeq {
                     )
                 })?,
         };
-        Ok(Some(Self {
+        // Without min_seq there is nothing to wait for: wait_ms, checked
+        // all the same, changes nothing.
+        Ok(seq.map(|seq| Self {
             seq,
             wait: Duration::from_millis(wait_ms),
         }))
@@ -361,7 +360,8 @@ mod tests {
         assert_eq!(parse("min_seq=1&min_seq=2"), Err("invalid_min_seq"));
         assert_eq!(parse("min_seq=1&wait_ms=10001"), Err("invalid_wait_ms"));
         assert_eq!(parse("min_seq=1&wait_ms=1.5"), Err("invalid_wait_ms"));
-        assert_eq!(parse("wait_ms=5"), Err("invalid_wait_ms"));
+        assert_eq!(parse("wait_ms=5"), Ok(None));
+        assert_eq!(parse("wait_ms=10001"), Err("invalid_wait_ms"));
     }
 
     #[test]

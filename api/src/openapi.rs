@@ -85,8 +85,8 @@ pub struct MinSeqQuery {
     #[param(minimum = 1, example = 1)]
     min_seq: Option<u64>,
     /// How long to wait for `min_seq`, in milliseconds (0, the default:
-    /// check once); at most `API_MAX_WAIT_MS` (10 000 by default). Only
-    /// with `min_seq`.
+    /// check once); at most `API_MAX_WAIT_MS` (10 000 by default). Without
+    /// `min_seq` it changes nothing.
     #[param(minimum = 0, maximum = 10000, example = 1000)]
     wait_ms: Option<u64>,
 }
@@ -130,8 +130,7 @@ pub enum DataResponses {
     NotModified,
     /// `invalid_session_id`: `session_id` is missing or not a valid
     /// session id; `invalid_min_seq`, `invalid_wait_ms`: `min_seq` is not
-    /// an integer from 1, `wait_ms` not one from 0 to `API_MAX_WAIT_MS`,
-    /// or `wait_ms` came without `min_seq`.
+    /// an integer from 1, `wait_ms` not one from 0 to `API_MAX_WAIT_MS`.
     #[response(status = 400)]
     BadRequest(ErrorBody),
     /// `unauthorized`, `invalid_token` or `token_expired`: a credential is
