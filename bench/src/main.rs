@@ -225,6 +225,33 @@ async fn storage_rows(
             target: if open_target { "bookkeeping ≤ 48 B".to_owned() } else { String::new() },
             status: if open_target { Status::of(bookkeeping <= 48.0) } else { Status::Info },
         });
+        if let (Some(finished), Some(keys)) = (
+            table.finished_bookkeeping_bytes(),
+            table.finished_bookkeeping.as_ref(),
+        ) {
+            let split: Vec<String> = keys
+                .iter()
+                .map(|(key, bytes)| format!("{key} {bytes:.1}"))
+                .collect();
+            let ratio = (table.document_bytes + finished) / table.document_bytes;
+            let target = table.children >= 10_000;
+            rows.push(Row {
+                item: 1,
+                measure: format!(
+                    "Bytes per child, finished session of {} children (closed, past its lateness, compacted)",
+                    table.children
+                ),
+                result: format!(
+                    "document {:.0} B + bookkeeping {finished:.1} B ({})",
+                    table.document_bytes,
+                    split.join(", ")
+                ),
+                against: "the document alone".to_owned(),
+                ratio: format!("{ratio:.3}×"),
+                target: if target { "≤ 1.1×".to_owned() } else { String::new() },
+                status: if target { Status::of(ratio <= 1.1) } else { Status::Info },
+            });
+        }
     }
     json.insert("storage".into(), serde_json::to_value(&tables)?);
     Ok(floor.events_per_sec())

@@ -24,7 +24,9 @@ use sessionfold_common::redis_conn::{RedisConnection, RedisTimeouts};
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::{Delivery, EventKind, Frame, Limits, SessionId};
 use sessionfold_processor::legacy::{LegacyInvocation, apply_v1};
-use sessionfold_processor::store::{Applied, Invocation, RedisStore, Store};
+use sessionfold_processor::store::{
+    Applied, CLOSE_SCRIPT, Invocation, LifecycleSpec, RedisStore, Store,
+};
 
 use crate::raw::interleaved;
 use crate::system::{Servers, unique_names};
@@ -270,13 +272,82 @@ pub struct Storage {
     pub document_bytes: f64,
     /// `MEMORY USAGE` of every other key of the session, per child, by key.
     pub bookkeeping: Vec<(String, f64)>,
+    /// The same once the session closed and its lateness passed (the
+    /// current layout only): what a finished session keeps beside its
+    /// document.
+    pub finished_bookkeeping: Option<Vec<(String, f64)>>,
 }
 
 impl Storage {
     pub fn bookkeeping_bytes(&self) -> f64 {
         self.bookkeeping.iter().map(|(_, bytes)| bytes).sum()
     }
+
+    pub fn finished_bookkeeping_bytes(&self) -> Option<f64> {
+        self.finished_bookkeeping
+            .as_ref()
+            .map(|keys| keys.iter().map(|(_, bytes)| bytes).sum())
+    }
 }
+
+/// Lateness 1 ms, idle 1 ms: the bench's session closes and compacts as
+/// soon as the close step runs past its last arrival.
+const BENCH_LIFECYCLE: LifecycleSpec = LifecycleSpec {
+    lateness_ms: 1,
+    idle_ms: 1,
+    grace_ms: 1,
+    max_ms: 0,
+};
+
+/// Runs the close step until the session is compacted: closed, its
+/// finished message recorded as published, then past its lateness.
+async fn close_and_compact(
+    redis: &mut redis::aio::MultiplexedConnection,
+    keys: &sessionfold_core::SessionKeys,
+    now_ms: u64,
+) -> anyhow::Result<()> {
+    let script = redis::Script::new(CLOSE_SCRIPT);
+    let spec = BENCH_LIFECYCLE.to_arg();
+    let run = |mode: &'static str, now: u64, revision: String| {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&keys.doc)
+            .key(&keys.state)
+            .key(&keys.summary)
+            .key(&keys.names)
+            .arg(mode)
+            .arg(now)
+            .arg(revision)
+            .arg(&spec);
+        invocation
+    };
+    let closed: Vec<redis::Value> = run("due", now_ms, String::new())
+        .invoke_async(redis)
+        .await?;
+    let text = |value: &redis::Value| -> String {
+        match value {
+            redis::Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            other => format!("{other:?}"),
+        }
+    };
+    if closed.first().map(text).as_deref() != Some("closed") {
+        bail!("the close step did not close the bench's session: {closed:?}");
+    }
+    let revision = text(&closed[2]);
+    let _: i64 = run("published", now_ms, revision)
+        .invoke_async(redis)
+        .await?;
+    let compacted: Vec<redis::Value> = run("due", now_ms + 10, String::new())
+        .invoke_async(redis)
+        .await?;
+    if compacted.first().map(text).as_deref() != Some("compacted_now") {
+        bail!("the close step did not compact the bench's session: {compacted:?}");
+    }
+    Ok(())
+}
+
+/// When the storage run's frames arrived (a JetStream time, ms).
+const ARRIVED_MS: u64 = 1_764_000_000_000;
 
 /// One event of about 90 bytes, as the growth run sends.
 fn event(timestamp: u64) -> serde_json::Value {
@@ -346,10 +417,16 @@ pub async fn storage(servers: &Servers, sizes: &[usize]) -> anyhow::Result<Vec<S
                                 &session,
                                 std::slice::from_ref(delivery),
                                 0,
-                            )])
+                            )
+                            .with_arrivals(ARRIVED_MS, ARRIVED_MS, None)
+                            .with_lifecycle(Some(&BENCH_LIFECYCLE))])
                             .await?;
                     }
-                    vec![("state", keys.state.clone())]
+                    vec![
+                        ("state", keys.state.clone()),
+                        ("summary", keys.summary.clone()),
+                        ("names", keys.names.clone()),
+                    ]
                 }
                 Layout::First => {
                     let mut connection =
@@ -373,12 +450,25 @@ pub async fn storage(servers: &Servers, sizes: &[usize]) -> anyhow::Result<Vec<S
             let per_child = |bytes: f64| bytes / children.max(1) as f64;
             let document_bytes = per_child(memory_usage(&mut redis, &keys.doc).await?);
             let mut bookkeeping = Vec::new();
-            for (name, key) in bookkeeping_keys {
+            for (name, key) in &bookkeeping_keys {
                 bookkeeping.push((
-                    name.to_owned(),
-                    per_child(memory_usage(&mut redis, &key).await?),
+                    (*name).to_owned(),
+                    per_child(memory_usage(&mut redis, key).await?),
                 ));
             }
+            let finished_bookkeeping = if layout == Layout::Current {
+                close_and_compact(&mut redis, &keys, ARRIVED_MS + 1_000).await?;
+                let mut finished = Vec::new();
+                for (name, key) in &bookkeeping_keys {
+                    finished.push((
+                        (*name).to_owned(),
+                        per_child(memory_usage(&mut redis, key).await?),
+                    ));
+                }
+                Some(finished)
+            } else {
+                None
+            };
             results.push(Storage {
                 layout: match layout {
                     Layout::Current => "current",
@@ -388,6 +478,7 @@ pub async fn storage(servers: &Servers, sizes: &[usize]) -> anyhow::Result<Vec<S
                 event_bytes: per_child(event_bytes as f64),
                 document_bytes,
                 bookkeeping,
+                finished_bookkeeping,
             });
             servers.clean(&names).await?;
         }

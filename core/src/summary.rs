@@ -15,7 +15,7 @@ pub const MAX_NAMES: usize = 32;
 /// tokens seen. Every name it leaves out is larger than every name it
 /// counts, so the first [`MAX_NAMES`] stay exact while the bookkeeping of a
 /// session of many distinct names stays bounded.
-pub const MAX_COUNTED_NAMES: usize = 256;
+pub const MAX_COUNTED_NAMES: usize = 128;
 
 /// The longest event name a summary keeps, in bytes; a session with a longer
 /// name says its names are capped.

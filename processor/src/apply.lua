@@ -351,7 +351,7 @@ local end_moves = bound_moves(end_candidate, current_end, function(a, b) return 
 -- or unknown ones), so it depends on the children alone, not on the order
 -- they came in. Its `state` is `open`: every step that writes opens the
 -- session, and closing it sets `$.state` alone.
-local MAX_COUNTED_NAMES = 256
+local MAX_COUNTED_NAMES = 128
 local name_counts = {}    -- token -> change of its count in this step
 local long_names = 0      -- change of the count of too-long names
 local function hex_double(x)
@@ -439,37 +439,66 @@ local function keep_summary(children_before)
     local fields = {}
     for k, token in ipairs(tokens) do fields[k] = 'm:' .. token end
     local counts = chunked('HMGET', state, fields)
-    local set, gone_fields, gone, added = {}, {}, {}, {}
+    local counted_now, new_tokens, gone = {}, {}, {}
     for k, token in ipairs(tokens) do
       local before = tonumber(counts[k]) or 0
       local now = before + name_counts[token]
       if now > 0 then
-        set[#set + 1] = fields[k]; set[#set + 1] = tostring(now)
-        if before <= 0 then added[#added + 1] = '0'; added[#added + 1] = token end
+        counted_now[token] = now
+        if before <= 0 then new_tokens[#new_tokens + 1] = token end
       elseif before > 0 then
-        gone_fields[#gone_fields + 1] = fields[k]; gone[#gone + 1] = token
+        gone[#gone + 1] = token
       end
     end
-    if #set > 0 then chunked('HSET', state, set) end
-    if #gone > 0 then
-      chunked('HDEL', state, gone_fields)
-      chunked('ZREM', names_key, gone)
-    end
-    if #added > 0 then chunked('ZADD', names_key, added) end
-    tracked = tracked + #added / 2 - #gone
-    if tracked > MAX_COUNTED_NAMES then
-      local evicted = redis.call('ZRANGE', names_key, '+', '-', 'BYLEX', 'REV', 'LIMIT', 0,
-        tracked - MAX_COUNTED_NAMES)
-      local evicted_fields = {}
-      for k, token in ipairs(evicted) do evicted_fields[k] = 'm:' .. token end
-      chunked('HDEL', state, evicted_fields)
-      chunked('ZREM', names_key, evicted)
-      tracked = MAX_COUNTED_NAMES
+    -- Past the cap, the counted names become the smallest of those counted
+    -- before and the new ones; the set is read (it is small) rather than
+    -- grown and cut, so it never passes the cap, not even within a step.
+    local evicted = {}
+    if tracked + #new_tokens - #gone > MAX_COUNTED_NAMES then
+      local leaving = {}
+      for _, token in ipairs(gone) do leaving[token] = true end
+      local candidates = {}
+      for _, token in ipairs(redis.call('ZRANGE', names_key, '-', '+', 'BYLEX')) do
+        if not leaving[token] then candidates[#candidates + 1] = token end
+      end
+      local was_counted = {}
+      for _, token in ipairs(candidates) do was_counted[token] = true end
+      for _, token in ipairs(new_tokens) do candidates[#candidates + 1] = token end
+      table.sort(candidates)
+      for k = MAX_COUNTED_NAMES + 1, #candidates do
+        local token = candidates[k]
+        if was_counted[token] then evicted[#evicted + 1] = token end
+        counted_now[token] = nil
+      end
+      local kept_new = {}
+      for _, token in ipairs(new_tokens) do
+        if counted_now[token] then kept_new[#kept_new + 1] = token end
+      end
+      new_tokens = kept_new
       if not overflowed then
         overflowed = true
         updates[#updates + 1] = 'mo'; updates[#updates + 1] = '1'
       end
     end
+    local set, added, removed_fields, removed = {}, {}, {}, {}
+    for _, token in ipairs(tokens) do
+      if counted_now[token] then
+        set[#set + 1] = 'm:' .. token; set[#set + 1] = tostring(counted_now[token])
+      end
+    end
+    for _, token in ipairs(new_tokens) do added[#added + 1] = '0'; added[#added + 1] = token end
+    for _, list in ipairs({gone, evicted}) do
+      for _, token in ipairs(list) do
+        removed[#removed + 1] = token; removed_fields[#removed_fields + 1] = 'm:' .. token
+      end
+    end
+    if #set > 0 then chunked('HSET', state, set) end
+    if #removed > 0 then
+      chunked('HDEL', state, removed_fields)
+      chunked('ZREM', names_key, removed)
+    end
+    if #added > 0 then chunked('ZADD', names_key, added) end
+    tracked = tracked + #new_tokens - #removed
   end
   if long_names ~= 0 then updates[#updates + 1] = 'ml'; updates[#updates + 1] = tostring(long_count) end
   if unknown and not known[2] then updates[#updates + 1] = 'mu'; updates[#updates + 1] = '1' end
