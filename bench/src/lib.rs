@@ -14,6 +14,8 @@
 //! - [`storage`]: Redis CPU per event of the apply step (both layouts)
 //!   against plain appends, and bytes per child by key.
 //! - [`e2e`]: end-to-end throughput with 1, 2, 4 processor replicas.
+//! - [`lifecycle`]: end to end with sessions closing by themselves on and
+//!   off; the timer lag of many sessions closing at once.
 //! - [`freshness`]: send → visible through `GET /data` at a steady rate.
 //! - [`read`]: `GET /data` against raw `JSON.GET`; [`http`]: the minimal
 //!   HTTP client it reads with.
@@ -25,6 +27,7 @@ pub mod e2e;
 pub mod freshness;
 pub mod growth;
 pub mod http;
+pub mod lifecycle;
 pub mod raw;
 pub mod read;
 pub mod report;

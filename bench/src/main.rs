@@ -1,5 +1,6 @@
 //! `sessionfold-bench`: flags, the order of the measurements, the table.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,7 @@ use clap::Parser;
 use sessionfold_bench::report::{self, Machine, Row, Status};
 use sessionfold_bench::stats::{count, ms};
 use sessionfold_bench::system::Servers;
-use sessionfold_bench::{e2e, freshness, growth, raw, read};
+use sessionfold_bench::{e2e, freshness, growth, lifecycle, raw, read};
 use sessionfold_client::loadgen::{Workload, WorkloadSpec};
 
 #[derive(Debug, Parser)]
@@ -19,13 +20,14 @@ struct Args {
     /// Measurements to run, comma-separated: raw, storage (Redis CPU per
     /// event against the plain-append floor, both layouts; bytes per child),
     /// e2e, fresh, durability (end to end and freshness for each
-    /// `REDIS_DURABILITY`), read, growth, idle, servers (JetStream
+    /// `REDIS_DURABILITY`), lifecycle (end to end with `SESSION_LIFECYCLE`
+    /// on and off; timer lag of `--lifecycle-sessions` closing at once), read, growth, idle, servers (JetStream
     /// `sync_interval` always vs 2m; the apply step on redis-server 7.0 vs
     /// Valkey, with and without the query engine).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "raw,storage,e2e,fresh,durability,read,growth,idle,servers"
+        default_value = "raw,storage,e2e,fresh,durability,lifecycle,read,growth,idle,servers"
     )]
     only: Vec<String>,
     /// WebSocket producers (one session each at a time) of the throughput runs.
@@ -76,6 +78,9 @@ struct Args {
     /// Events measured per size and order in the apply-cost run.
     #[arg(long, default_value_t = 10_000)]
     growth_events: usize,
+    /// Sessions closing at once in the timer-lag run.
+    #[arg(long, default_value_t = 10_000)]
+    lifecycle_sessions: usize,
     /// Idle WebSocket connections of the memory run.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
@@ -115,8 +120,80 @@ impl Args {
             self.growth_sizes = vec![10, 1000];
             self.growth_events = self.growth_events.min(500);
             self.idle_connections = self.idle_connections.min(500);
+            self.lifecycle_sessions = self.lifecycle_sessions.min(500);
         }
     }
+}
+
+/// End to end (1 processor) with sessions closing by themselves on and off,
+/// alternately twice; then the timer lag of many sessions closing at once.
+async fn lifecycle_rows(
+    args: &Args,
+    servers: &Servers,
+    workload: &Workload,
+    rows: &mut Vec<Row>,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+    clock: Instant,
+) -> anyhow::Result<()> {
+    let mut rates: BTreeMap<bool, Vec<f64>> = BTreeMap::new();
+    for on in [false, true, false, true] {
+        servers.set_processor_env(vec![("SESSION_LIFECYCLE", on.to_string())]);
+        let run = e2e::run(servers, workload, 1, args.connections).await;
+        servers.set_processor_env(Vec::new());
+        let run = run?;
+        if run.exact_documents != run.sessions {
+            anyhow::bail!(
+                "SESSION_LIFECYCLE={on}: only {} of {} documents equal the reference fold",
+                run.exact_documents,
+                run.sessions
+            );
+        }
+        rates.entry(on).or_default().push(run.events_per_sec());
+        raw::settle().await;
+    }
+    let mean = |on: bool| {
+        let runs = &rates[&on];
+        runs.iter().sum::<f64>() / runs.len() as f64
+    };
+    let (off, on) = (mean(false), mean(true));
+    step(
+        &format!("lifecycle: {} events/s on, {} off", count(on), count(off)),
+        clock,
+    );
+    rows.push(Row {
+        item: 2,
+        measure: "End to end, 1 processor, sessions closing by themselves (`SESSION_LIFECYCLE=true`, the default), mean of 2 runs".to_owned(),
+        result: format!("{} events/s", count(on)),
+        against: format!("`SESSION_LIFECYCLE=false`, runs alternated: {} events/s", count(off)),
+        ratio: percent(on, off),
+        target: String::new(),
+        status: Status::Info,
+    });
+    let lag = lifecycle::timer_lag(servers, args.lifecycle_sessions).await?;
+    step(
+        &format!(
+            "timer lag at {} sessions: p99 {:.0} ms",
+            lag.sessions, lag.p99_ms
+        ),
+        clock,
+    );
+    rows.push(Row::info(
+        2,
+        format!(
+            "Timer lag, {} sessions closing at once (idle timeout {} s, 1 processor): due time → finished message stored",
+            count(lag.sessions as f64),
+            lag.idle_timeout_secs
+        ),
+        format!(
+            "p50 {:.0} / p99 {:.0} / max {:.0} ms ({:.1} s from the first frame to the last close)",
+            lag.p50_ms, lag.p99_ms, lag.max_ms, lag.seconds
+        ),
+    ));
+    json.insert(
+        "lifecycle".into(),
+        serde_json::json!({"events_per_sec_on": rates[&true], "events_per_sec_off": rates[&false], "timer_lag": lag}),
+    );
+    Ok(())
 }
 
 /// Redis CPU per event of the floor and of both layouts' apply steps, and
@@ -443,6 +520,10 @@ async fn main() -> anyhow::Result<()> {
 
     if args.wants("durability") {
         durability_rows(&args, &servers, &workload, &mut rows, &mut json, clock).await?;
+    }
+
+    if args.wants("lifecycle") {
+        lifecycle_rows(&args, &servers, &workload, &mut rows, &mut json, clock).await?;
     }
 
     if args.wants("servers") {
