@@ -47,6 +47,10 @@ pub struct ApiLimitSettings {
     pub streams: crate::live::StreamSettings,
     #[command(flatten)]
     pub waits: crate::applied::AppliedSettings,
+    #[command(flatten)]
+    pub sessions: crate::sessions::SessionsSettings,
+    #[command(flatten)]
+    pub children: crate::children::ChildrenSettings,
 }
 
 impl ApiLimitSettings {
@@ -95,6 +99,8 @@ mod tests {
         assert_default_is_flag_defaults::<crate::read::ReadSettings>();
         assert_default_is_flag_defaults::<crate::applied::AppliedSettings>();
         assert_default_is_flag_defaults::<crate::applied::ConsumerNames>();
+        assert_default_is_flag_defaults::<crate::sessions::SessionsSettings>();
+        assert_default_is_flag_defaults::<crate::children::ChildrenSettings>();
         assert_eq!(Config::default().live.nats_url, None);
     }
 }

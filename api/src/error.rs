@@ -10,7 +10,7 @@ use crate::read::{ReadError, Unavailable};
 
 /// Where clients are sent for documents over the size limit.
 pub const PAGING_HINT: &str =
-    "read it in pages from GET /data/children once this api offers that route";
+    "read its children in pages from GET /data/children?session_id=…&from=0&limit=…";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -44,6 +44,16 @@ pub enum ApiError {
     WaitUnavailable(String),
     #[error("{}", if *per_ip { "too many min_seq reads are waiting from this address" } else { "too many min_seq reads are waiting" })]
     TooManyWaiters { per_ip: bool },
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error(
+        "finding sessions needs the query engine's index of sessions, which this Redis does not have ({0}); every other route works"
+    )]
+    SearchUnavailable(String),
+    #[error(
+        "the page is {bytes} bytes, over this api's limit of {limit} (API_MAX_DOCUMENT_BYTES); ask for fewer children"
+    )]
+    PageTooLarge { bytes: u64, limit: u64 },
 }
 
 impl From<ReadError> for ApiError {
@@ -80,6 +90,9 @@ impl ApiError {
             Self::TooManyWaiters { per_ip: false } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "too_many_waiters")
             }
+            Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            Self::SearchUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "search_unavailable"),
+            Self::PageTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "page_too_large"),
         }
     }
 
@@ -99,6 +112,9 @@ impl ApiError {
             | Self::WaitUnavailable(_)
             | Self::NotYetApplied { .. }
             | Self::TooManyWaiters { .. } => Some(1),
+            // The index appears when a processor starts on a Redis with the
+            // query engine: not within a second.
+            Self::SearchUnavailable(_) => Some(60),
             _ => None,
         }
     }

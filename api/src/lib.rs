@@ -10,12 +10,17 @@
 //!   with caps on streams and their lifetime.
 //! - [`applied`]: read your writes, `GET /data?min_seq=S`: waits until the
 //!   processors' ack floor reaches `S`, one shared JetStream lookup at a time.
+//! - [`sessions`]: `GET /sessions`, sessions found by their summaries with
+//!   the query engine, on every master, in pages.
+//! - [`children`]: `GET /data/children`, a session's children in pages, by
+//!   position or by timestamp.
 //! - [`error`]: JSON errors with their HTTP status.
 //! - [`conditional`]: `ETag` and `304` on a matching `If-None-Match`.
 //! - [`openapi`]: the OpenAPI document at `/openapi.json`.
 //! - [`readiness`]: what `/readyz` checks (Redis, shutdown).
 
 pub mod applied;
+pub mod children;
 pub mod conditional;
 pub mod config;
 pub mod error;
@@ -25,6 +30,7 @@ pub mod openapi;
 pub mod read;
 pub mod readiness;
 pub mod server;
+pub mod sessions;
 
 pub use config::Config;
 pub use server::{Api, serve};

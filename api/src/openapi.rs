@@ -30,9 +30,21 @@ use utoipa::{IntoParams, IntoResponses, OpenApi, ToSchema};
             Every response carries `X-Request-Id` (the request's `X-Request-Id` when it is \
             1–64 bytes of printable ASCII, else a new id).",
     ),
-    paths(crate::server::data, crate::server::data_stream, healthz, readyz, metrics, openapi_json),
+    paths(
+        crate::server::data,
+        crate::server::data_stream,
+        crate::children::page,
+        crate::sessions::list,
+        healthz,
+        readyz,
+        metrics,
+        openapi_json
+    ),
     components(schemas(
         SessionDocument,
+        ChildrenPage,
+        SessionsPage,
+        SessionSummary,
         Child,
         ErrorBody,
         ErrorDetail,
@@ -42,6 +54,7 @@ use utoipa::{IntoParams, IntoResponses, OpenApi, ToSchema};
     )),
     tags(
         (name = "documents", description = "Session documents"),
+        (name = "sessions", description = "Finding sessions by their summaries"),
         (name = "operations", description = "Health, readiness, metrics and this description"),
     )
 )]
@@ -146,8 +159,8 @@ pub enum DataResponses {
     NotFound(ErrorBody),
     /// `document_too_large`: the document is larger than this api serves
     /// whole (`API_MAX_DOCUMENT_BYTES`, 8 MiB by default). Retrying does
-    /// not help; such documents are to be read in pages from
-    /// `GET /data/children` once the api offers that route.
+    /// not help; such documents are read in pages from
+    /// `GET /data/children`.
     #[response(status = 413)]
     TooLarge(TooLargeBody),
     /// `rate_limited`: this client made too many requests;
@@ -217,6 +230,222 @@ pub enum StreamResponses {
     Unavailable(ErrorBody),
 }
 
+/// The page of `GET /data/children`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ChildrenQuery {
+    /// The first child's position, from 0 (default 0); a position past
+    /// the last child gives an empty page. With `since`/`until`, the page
+    /// starts here or where the range starts, whichever is later (`next`
+    /// of the previous page continues the range).
+    #[param(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    from: Option<u64>,
+    /// By timestamp: children whose `timestamp` is at least this.
+    since: Option<f64>,
+    /// By timestamp: children whose `timestamp` is at most this (below
+    /// `since`, the range is empty).
+    until: Option<f64>,
+    /// Most children in the page: 1 to `API_CHILDREN_MAX_PAGE` (1000 by
+    /// default), which is also the default.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// The answers of `GET /data/children`.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum ChildrenResponses {
+    /// A page of the session's children, each exactly as `GET /data` serves it.
+    #[response(
+        status = 200,
+        content_type = "application/json",
+        headers(("X-Request-Id" = String, description = "The request's id"))
+    )]
+    Page(ChildrenPage),
+    /// `invalid_session_id` or `invalid_query` (a parameter that is not a
+    /// number, or out of its range).
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// `unauthorized`, `invalid_token` or `token_expired` (only with
+    /// `AUTH_REQUIRED=true`).
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// `forbidden`: the credential does not grant reading this session.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// `not_found`: no document for this session.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// `page_too_large`: the page's children are over
+    /// `API_MAX_DOCUMENT_BYTES`; ask for fewer.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// `rate_limited`; retry after `Retry-After` seconds.
+    #[response(
+        status = 429,
+        headers(("Retry-After" = u64, description = "Seconds to wait"))
+    )]
+    RateLimited(ErrorBody),
+    /// `unavailable`: Redis could not be read within the read deadline.
+    #[response(
+        status = 503,
+        headers(("Retry-After" = u64, description = "Seconds to wait"))
+    )]
+    Unavailable(ErrorBody),
+}
+
+/// A page of a session's children.
+#[derive(ToSchema)]
+#[schema(example = json!({"total": 3, "from": 1, "next": 2, "children": [
+    {"type": "EVENT", "timestamp": 1569972083, "name": "first_event"}
+]}))]
+#[allow(dead_code)]
+pub struct ChildrenPage {
+    /// Children in the whole document now.
+    #[schema(minimum = 0)]
+    total: u64,
+    /// The position of the page's first child.
+    #[schema(minimum = 0)]
+    from: u64,
+    /// Where the asked range goes on (the `from` of the next page), or
+    /// `null` when this page ends it.
+    #[schema(required = true, minimum = 0)]
+    next: Option<u64>,
+    /// The children `from`, `from + 1`, …
+    children: Vec<Child>,
+}
+
+/// The query of `GET /sessions`. Every filter is optional; they combine
+/// with AND.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SessionsQuery {
+    /// Sessions whose `start` is at least this (a range whose low end is
+    /// above its high end finds nothing).
+    start_from: Option<f64>,
+    /// Sessions whose `start` is at most this.
+    start_to: Option<f64>,
+    /// Sessions whose `end` is at least this.
+    end_from: Option<f64>,
+    /// Sessions whose `end` is at most this.
+    end_to: Option<f64>,
+    /// Sessions in one of these states, comma-separated: `open`, `ended`,
+    /// `idle`, `max_duration`.
+    #[param(pattern = "^(open|ended|idle|max_duration)(,(open|ended|idle|max_duration))*$")]
+    state: Option<String>,
+    /// Sessions with an event of this `name` among the names their summary
+    /// lists (`names`; with `names_capped`, a session may have more). A
+    /// name over 128 bytes, which no summary lists, finds nothing.
+    #[param(min_length = 1)]
+    name: Option<String>,
+    /// Sessions whose session_id starts with this. One longer than
+    /// `MAX_SESSION_ID_BYTES` finds nothing.
+    #[param(min_length = 1)]
+    prefix: Option<String>,
+    /// `start` (sessions with a start by it, then the others by first
+    /// arrival) or `last_activity` (latest arrival); ties by session.
+    /// Default `start`.
+    #[param(pattern = "^(start|last_activity)$")]
+    sort: Option<String>,
+    /// `asc` (default) or `desc`.
+    #[param(pattern = "^(asc|desc)$")]
+    order: Option<String>,
+    /// Sessions in the page: 1 to `API_SESSIONS_MAX_LIMIT` (500 by
+    /// default); default 50.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page, with the same `sort` and `order`
+    /// (opaque; it names the last session served, so the next page starts
+    /// right after it).
+    #[param(min_length = 1, max_length = 3200, pattern = "^[A-Za-z0-9_-]+$")]
+    cursor: Option<String>,
+    /// An API key, for links and browsers that cannot set
+    /// `Authorization: Bearer …` (only with `AUTH_REQUIRED=true`).
+    token: Option<String>,
+}
+
+/// The answers of `GET /sessions`.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum SessionsResponses {
+    /// A page of sessions.
+    #[response(
+        status = 200,
+        content_type = "application/json",
+        headers(("X-Request-Id" = String, description = "The request's id"))
+    )]
+    Page(SessionsPage),
+    /// `invalid_query`: a parameter is malformed or out of its range.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// `unauthorized`, `invalid_token` or `token_expired` (only with
+    /// `AUTH_REQUIRED=true`).
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// `forbidden`: a session token, which names sessions, cannot list
+    /// them all; an API key can.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// `rate_limited`; retry after `Retry-After` seconds.
+    #[response(
+        status = 429,
+        headers(("Retry-After" = u64, description = "Seconds to wait"))
+    )]
+    RateLimited(ErrorBody),
+    /// `search_unavailable` (this Redis has no query engine or no index of
+    /// sessions yet; every other route works) or `unavailable` (Redis could
+    /// not answer within the read deadline).
+    #[response(
+        status = 503,
+        headers(("Retry-After" = u64, description = "Seconds to wait"))
+    )]
+    Unavailable(ErrorBody),
+}
+
+/// A page of sessions.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SessionsPage {
+    sessions: Vec<SessionSummary>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    #[schema(required = true)]
+    next_cursor: Option<String>,
+}
+
+/// One session, from its summary (docs/design.md §4.2).
+#[derive(ToSchema)]
+#[schema(example = json!({"session_id": "e6fa79ca-d142-4046-a134-5134f16a0b5e", "state": "open",
+    "start": 1569972082, "end": null, "children": 3, "first_arrival": 1_764_601_200_000_i64,
+    "last_arrival": 1_764_601_200_480_i64, "names": ["first_event", "last_event"], "names_capped": false}))]
+#[allow(dead_code)]
+pub struct SessionSummary {
+    session_id: String,
+    /// `open`, `ended`, `idle` or `max_duration`.
+    #[schema(pattern = "^(open|ended|idle|max_duration)$")]
+    state: String,
+    /// The document's `start`.
+    #[schema(required = true)]
+    start: Option<f64>,
+    /// The document's `end`.
+    #[schema(required = true)]
+    end: Option<f64>,
+    /// Children in the document.
+    #[schema(minimum = 0)]
+    children: u64,
+    /// When its first frame reached the event stream, ms since the Unix epoch.
+    #[schema(required = true)]
+    first_arrival: Option<u64>,
+    /// When its latest frame did.
+    #[schema(required = true)]
+    last_arrival: Option<u64>,
+    /// Its distinct event names: at most 32, of at most 128 bytes each.
+    names: Vec<String>,
+    /// Whether it has names `names` leaves out.
+    names_capped: bool,
+}
+
 /// A session's document (docs/design.md §2): its bounds and its events in order.
 #[derive(ToSchema)]
 #[schema(example = json!({
@@ -278,9 +507,10 @@ pub struct ErrorBody {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: `invalid_session_id`, `not_found`,
-    /// `unavailable`, `unauthorized`, `invalid_token`, `token_expired`,
-    /// `forbidden`, `rate_limited`, `too_many_streams`, `invalid_min_seq`,
+    /// Stable, machine-readable: `invalid_session_id`, `invalid_query`,
+    /// `not_found`, `unavailable`, `search_unavailable`, `page_too_large`,
+    /// `unauthorized`, `invalid_token`, `token_expired`, `forbidden`,
+    /// `rate_limited`, `too_many_streams`, `invalid_min_seq`,
     /// `invalid_wait_ms`, `not_yet_applied`, `too_many_waiters`.
     code: String,
     /// For people.
@@ -291,7 +521,7 @@ pub struct ErrorDetail {
 #[derive(ToSchema)]
 #[schema(example = json!({"error": {
     "code": "document_too_large",
-    "message": "the document is 9437184 bytes, over this api's limit of 8388608 (API_MAX_DOCUMENT_BYTES); read it in pages from GET /data/children once this api offers that route",
+    "message": "the document is 9437184 bytes, over this api's limit of 8388608 (API_MAX_DOCUMENT_BYTES); read its children in pages from GET /data/children?session_id=…&from=0&limit=…",
     "document_bytes": 9437184,
     "max_document_bytes": 8388608
 }}))]
@@ -383,6 +613,8 @@ mod tests {
         for path in [
             "/data",
             "/data/stream",
+            "/data/children",
+            "/sessions",
             "/healthz",
             "/readyz",
             "/metrics",

@@ -182,6 +182,16 @@ impl ReadPool {
         &self.settings
     }
 
+    /// Runs one bounded read (a page of children) on the small documents'
+    /// connections, within the read deadline.
+    pub(crate) async fn query_small<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, Unavailable> {
+        let deadline = Instant::now() + self.settings.read_timeout();
+        self.small.query(cmd, deadline).await
+    }
+
     /// Reads the document at `key`: `None` when there is none.
     pub async fn read(&self, key: &str) -> Result<Option<Document>, ReadError> {
         self.read_with_state(key, None).await
@@ -293,7 +303,7 @@ impl ReadPool {
 
 /// Connections of one lane: at most `size`, each used by one command at a
 /// time.
-struct Lane {
+pub(crate) struct Lane {
     name: &'static str,
     permits: Semaphore,
     idle: Mutex<Vec<RedisConnection>>,
@@ -301,7 +311,7 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(name: &'static str, redis: &RedisSettings, size: usize) -> Self {
+    pub(crate) fn new(name: &'static str, redis: &RedisSettings, size: usize) -> Self {
         Self {
             name,
             permits: Semaphore::new(size),
@@ -312,7 +322,7 @@ impl Lane {
 
     /// Runs `cmd` (a command or a pipeline) on a connection of this lane by
     /// `deadline`.
-    async fn query<T: FromRedisValue, Q: Query>(
+    pub(crate) async fn query<T: FromRedisValue, Q: Query>(
         &self,
         cmd: &Q,
         deadline: Instant,
@@ -388,7 +398,7 @@ impl Lane {
 }
 
 /// A command or a pipeline: what one lane round trip sends.
-trait Query {
+pub(crate) trait Query {
     fn run<T: FromRedisValue>(
         &self,
         connection: &mut RedisConnection,
@@ -410,6 +420,22 @@ impl Query for redis::Pipeline {
         connection: &mut RedisConnection,
     ) -> impl Future<Output = redis::RedisResult<T>> {
         self.query_async(connection)
+    }
+}
+
+/// A keyless command for every master: on a cluster the reply is a map
+/// from each master's address to its reply (see
+/// [`RedisConnection::route_to_all_masters`]), on a single server that
+/// server's reply.
+pub(crate) struct AllMasters(pub redis::Cmd);
+
+impl Query for AllMasters {
+    async fn run<T: FromRedisValue>(
+        &self,
+        connection: &mut RedisConnection,
+    ) -> redis::RedisResult<T> {
+        let reply = connection.route_to_all_masters(&self.0).await?;
+        Ok(T::from_redis_value(reply)?)
     }
 }
 

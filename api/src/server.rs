@@ -18,28 +18,33 @@ use sessionfold_core::session::query_value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::children::ChildrenSettings;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::live::{Live, StreamRequest};
 use crate::read::ReadPool;
+use crate::sessions::SessionSearch;
 
 pub(crate) struct Shared {
     /// One Redis server or a Redis Cluster (`REDIS_CLUSTER`), for readiness;
     /// documents are read through `reads`.
     pub(crate) redis: RedisConnection,
-    reads: Arc<ReadPool>,
-    keys: Keys,
-    max_session_id_bytes: usize,
+    pub(crate) reads: Arc<ReadPool>,
+    pub(crate) keys: Keys,
+    pub(crate) max_session_id_bytes: usize,
     pub(crate) stopping: AtomicBool,
     /// Cancelled when a shutdown starts: live streams end.
     closing: CancellationToken,
-    authenticator: Authenticator,
-    client_ip: ClientIpSettings,
-    per_ip: KeyedLimit<IpAddr>,
+    pub(crate) authenticator: Authenticator,
+    pub(crate) client_ip: ClientIpSettings,
+    pub(crate) per_ip: KeyedLimit<IpAddr>,
     live: Live,
     applied: crate::applied::Applied,
     max_wait_ms: u64,
     updates: sessionfold_core::Subjects,
+    /// `GET /sessions`, on connections of its own.
+    pub(crate) search: SessionSearch,
+    pub(crate) children: ChildrenSettings,
 }
 
 /// A connected api, ready to route.
@@ -79,6 +84,12 @@ impl Api {
                     updates_prefix: config.live.updates_subject_prefix.clone(),
                     ..sessionfold_core::Subjects::default()
                 },
+                search: SessionSearch::new(
+                    &config.redis,
+                    &config.limits.sessions,
+                    config.limits.reads.read_timeout(),
+                ),
+                children: config.limits.children.clone(),
             }),
         })
     }
@@ -89,8 +100,10 @@ impl Api {
         Router::new()
             .route("/data", get(data))
             .route("/data/stream", get(data_stream))
-            .route("/sessions", get(crate::live::timeline))
-            .route("/sessions/{session_id}", get(crate::live::timeline))
+            .route("/data/children", get(crate::children::page))
+            .route("/sessions", get(crate::sessions::list))
+            .route("/timeline", get(crate::sessions::list_page))
+            .route("/timeline/{session_id}", get(crate::live::timeline))
             .with_state(self.shared.clone())
     }
 
@@ -113,8 +126,8 @@ impl Api {
 }
 
 /// A request that passed [`admit`].
-struct Admitted {
-    session: SessionId,
+pub(crate) struct Admitted {
+    pub(crate) session: SessionId,
     client_ip: IpAddr,
     /// When its credential expires, for a session token.
     expires_at: Option<u64>,
@@ -123,7 +136,7 @@ struct Admitted {
 /// Rate limit, session_id and credential checks shared by the read routes.
 /// The query is decoded strictly (the same parser as ingest's): bytes that
 /// are not UTF-8 are refused, never replaced.
-fn admit(
+pub(crate) fn admit(
     shared: &Shared,
     peer: SocketAddr,
     headers: &HeaderMap,

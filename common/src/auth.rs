@@ -235,17 +235,10 @@ impl Authenticator {
         session_id: &str,
         access: Access,
     ) -> Result<Grant, AuthError> {
-        let Some(credential) = credential.filter(|value| !value.is_empty()) else {
-            return if self.required {
-                Err(AuthError::Missing)
-            } else {
-                Ok(Grant::UNLIMITED)
-            };
+        let credential = match self.without_token(credential) {
+            Ok(credential) => credential,
+            Err(decided) => return decided,
         };
-        let digest: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
-        if self.api_key_digests.contains(&digest) {
-            return Ok(Grant::UNLIMITED);
-        }
         let claims = self.verify(credential, now())?;
         if claims.covers(session_id) && claims.scope.allows(access) {
             Ok(Grant {
@@ -254,6 +247,38 @@ impl Authenticator {
         } else {
             Err(AuthError::Forbidden)
         }
+    }
+
+    /// The decision for no credential or an API key (`Err`), else the
+    /// credential, a session token to verify.
+    fn without_token<'a>(
+        &self,
+        credential: Option<&'a str>,
+    ) -> Result<&'a str, Result<Grant, AuthError>> {
+        let Some(credential) = credential.filter(|value| !value.is_empty()) else {
+            return Err(if self.required {
+                Err(AuthError::Missing)
+            } else {
+                Ok(Grant::UNLIMITED)
+            });
+        };
+        let digest: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
+        if self.api_key_digests.contains(&digest) {
+            return Err(Ok(Grant::UNLIMITED));
+        }
+        Ok(credential)
+    }
+
+    /// Decides whether `credential` may read every session (a listing of
+    /// them): an API key may, and anyone when no credential is required;
+    /// a session token names sessions, not all of them, so it may not.
+    pub fn authorize_all(&self, credential: Option<&str>) -> Result<Grant, AuthError> {
+        let credential = match self.without_token(credential) {
+            Ok(credential) => credential,
+            Err(decided) => return decided,
+        };
+        self.verify(credential, now())?;
+        Err(AuthError::Forbidden)
     }
 
     /// Verifies a token's signature and expiry at `now` (Unix seconds).

@@ -104,6 +104,33 @@ async fn each_service_can_do_its_job_and_nothing_more() {
         .get("sessionfold-session-state")
         .map(|value| value.to_str().unwrap().to_owned());
     assert_eq!(state.as_deref(), Some("idle"));
+    // Its children in pages (a read-only script) and the search of sessions
+    // (the query engine, when there is one) under the api's user.
+    let page: serde_json::Value = app
+        .http
+        .get(format!(
+            "http://{}/data/children?session_id=acl&since=2&until=2",
+            app.api_addr
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["children"],
+        expected_document("acl", &[frame])["children"],
+        "{page}"
+    );
+    if sessionfold_testkit::search_module().unwrap().is_some() {
+        sessionfold_testkit::eventually("the session is found closed", DEADLINE, || async {
+            let url = format!("http://{}/sessions?state=idle&prefix=ac", app.api_addr);
+            let body: serde_json::Value = app.http.get(url).send().await.ok()?.json().await.ok()?;
+            (body["sessions"][0]["session_id"] == "acl").then_some(())
+        })
+        .await;
+    }
     sessionfold_testkit::eventually("the session is closed for good", DEADLINE, || {
         let operator = operator.clone();
         async move {

@@ -7,6 +7,7 @@
     reason = "in a test, an unwrap that fails is the failure"
 )]
 
+mod children;
 mod conditional_reads;
 mod dead_letters;
 mod duplicates;
@@ -26,5 +27,7 @@ mod rebuild;
 mod resilience;
 mod retention;
 mod security;
+mod session_list_page;
+mod sessions;
 mod timeline_page;
 mod user_tools;

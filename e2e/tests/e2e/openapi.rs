@@ -40,7 +40,15 @@ async fn the_api_serves_its_openapi_document() {
         document["openapi"].as_str().unwrap().starts_with("3."),
         "{document}"
     );
-    for path in ["/data", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for path in [
+        "/data",
+        "/data/children",
+        "/sessions",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
         assert!(document["paths"].get(path).is_some(), "{path} missing");
     }
     assert!(document["components"]["schemas"].get("ErrorBody").is_some());

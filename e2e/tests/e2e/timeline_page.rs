@@ -11,7 +11,7 @@ use sessionfold_testkit::{eventually, free_port};
 use crate::helpers::{DEADLINE, expected_document, spawn_app};
 
 /// A chromedriver process and one browser session in it, ended on drop.
-struct Browser {
+pub(crate) struct Browser {
     driver: Child,
     http: reqwest::Client,
     base: String,
@@ -19,7 +19,7 @@ struct Browser {
 }
 
 impl Browser {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         for tool in ["chromium", "chromedriver"] {
             assert!(
                 which(tool),
@@ -89,13 +89,13 @@ impl Browser {
         value["value"].clone()
     }
 
-    async fn open(&self, url: &str) {
+    pub(crate) async fn open(&self, url: &str) {
         self.command(reqwest::Method::POST, "/url", json!({"url": url}))
             .await;
     }
 
     /// Runs `script` in the page and returns its result.
-    async fn eval(&self, script: &str) -> Value {
+    pub(crate) async fn eval(&self, script: &str) -> Value {
         self.command(
             reqwest::Method::POST,
             "/execute/sync",
@@ -135,7 +135,7 @@ async fn the_timeline_page_shows_a_session_and_follows_it_live() {
     let app = spawn_app().await;
     let page = app
         .http
-        .get(format!("http://{}/sessions/x", app.api_addr))
+        .get(format!("http://{}/timeline/x", app.api_addr))
         .send()
         .await
         .unwrap();
@@ -154,7 +154,7 @@ async fn the_timeline_page_shows_a_session_and_follows_it_live() {
 
     let browser = Browser::start().await;
     browser
-        .open(&format!("http://{}/sessions/demo%20session", app.api_addr))
+        .open(&format!("http://{}/timeline/demo%20session", app.api_addr))
         .await;
     let children =
         "return Array.from(document.querySelectorAll('li.child')).map(li => li.textContent)";

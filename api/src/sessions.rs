@@ -1,0 +1,641 @@
+//! `GET /sessions`: find sessions by their summaries (docs/design.md §4.2,
+//! §11) and list them in pages.
+//!
+//! The query engine's index `sf:sessions` holds one summary per session. A
+//! request becomes one `FT.AGGREGATE` on every master (each master indexes
+//! the summaries of its own slots): the indexed filters (start and end
+//! ranges, state, an event name) in the query, the session_id prefix and the
+//! cursor as `FILTER`s on sortable fields, then a top-`limit + 1` sort by
+//! the unique sort key and a `LOAD` of only those summaries. The api merges
+//! the masters' answers by sort key and keeps the first `limit`. A cursor is
+//! the last sort key served, so the next page starts strictly after it on
+//! every master: no session is served twice or skipped, whatever was
+//! written in between (a session whose key moved is served where it now
+//! stands).
+//!
+//! Every value a client sends reaches the query only as a number the api
+//! formatted, one of a fixed set of words, or a token (letters, digits, `-`
+//! and `_`, §3), escaped for the query syntax where it is a tag.
+//!
+//! The reads use RESP3 connections of their own: only RESP3 carries the
+//! engine's warnings, and a query that ran into the engine's timeout
+//! answers partial results with a warning, which must be a 503, never a
+//! short page.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::HeaderMap;
+use redis::Value;
+use serde_json::{Map, json};
+use sessionfold_common::auth::bearer;
+use sessionfold_common::rate_limit::retry_after_secs;
+use sessionfold_common::settings::RedisSettings;
+use sessionfold_core::Keys;
+use sessionfold_core::session::{escape_token, query_value, unescape_token};
+use sessionfold_core::summary::MAX_NAME_BYTES;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::read::{AllMasters, Lane, Unavailable};
+use crate::server::Shared;
+
+/// The page size when a request names none.
+pub const DEFAULT_LIMIT: u32 = 50;
+
+/// Settings of `GET /sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct SessionsSettings {
+    /// Most sessions one page of `GET /sessions` may ask for (`limit`);
+    /// more is refused with 400 `invalid_query`.
+    #[arg(long, env = "API_SESSIONS_MAX_LIMIT", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub sessions_max_limit: u32,
+    /// Redis connections for `GET /sessions` (each carries one query at a
+    /// time, on every master).
+    #[arg(long, env = "API_SEARCH_CONNECTIONS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub search_connections: u32,
+}
+
+sessionfold_common::defaults_from_flags!(SessionsSettings);
+
+/// What `sort` orders by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// `start`, then sessions without one by first arrival; ties by token.
+    Start,
+    /// The latest arrival; ties by token.
+    LastActivity,
+}
+
+impl Sort {
+    /// The summary field holding this order's unique key.
+    fn field(self) -> &'static str {
+        match self {
+            Self::Start => "sort_start",
+            Self::LastActivity => "sort_activity",
+        }
+    }
+}
+
+/// The states a summary can be in (§10.3).
+pub const STATES: [&str; 4] = ["open", "ended", "idle", "max_duration"];
+
+/// A parsed, validated `GET /sessions` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionQuery {
+    pub start: (Option<f64>, Option<f64>),
+    pub end: (Option<f64>, Option<f64>),
+    pub states: Vec<&'static str>,
+    pub name: Option<String>,
+    pub prefix: Option<String>,
+    pub sort: Sort,
+    pub descending: bool,
+    pub limit: u32,
+    /// The sort key of the last session served before this page.
+    pub after: Option<String>,
+    /// No session can pass the filters: the page is empty without a query.
+    pub impossible: bool,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::InvalidQuery(message.into())
+}
+
+fn param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
+    query_value(query, name).map_err(|err| invalid(format!("{name}: {err}")))
+}
+
+fn number(query: &str, name: &str) -> Result<Option<f64>, ApiError> {
+    let Some(text) = param(query, name)? else {
+        return Ok(None);
+    };
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() => Ok(Some(value)),
+        _ => Err(invalid(format!("{name} must be a finite number"))),
+    }
+}
+
+/// Whether `text` is a token: what a sort key and a cursor may hold.
+fn is_token(text: &str) -> bool {
+    text.bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+}
+
+impl SessionQuery {
+    /// Parses the query string of `GET /sessions`; `max_limit` caps
+    /// `limit`, `max_prefix_bytes` the prefix.
+    pub fn parse(
+        query: Option<&str>,
+        max_limit: u32,
+        max_prefix_bytes: usize,
+    ) -> Result<Self, ApiError> {
+        let query = query.unwrap_or("");
+        // A range whose low end is above its high end finds nothing.
+        let range = |from: &str, to: &str| -> Result<(Option<f64>, Option<f64>), ApiError> {
+            Ok((number(query, from)?, number(query, to)?))
+        };
+        let start = range("start_from", "start_to")?;
+        let end = range("end_from", "end_to")?;
+        let mut states = Vec::new();
+        if let Some(list) = param(query, "state")? {
+            for word in list.split(',') {
+                let Some(state) = STATES.iter().find(|state| **state == word) else {
+                    return Err(invalid(
+                        "state must be a comma-separated list of open, ended, idle, max_duration",
+                    ));
+                };
+                if !states.contains(state) {
+                    states.push(*state);
+                }
+            }
+        }
+        // A name or prefix no session can have (a name longer than any
+        // summary lists, a prefix longer than any session_id) finds nothing;
+        // only an empty one is an error.
+        let name = param(query, "name")?;
+        let prefix = param(query, "prefix")?;
+        for (what, value) in [("name", &name), ("prefix", &prefix)] {
+            if value.as_deref() == Some("") {
+                return Err(invalid(format!("{what} must not be empty")));
+            }
+        }
+        let impossible = name
+            .as_ref()
+            .is_some_and(|name| name.len() > MAX_NAME_BYTES)
+            || prefix
+                .as_ref()
+                .is_some_and(|prefix| prefix.len() > max_prefix_bytes);
+        let sort = match param(query, "sort")?.as_deref() {
+            None | Some("start") => Sort::Start,
+            Some("last_activity") => Sort::LastActivity,
+            Some(_) => return Err(invalid("sort must be start or last_activity")),
+        };
+        let descending = match param(query, "order")?.as_deref() {
+            None | Some("asc") => false,
+            Some("desc") => true,
+            Some(_) => return Err(invalid("order must be asc or desc")),
+        };
+        let limit = match param(query, "limit")? {
+            None => DEFAULT_LIMIT.min(max_limit),
+            Some(text) => match text.parse::<u32>() {
+                Ok(limit) if (1..=max_limit).contains(&limit) => limit,
+                _ => {
+                    return Err(invalid(format!(
+                        "limit must be an integer from 1 to {max_limit} (API_SESSIONS_MAX_LIMIT)"
+                    )));
+                }
+            },
+        };
+        let after = match param(query, "cursor")? {
+            None => None,
+            Some(cursor) => Some(decode_cursor(&cursor)?),
+        };
+        Ok(Self {
+            start,
+            end,
+            states,
+            name,
+            prefix,
+            sort,
+            descending,
+            limit,
+            after,
+            impossible,
+        })
+    }
+
+    /// The query of the indexed filters, in the engine's syntax.
+    pub fn query_text(&self) -> String {
+        let mut parts = Vec::new();
+        for (field, (low, high)) in [("start", self.start), ("end", self.end)] {
+            if low.is_some() || high.is_some() {
+                parts.push(format!(
+                    "@{field}:[{} {}]",
+                    low.map_or("-inf".to_owned(), |value| value.to_string()),
+                    high.map_or("+inf".to_owned(), |value| value.to_string())
+                ));
+            }
+        }
+        if !self.states.is_empty() {
+            parts.push(format!("@state:{{{}}}", self.states.join(" | ")));
+        }
+        if let Some(name) = &self.name {
+            parts.push(format!("@names:{{{}}}", escape_tag(&escape_token(name))));
+        }
+        if parts.is_empty() {
+            "*".to_owned()
+        } else {
+            parts.join(" ")
+        }
+    }
+
+    /// The `FT.AGGREGATE` of one page on one master.
+    pub fn command(&self, keys: &Keys, timeout: Duration) -> redis::Cmd {
+        let field = self.sort.field();
+        let mut cmd = redis::cmd("FT.AGGREGATE");
+        cmd.arg(keys.sessions_index()).arg(self.query_text());
+        if let Some(prefix) = &self.prefix {
+            // A token has no quote or backslash: it stands in quotes as is.
+            cmd.arg("FILTER")
+                .arg(format!("startswith(@token, '{}')", escape_token(prefix)));
+        }
+        if let Some(after) = &self.after {
+            let op = if self.descending { "<" } else { ">" };
+            cmd.arg("FILTER").arg(format!("@{field} {op} '{after}'"));
+        }
+        cmd.arg("SORTBY")
+            .arg(2)
+            .arg(format!("@{field}"))
+            .arg(if self.descending { "DESC" } else { "ASC" })
+            .arg("MAX")
+            .arg(self.limit + 1)
+            .arg("LOAD")
+            .arg(1)
+            .arg("$")
+            .arg("TIMEOUT")
+            .arg(timeout.as_millis().max(1) as u64);
+        cmd
+    }
+}
+
+/// Escapes a tag value for the query syntax: every byte but letters and
+/// digits gets a backslash (a token holds only ASCII).
+pub fn escape_tag(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len() * 2);
+    for c in value.chars() {
+        if !c.is_ascii_alphanumeric() {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The longest cursor accepted, in bytes (a sort key is 17 bytes and a
+/// token of at most 3 × 1024).
+pub const MAX_CURSOR_BYTES: usize = 3_200;
+
+/// The cursor after the session with sort key `key`: the key itself.
+/// Clients treat it as opaque; any token is a position in the order, so a
+/// cursor of another sort or order is a position too, never an error.
+pub fn encode_cursor(key: &str) -> String {
+    key.to_owned()
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    // The key goes into a FILTER expression in quotes: only a token may.
+    if cursor.is_empty() || cursor.len() > MAX_CURSOR_BYTES || !is_token(cursor) {
+        return Err(invalid(
+            "cursor must be a next_cursor this api gave (letters, digits, - and _)",
+        ));
+    }
+    Ok(cursor.to_owned())
+}
+
+/// One session of a page: its item and its sort key.
+#[derive(Debug, Clone)]
+struct Found {
+    key: String,
+    item: serde_json::Value,
+}
+
+/// Why a page could not be read.
+#[derive(Debug)]
+enum SearchError {
+    /// No index on some master, or no query engine.
+    NoIndex(String),
+    Unavailable(Unavailable),
+}
+
+impl From<SearchError> for ApiError {
+    fn from(err: SearchError) -> Self {
+        match err {
+            SearchError::NoIndex(reason) => ApiError::SearchUnavailable(reason),
+            SearchError::Unavailable(reason) => ApiError::Unavailable(reason),
+        }
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn field<'a>(map: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
+    map.iter()
+        .find(|(key, _)| text(key).as_deref() == Some(name))
+        .map(|(_, value)| value)
+}
+
+/// A refusal of the query: no index (or no query engine at all) is
+/// [`SearchError::NoIndex`], anything else Redis failing.
+fn refused(message: String) -> SearchError {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("no such index")
+        || lower.contains("unknown index")
+        || lower.contains("unknown command")
+    {
+        SearchError::NoIndex(message)
+    } else {
+        SearchError::Unavailable(Unavailable::Redis(message))
+    }
+}
+
+/// The sessions of one master's RESP3 `FT.AGGREGATE` reply.
+fn parse_reply(reply: &Value, sort: Sort) -> Result<Vec<Found>, SearchError> {
+    let map = match reply {
+        Value::Map(map) => map,
+        Value::ServerError(err) => return Err(refused(format!("{err:?}"))),
+        other => {
+            return Err(SearchError::Unavailable(Unavailable::Redis(format!(
+                "unexpected FT.AGGREGATE reply: {other:?}"
+            ))));
+        }
+    };
+    if let Some(Value::Array(warnings)) = field(map, "warning")
+        && let Some(warning) = warnings.first()
+    {
+        // A partial answer (the engine's timeout) must not pass for a page.
+        let warning = text(warning).unwrap_or_default();
+        return Err(SearchError::Unavailable(
+            if warning.to_ascii_lowercase().contains("timeout") {
+                Unavailable::Timeout
+            } else {
+                Unavailable::Redis(warning)
+            },
+        ));
+    }
+    let Some(Value::Array(results)) = field(map, "results") else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::with_capacity(results.len());
+    for result in results {
+        let Value::Map(result) = result else { continue };
+        let Some(Value::Map(attributes)) = field(result, "extra_attributes") else {
+            continue;
+        };
+        let key = field(attributes, sort.field()).and_then(text);
+        let summary = field(attributes, "$")
+            .and_then(text)
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok());
+        // A summary deleted between the sort and the load has no JSON; it
+        // is gone, and so left out.
+        if let (Some(key), Some(summary)) = (key, summary) {
+            found.push(Found {
+                key,
+                item: item(&summary),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// The listed item of a stored summary: what `sessionfold_core::summary::
+/// summarize` gives, with the names back from their tokens.
+fn item(summary: &serde_json::Value) -> serde_json::Value {
+    let names: Vec<serde_json::Value> = summary["names"]
+        .as_array()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|name| name.as_str())
+                .map(|token| json!(unescape_token(token).unwrap_or_else(|| token.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut item = Map::new();
+    for name in [
+        "session_id",
+        "state",
+        "start",
+        "end",
+        "children",
+        "first_arrival",
+        "last_arrival",
+    ] {
+        item.insert(name.to_owned(), summary[name].clone());
+    }
+    item.insert("names".to_owned(), serde_json::Value::Array(names));
+    item.insert("names_capped".to_owned(), summary["names_capped"].clone());
+    serde_json::Value::Object(item)
+}
+
+/// Reads pages of sessions on connections of their own.
+pub struct SessionSearch {
+    lane: Lane,
+    cluster: bool,
+    keys: Keys,
+    settings: SessionsSettings,
+    timeout: Duration,
+}
+
+/// `redis` with RESP3 asked for on every URL.
+fn resp3(redis: &RedisSettings) -> RedisSettings {
+    let urls: Vec<String> = redis
+        .urls()
+        .into_iter()
+        .map(|url| {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}protocol=resp3")
+        })
+        .collect();
+    RedisSettings {
+        redis_url: urls.join(","),
+        ..redis.clone()
+    }
+}
+
+impl SessionSearch {
+    pub fn new(redis: &RedisSettings, settings: &SessionsSettings, timeout: Duration) -> Self {
+        Self {
+            lane: Lane::new(
+                "search",
+                &resp3(redis),
+                settings.search_connections as usize,
+            ),
+            cluster: redis.is_cluster(),
+            keys: Keys::new(redis.key_prefix.as_str()),
+            settings: settings.clone(),
+            timeout,
+        }
+    }
+
+    pub fn settings(&self) -> &SessionsSettings {
+        &self.settings
+    }
+
+    /// One page: `{"sessions":[…],"next_cursor":…}`.
+    async fn page(&self, query: &SessionQuery) -> Result<serde_json::Value, SearchError> {
+        if query.impossible {
+            return Ok(json!({"sessions": [], "next_cursor": null}));
+        }
+        let deadline = Instant::now() + self.timeout;
+        let cmd = query.command(&self.keys, self.timeout);
+        let reply: Value = self
+            .lane
+            .query(&AllMasters(cmd), deadline)
+            .await
+            .map_err(|reason| match reason {
+                Unavailable::Redis(message) => refused(message),
+                other => SearchError::Unavailable(other),
+            })?;
+        let mut found = Vec::new();
+        match (&reply, self.cluster) {
+            (Value::Map(per_master), true) => {
+                for (_, reply) in per_master {
+                    found.extend(parse_reply(reply, query.sort)?);
+                }
+            }
+            (reply, _) => found.extend(parse_reply(reply, query.sort)?),
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        if query.descending {
+            found.reverse();
+        }
+        let more = found.len() > query.limit as usize;
+        found.truncate(query.limit as usize);
+        let next_cursor = match found.last() {
+            Some(last) if more => {
+                json!(encode_cursor(&last.key))
+            }
+            _ => serde_json::Value::Null,
+        };
+        let sessions: Vec<serde_json::Value> = found.into_iter().map(|found| found.item).collect();
+        Ok(json!({"sessions": sessions, "next_cursor": next_cursor}))
+    }
+}
+
+/// The session list page: the filters of `GET /sessions`, its pages, and a
+/// link from each session to its timeline (`/timeline/{session_id}`). Plain
+/// HTML and JavaScript, nothing loaded from elsewhere.
+pub const LIST_PAGE: &str = include_str!("../assets/sessions.html");
+
+/// `GET /timeline`: the session list page.
+pub(crate) async fn list_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(LIST_PAGE)
+}
+
+#[utoipa::path(
+    get,
+    path = "/sessions",
+    tag = "sessions",
+    params(crate::openapi::SessionsQuery),
+    responses(crate::openapi::SessionsResponses)
+)]
+/// Sessions found by their summaries, in pages.
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let client_ip = shared.client_ip.client_ip(peer, &headers);
+    shared
+        .per_ip
+        .check(&client_ip, 0)
+        .map_err(|wait| ApiError::RateLimited(retry_after_secs(wait)))?;
+    let token = query_value(query.as_deref().unwrap_or(""), "token")
+        .map_err(|_| ApiError::Auth(sessionfold_common::auth::AuthError::Invalid))?;
+    shared
+        .authenticator
+        .authorize_all(bearer(&headers, token.as_deref()))?;
+    let search = &shared.search;
+    let parsed = SessionQuery::parse(
+        query.as_deref(),
+        search.settings().sessions_max_limit,
+        shared.max_session_id_bytes,
+    )?;
+    let page = search.page(&parsed).await.map_err(ApiError::from)?;
+    tracing::debug!(
+        sessions = page["sessions"].as_array().map_or(0, Vec::len),
+        "sessions listed"
+    );
+    Ok(Json(page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(query: &str) -> Result<SessionQuery, ApiError> {
+        SessionQuery::parse(Some(query), 100, 128)
+    }
+
+    #[test]
+    fn filters_become_one_query_of_indexed_fields() {
+        let query = parse("start_from=1.5&end_to=20&state=idle,ended&name=a%20b").unwrap();
+        assert_eq!(
+            query.query_text(),
+            r"@start:[1.5 +inf] @end:[-inf 20] @state:{idle | ended} @names:{a\_20b}"
+        );
+        assert_eq!(parse("").unwrap().query_text(), "*");
+    }
+
+    #[test]
+    fn hostile_values_reach_the_query_only_as_tokens_and_numbers() {
+        let query = parse("name=%7D%20%7C%20%40state%3A%7Bopen&prefix=x'%29%20").unwrap();
+        let text = query.query_text();
+        // The name's braces, bar and at-sign are escaped bytes of a token.
+        assert_eq!(text, r"@names:{\_7d\_20\_7c\_20\_40state\_3a\_7bopen}");
+        let cmd = query.command(&Keys::new("sf:"), Duration::from_secs(1));
+        let args: Vec<String> = cmd
+            .args_iter()
+            .filter_map(|arg| match arg {
+                redis::Arg::Simple(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            args.contains(&"startswith(@token, 'x_27_29_20')".to_owned()),
+            "{args:?}"
+        );
+        for bad in [
+            "start_from=nan",
+            "start_from=inf",
+            "start_from=1e999",
+            "state=closed",
+            "sort=token",
+            "order=up",
+            "limit=0",
+            "limit=101",
+            "limit=-1",
+            "cursor=%27",
+            "name=",
+            "prefix=",
+            "state=open&state=idle",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ApiError::InvalidQuery(_))),
+                "{bad} should be refused"
+            );
+        }
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        assert!(parse(&format!("name={long}")).unwrap().impossible);
+        assert!(
+            parse(&format!("prefix={}", "p".repeat(129)))
+                .unwrap()
+                .impossible
+        );
+        assert!(!parse("name=x&prefix=y").unwrap().impossible);
+    }
+
+    #[test]
+    fn a_cursor_is_a_token_and_nothing_else() {
+        let cursor = encode_cursor("s4000000000000000abc");
+        let query = parse(&format!("cursor={cursor}")).unwrap();
+        assert_eq!(query.after.as_deref(), Some("s4000000000000000abc"));
+        for forged in ["x'%20||%201%20==%201", "a%5C", "", "%C3%A9"] {
+            assert!(parse(&format!("cursor={forged}")).is_err(), "{forged}");
+        }
+        assert!(parse(&format!("cursor={}", "a".repeat(MAX_CURSOR_BYTES + 1))).is_err());
+    }
+}
