@@ -302,7 +302,8 @@ pub enum Closing {
 }
 
 impl Closing {
-    fn parse(reply: redis::Value) -> Result<Self, String> {
+    /// Reads the close step's answer (the top of `close.lua`).
+    pub fn parse(reply: redis::Value) -> Result<Self, String> {
         let values: Vec<redis::Value> =
             redis::from_redis_value(reply).map_err(|err| err.to_string())?;
         let mut values = values.into_iter();
