@@ -423,19 +423,31 @@ impl Query for redis::Pipeline {
     }
 }
 
-/// A keyless command for every master: on a cluster the reply is a map
-/// from each master's address to its reply (see
-/// [`RedisConnection::route_to_all_masters`]), on a single server that
-/// server's reply.
-pub(crate) struct AllMasters(pub redis::Cmd);
+/// Commands sent at once on one connection, each to the master serving
+/// its slot when one is given (the query engine's, whose key the client
+/// cannot see) or as the client routes it; the replies in order, or the
+/// first error.
+pub(crate) struct Concurrent(pub Vec<(Option<u16>, redis::Cmd)>);
 
-impl Query for AllMasters {
+impl Query for Concurrent {
     async fn run<T: FromRedisValue>(
         &self,
         connection: &mut RedisConnection,
     ) -> redis::RedisResult<T> {
-        let reply = connection.route_to_all_masters(&self.0).await?;
-        Ok(T::from_redis_value(reply)?)
+        let replies = futures::future::join_all(self.0.iter().map(|(slot, cmd)| {
+            let mut connection = connection.clone();
+            async move {
+                match slot {
+                    Some(slot) => connection.route_to_slot(cmd, *slot).await,
+                    None => cmd.query_async::<redis::Value>(&mut connection).await,
+                }
+            }
+        }))
+        .await;
+        let replies = replies
+            .into_iter()
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        Ok(T::from_redis_value(redis::Value::Array(replies))?)
     }
 }
 

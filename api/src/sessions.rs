@@ -1,17 +1,21 @@
 //! `GET /sessions`: find sessions by their summaries (docs/design.md §4.2,
 //! §11) and list them in pages.
 //!
-//! The query engine's index `sf:sessions` holds one summary per session. A
-//! request becomes one `FT.AGGREGATE` on every master (each master indexes
-//! the summaries of its own slots): the indexed filters (start and end
-//! ranges, state, an event name) in the query, the session_id prefix and the
-//! cursor as `FILTER`s on sortable fields, then a top-`limit + 1` sort by
-//! the unique sort key and a `LOAD` of only those summaries. The api merges
-//! the masters' answers by sort key and keeps the first `limit`. A cursor is
-//! the last sort key served, so the next page starts strictly after it on
-//! every master: no session is served twice or skipped, whatever was
-//! written in between (a session whose key moved is served where it now
-//! stands).
+//! The query engine's index holds one summary per session: `sf:sessions` on
+//! a single server; on a Redis Cluster one per master, over the summaries
+//! of its slots, named `sf:sessions:{<tag>}` with a hash tag of the
+//! master's lowest slot (the engine's commands name their index like a key,
+//! so a master answers only for names in its own slots). A request becomes
+//! one `FT.AGGREGATE` on every index, at once: the indexed filters (start
+//! and end ranges, state, an event name) in the query, the session_id
+//! prefix and the cursor as `FILTER`s on sortable fields, then a
+//! top-`limit + 1` sort by the unique sort key. It answers sort keys only
+//! (fields the index holds itself). The api merges the masters' keys, keeps
+//! the first `limit`, and reads those summaries by key (`JSON.GET`, in one
+//! round trip). A cursor is the last sort key served, so the next page
+//! starts strictly after it on every master: no session is served twice or
+//! skipped, whatever was written in between (a session whose key moved is
+//! served where it now stands).
 //!
 //! Every value a client sends reaches the query only as a number the api
 //! formatted, one of a fixed set of words, or a token (letters, digits, `-`
@@ -34,13 +38,14 @@ use serde_json::{Map, json};
 use sessionfold_common::auth::bearer;
 use sessionfold_common::rate_limit::retry_after_secs;
 use sessionfold_common::settings::RedisSettings;
-use sessionfold_core::Keys;
+use sessionfold_common::slots::tag_for_slot;
 use sessionfold_core::session::{escape_token, query_value, unescape_token};
 use sessionfold_core::summary::MAX_NAME_BYTES;
+use sessionfold_core::{Keys, SessionId};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
-use crate::read::{AllMasters, Lane, Unavailable};
+use crate::read::{Concurrent, Lane, Unavailable};
 use crate::server::Shared;
 
 /// The page size when a request names none.
@@ -234,11 +239,14 @@ impl SessionQuery {
         }
     }
 
-    /// The `FT.AGGREGATE` of one page on one master.
-    pub fn command(&self, keys: &Keys, timeout: Duration) -> redis::Cmd {
+    /// The `FT.AGGREGATE` of one page on the index `index`: the sort keys
+    /// of the first `limit + 1` sessions. Only sortable fields, which the
+    /// index holds itself: on a Redis Cluster master the engine loads
+    /// nothing from the keys.
+    pub fn command(&self, index: &str, timeout: Duration) -> redis::Cmd {
         let field = self.sort.field();
         let mut cmd = redis::cmd("FT.AGGREGATE");
-        cmd.arg(keys.sessions_index()).arg(self.query_text());
+        cmd.arg(index).arg(self.query_text());
         if let Some(prefix) = &self.prefix {
             // A token has no quote or backslash: it stands in quotes as is.
             cmd.arg("FILTER")
@@ -254,9 +262,6 @@ impl SessionQuery {
             .arg(if self.descending { "DESC" } else { "ASC" })
             .arg("MAX")
             .arg(self.limit + 1)
-            .arg("LOAD")
-            .arg(1)
-            .arg("$")
             .arg("TIMEOUT")
             .arg(timeout.as_millis().max(1) as u64);
         cmd
@@ -295,13 +300,6 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(cursor.to_owned())
-}
-
-/// One session of a page: its item and its sort key.
-#[derive(Debug, Clone)]
-struct Found {
-    key: String,
-    item: serde_json::Value,
 }
 
 /// Why a page could not be read.
@@ -350,8 +348,8 @@ fn refused(message: String) -> SearchError {
     }
 }
 
-/// The sessions of one master's RESP3 `FT.AGGREGATE` reply.
-fn parse_reply(reply: &Value, sort: Sort) -> Result<Vec<Found>, SearchError> {
+/// The sort keys of one master's RESP3 `FT.AGGREGATE` reply.
+fn parse_reply(reply: &Value, sort: Sort) -> Result<Vec<String>, SearchError> {
     let map = match reply {
         Value::Map(map) => map,
         Value::ServerError(err) => return Err(refused(format!("{err:?}"))),
@@ -377,26 +375,27 @@ fn parse_reply(reply: &Value, sort: Sort) -> Result<Vec<Found>, SearchError> {
     let Some(Value::Array(results)) = field(map, "results") else {
         return Ok(Vec::new());
     };
-    let mut found = Vec::with_capacity(results.len());
-    for result in results {
-        let Value::Map(result) = result else { continue };
-        let Some(Value::Map(attributes)) = field(result, "extra_attributes") else {
-            continue;
-        };
-        let key = field(attributes, sort.field()).and_then(text);
-        let summary = field(attributes, "$")
-            .and_then(text)
-            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok());
-        // A summary deleted between the sort and the load has no JSON; it
-        // is gone, and so left out.
-        if let (Some(key), Some(summary)) = (key, summary) {
-            found.push(Found {
-                key,
-                item: item(&summary),
-            });
-        }
-    }
-    Ok(found)
+    Ok(results
+        .iter()
+        .filter_map(|result| match result {
+            Value::Map(result) => match field(result, "extra_attributes") {
+                Some(Value::Map(attributes)) => field(attributes, sort.field()).and_then(text),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
+}
+
+/// The session token at the end of a sort key (§4.2: a letter and 16 hex
+/// digits for `start`, 16 hex digits for `last_activity`).
+fn token_of(key: &str, sort: Sort) -> Option<&str> {
+    let skip = match sort {
+        Sort::Start => 17,
+        Sort::LastActivity => 16,
+    };
+    key.get(skip..)
+        .filter(|token| !token.is_empty() && is_token(token))
 }
 
 /// The listed item of a stored summary: what `sessionfold_core::summary::
@@ -473,43 +472,88 @@ impl SessionSearch {
         &self.settings
     }
 
+    /// The indexes to ask, each with the slot of its master: on a single
+    /// server its one index, on a cluster one per master, named for its
+    /// lowest slot.
+    async fn indexes(&self, deadline: Instant) -> Result<Vec<(u16, String)>, SearchError> {
+        if !self.cluster {
+            return Ok(vec![(0, self.keys.sessions_index())]);
+        }
+        let mut slots = redis::cmd("CLUSTER");
+        slots.arg("SLOTS");
+        let slots: Value = self
+            .lane
+            .query(&slots, deadline)
+            .await
+            .map_err(SearchError::Unavailable)?;
+        Ok(sessionfold_common::slots::masters(&slots)
+            .iter()
+            .map(|master| {
+                let slot = master.lowest_slot();
+                (slot, self.keys.cluster_sessions_index(&tag_for_slot(slot)))
+            })
+            .collect())
+    }
+
     /// One page: `{"sessions":[…],"next_cursor":…}`.
     async fn page(&self, query: &SessionQuery) -> Result<serde_json::Value, SearchError> {
         if query.impossible {
             return Ok(json!({"sessions": [], "next_cursor": null}));
         }
         let deadline = Instant::now() + self.timeout;
-        let cmd = query.command(&self.keys, self.timeout);
-        let reply: Value = self
+        let searches = self
+            .indexes(deadline)
+            .await?
+            .into_iter()
+            .map(|(slot, index)| (Some(slot), query.command(&index, self.timeout)))
+            .collect();
+        let replies: Vec<Value> = self
             .lane
-            .query(&AllMasters(cmd), deadline)
+            .query(&Concurrent(searches), deadline)
             .await
             .map_err(|reason| match reason {
                 Unavailable::Redis(message) => refused(message),
                 other => SearchError::Unavailable(other),
             })?;
         let mut found = Vec::new();
-        match (&reply, self.cluster) {
-            (Value::Map(per_master), true) => {
-                for (_, reply) in per_master {
-                    found.extend(parse_reply(reply, query.sort)?);
-                }
-            }
-            (reply, _) => found.extend(parse_reply(reply, query.sort)?),
+        for reply in &replies {
+            found.extend(parse_reply(reply, query.sort)?);
         }
-        found.sort_by(|a, b| a.key.cmp(&b.key));
+        // Each master's keys are its first after the cursor; merged, the
+        // first `limit` of all are the page.
+        found.sort();
         if query.descending {
             found.reverse();
         }
         let more = found.len() > query.limit as usize;
         found.truncate(query.limit as usize);
         let next_cursor = match found.last() {
-            Some(last) if more => {
-                json!(encode_cursor(&last.key))
-            }
+            Some(last) if more => json!(encode_cursor(last)),
             _ => serde_json::Value::Null,
         };
-        let sessions: Vec<serde_json::Value> = found.into_iter().map(|found| found.item).collect();
+        // The summaries themselves, read by key in one round trip.
+        let reads = found
+            .iter()
+            .filter_map(|key| token_of(key, query.sort))
+            .filter_map(SessionId::from_token)
+            .map(|session| {
+                let mut get = redis::cmd("JSON.GET");
+                get.arg(self.keys.session(&session).summary);
+                (None, get)
+            })
+            .collect();
+        let summaries: Vec<Option<String>> = self
+            .lane
+            .query(&Concurrent(reads), deadline)
+            .await
+            .map_err(SearchError::Unavailable)?;
+        // A summary gone since the search (its session expired) is left out.
+        let sessions: Vec<serde_json::Value> = summaries
+            .into_iter()
+            .flatten()
+            .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .map(|summary| item(&summary))
+            .collect();
         Ok(json!({"sessions": sessions, "next_cursor": next_cursor}))
     }
 }
@@ -586,7 +630,7 @@ mod tests {
         let text = query.query_text();
         // The name's braces, bar and at-sign are escaped bytes of a token.
         assert_eq!(text, r"@names:{\_7d\_20\_7c\_20\_40state\_3a\_7bopen}");
-        let cmd = query.command(&Keys::new("sf:"), Duration::from_secs(1));
+        let cmd = query.command("sf:sessions", Duration::from_secs(1));
         let args: Vec<String> = cmd
             .args_iter()
             .filter_map(|arg| match arg {

@@ -16,6 +16,8 @@
 //! - [`health`]: `/healthz` and `/readyz` with cached dependency checks.
 //! - [`redis_conn`]: one Redis connection type for a single server or a
 //!   Redis Cluster (`REDIS_CLUSTER`).
+//! - [`slots`]: Redis Cluster slots, hash tags for them, and the masters of
+//!   `CLUSTER SLOTS`.
 
 pub mod auth;
 pub mod health;
@@ -26,4 +28,5 @@ pub mod rate_limit;
 pub mod redis_conn;
 pub mod settings;
 pub mod shutdown;
+pub mod slots;
 pub mod telemetry;

@@ -146,6 +146,30 @@ impl RedisConnection {
     }
 }
 
+impl RedisConnection {
+    /// Runs `cmd` on the master serving `slot` (on a single server, on that
+    /// server): for commands whose key the client cannot see, like the
+    /// query engine's, whose index name Redis Cluster treats as a key.
+    pub async fn route_to_slot(&mut self, cmd: &Cmd, slot: u16) -> redis::RedisResult<Value> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        match self {
+            Self::Single(connection) => cmd.query_async(connection).await,
+            Self::Direct(connection) => cmd.query_async(connection).await,
+            Self::Cluster(connection) => {
+                connection
+                    .route_command(
+                        cmd.clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                            slot,
+                            SlotAddr::Master,
+                        ))),
+                    )
+                    .await
+            }
+        }
+    }
+}
+
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

@@ -217,10 +217,17 @@ impl Keys {
     }
 
     /// The name of the query engine's index over the session summaries
-    /// (docs/design.md §4.2). Index names are not keys; on a Redis Cluster
-    /// every master holds its own index of the summaries in its slots.
+    /// (docs/design.md §4.2) on a single server; on a Redis Cluster every
+    /// master holds its own, [`cluster_sessions_index`](Self::cluster_sessions_index).
     pub fn sessions_index(&self) -> String {
         format!("{}sessions", self.prefix)
+    }
+
+    /// The index of sessions of one Redis Cluster master, `tag` a hash tag
+    /// of one of its slots: the query engine's commands name their index
+    /// like a key, so a master answers only for names in its own slots.
+    pub fn cluster_sessions_index(&self, tag: &str) -> String {
+        format!("{}sessions:{{{tag}}}", self.prefix)
     }
 
     /// The applied-floor marker of a single Redis server (the processor's
@@ -333,6 +340,10 @@ mod tests {
         assert_eq!(keys.names, "sf:nm:{s_7d_7b1}");
         assert!(keys.summary.starts_with(&Keys::default().summary_prefix()));
         assert_eq!(Keys::new("run:").sessions_index(), "run:sessions");
+        assert_eq!(
+            Keys::new("run:").cluster_sessions_index("s7"),
+            "run:sessions:{s7}"
+        );
         assert_eq!(Keys::new("run:").session(&session("s")).doc, "run:doc:{s}");
         assert_eq!(Keys::default().applied_marker(), "sf:applied");
         assert_eq!(

@@ -61,6 +61,7 @@ use redis::Value;
 
 use sessionfold_common::metrics as names;
 use sessionfold_common::redis_conn::RedisConnection;
+pub use sessionfold_common::slots::{key_slot, tag_for_slot};
 use sessionfold_core::Keys;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -208,44 +209,6 @@ pub fn single_marker_key(key_prefix: &str) -> String {
 /// lowest slot, so the marker lives on that master and moves with that slot.
 pub fn cluster_marker_key(key_prefix: &str, slot: u16) -> String {
     Keys::new(key_prefix).cluster_applied_marker(&tag_for_slot(slot))
-}
-
-/// A short hash tag whose slot is `slot` (searched, not stored: a few
-/// hundred thousand CRC16s at most).
-pub fn tag_for_slot(slot: u16) -> String {
-    (0u64..)
-        .map(|n| format!("s{n}"))
-        .find(|tag| key_slot(tag.as_bytes()) == slot)
-        .expect("every slot has a tag")
-}
-
-/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the
-/// part between the first `{` and the next `}`, when not empty), else of
-/// the whole key, modulo 16384.
-pub fn key_slot(key: &[u8]) -> u16 {
-    let hashed = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            rest.iter()
-                .position(|&b| b == b'}')
-                .filter(|&len| len > 0)
-                .map(|len| &rest[..len])
-        })
-        .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &byte in hashed {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
 }
 
 /// What the durable consumer says.
@@ -546,43 +509,14 @@ impl Repairer {
 /// The masters of a `CLUSTER SLOTS` answer, each with its slot ranges and
 /// its marker key (at its lowest slot).
 pub fn masters_of(slots: &Value, key_prefix: &str) -> Vec<Node> {
-    let mut by_master: HashMap<String, Vec<(u16, u16)>> = HashMap::new();
-    let Value::Array(ranges) = slots else {
-        return Vec::new();
-    };
-    for range in ranges {
-        let Value::Array(parts) = range else { continue };
-        let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(master))) =
-            (parts.first(), parts.get(1), parts.get(2))
-        else {
-            continue;
-        };
-        let host = match master.first() {
-            Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
-            Some(Value::SimpleString(host)) => host.clone(),
-            _ => continue,
-        };
-        let Some(Value::Int(port)) = master.get(1) else {
-            continue;
-        };
-        by_master
-            .entry(format!("{host}:{port}"))
-            .or_default()
-            .push((*first as u16, *last as u16));
-    }
-    let mut nodes: Vec<Node> = by_master
+    sessionfold_common::slots::masters(slots)
         .into_iter()
-        .map(|(address, mut slots)| {
-            slots.sort_unstable();
-            Node {
-                marker_key: cluster_marker_key(key_prefix, slots[0].0),
-                slots,
-                address,
-            }
+        .map(|master| Node {
+            marker_key: cluster_marker_key(key_prefix, master.lowest_slot()),
+            slots: master.slots,
+            address: master.address,
         })
-        .collect();
-    nodes.sort_by(|a, b| a.slots.cmp(&b.slots));
-    nodes
+        .collect()
 }
 
 #[cfg(test)]
