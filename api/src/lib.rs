@@ -5,9 +5,10 @@
 //! - [`server`]: [`serve`], the routes and the document read.
 //! - [`read`]: document reads with their own Redis connections, deadlines,
 //!   a lane for large documents and the maximum document size.
-//! - [`live`]: `GET /data/stream`, the document pushed as Server-Sent Events,
-//!   one shared read per update for all of a session's watchers ([`fanout`]),
-//!   with caps on streams and their lifetime.
+//! - [`live`]: `GET /data/stream`, the document and then its changes as
+//!   Server-Sent Events, one shared feed for all of a session's watchers
+//!   ([`fanout`]), with caps on streams and their lifetime; [`delta`]: the
+//!   feed's copy of the document and the update notes applied to it.
 //! - [`applied`]: read your writes, `GET /data?min_seq=S`: waits until the
 //!   processors' ack floor reaches `S`, one shared JetStream lookup at a time.
 //! - [`sessions`]: `GET /sessions`, sessions found by their summaries with
@@ -23,6 +24,7 @@ pub mod applied;
 pub mod children;
 pub mod conditional;
 pub mod config;
+pub mod delta;
 pub mod error;
 pub mod fanout;
 pub mod live;

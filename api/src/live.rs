@@ -1,14 +1,19 @@
 //! Live updates: `GET /data/stream?session_id=X` is a Server-Sent Events
 //! stream that pushes the session's document (event `document`) when the
-//! stream opens and after every change. The processor publishes a note on
-//! `<UPDATES_SUBJECT_PREFIX>.<token>` after each apply.
+//! stream opens, then its changes (`delta`) and its state (`state`), each
+//! with the session's revision as its SSE `id` (docs/design.md §3.2). The
+//! processor publishes a note on `<UPDATES_SUBJECT_PREFIX>.<token>` after
+//! each apply, with what it changed ([`crate::delta`]).
 //!
 //! All watchers of one session share one feed ([`crate::fanout::Hub`]): one
-//! NATS subscription (made before the first read, so no change is missed)
-//! and one document read per note, through the [`ReadPool`] like any other
-//! read; notes that arrive during a read are folded into the next one. The
-//! document's event is framed once and the same bytes go to every watcher.
-//! A watcher that falls `API_STREAM_BUFFER` updates behind is dropped (its
+//! NATS subscription (made before the first read, so no change is missed),
+//! one read of the document with its revision, and then the notes applied
+//! to the feed's copy in revision order; each event is framed once and the
+//! same bytes go to every watcher. A watcher that joins later starts from
+//! the feed's copy ([`FeedState`]), not a read. The document is read again
+//! only after a gap in the revisions that does not fill within
+//! [`GAP_WAIT`], a note without `changes`, or a note that does not fit.
+//! A watcher that falls `API_STREAM_BUFFER` events behind is dropped (its
 //! stream ends with `too_slow`).
 //!
 //! Streams are capped per client IP (`API_MAX_STREAMS_PER_IP`) and in all
@@ -16,12 +21,12 @@
 //! `API_STREAM_MAX_SECS`, when the token that opened it expires, or when the
 //! api shuts down. The last event of an ending stream is `end`, with data
 //! `{"reason":"max_lifetime"|"token_expired"|"too_slow"|"shutdown"|"unavailable"}`;
-//! for a document over `API_MAX_DOCUMENT_BYTES` it is
-//! `{"reason":"document_too_large","error":{…}}` with the `error` of
-//! `GET /data`'s 413. (Not an event named `error`: browsers' `EventSource`
-//! reports its own connection errors under that name.)
+//! for a document over `API_MAX_DOCUMENT_BYTES` (read, or grown so by
+//! deltas) it is `{"reason":"document_too_large","error":{…}}` with the
+//! `error` of `GET /data`'s 413. (Not an event named `error`: browsers'
+//! `EventSource` reports its own connection errors under that name.)
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -41,6 +46,7 @@ use sessionfold_common::metrics::{
 };
 use sessionfold_common::rate_limit::IpKey;
 
+use crate::delta::{Delta, Inconsistent, LiveDocument, Note};
 use crate::error::ApiError;
 use crate::fanout::{Hub, Next, Publisher};
 use crate::read::{ReadError, ReadPool};
@@ -75,7 +81,7 @@ pub struct StreamSettings {
     /// and the client reconnects.
     #[arg(long, env = "API_STREAM_MAX_SECS", default_value_t = 3600)]
     pub stream_max_secs: u64,
-    /// Updates a watcher may fall behind before it is dropped (`too_slow`).
+    /// Events a watcher may fall behind before it is dropped (`too_slow`).
     #[arg(long, env = "API_STREAM_BUFFER", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub stream_buffer: u32,
@@ -89,12 +95,108 @@ const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 /// Pause before a feed reads again after Redis could not be read.
 const RETRY_AFTER_FAILED_READ: Duration = Duration::from_secs(1);
 
+/// What a published event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Document,
+    Delta,
+    State,
+    End,
+}
+
 /// One framed Server-Sent Event shared by every watcher of a session;
 /// `last` ends the stream after it.
 #[derive(Debug, Clone)]
 pub struct LiveEvent {
     pub frame: Bytes,
     pub last: bool,
+    pub kind: EventKind,
+    /// The event's place among its feed's events, from 1.
+    pub n: u64,
+    /// The feed's document, for a watcher whose first event is not one.
+    pub feed: Option<Arc<FeedState>>,
+}
+
+/// What a feed knows, shared with its watchers: the document (kept from
+/// its read and the notes applied since) and the session's state. Events
+/// are published while this is locked, so a snapshot taken under the lock
+/// holds every event up to its `n` and none after.
+pub struct FeedState {
+    known: Mutex<Known>,
+}
+
+impl std::fmt::Debug for FeedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedState").finish_non_exhaustive()
+    }
+}
+
+struct Known {
+    /// `None` before the first read, or for a document the feed cannot keep
+    /// (then `framed` is its last `document` event).
+    document: Option<LiveDocument>,
+    framed: Option<Bytes>,
+    state: String,
+    /// The revision the state was told at: a close (same revision,
+    /// closed) comes after the apply that made that revision.
+    state_revision: u64,
+    /// Events published so far.
+    n: u64,
+}
+
+impl FeedState {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            known: Mutex::new(Known {
+                document: None,
+                framed: None,
+                state: OPEN.to_owned(),
+                state_revision: 0,
+                n: 0,
+            }),
+        })
+    }
+
+    /// The stream's beginning for a watcher joining now: the document, the
+    /// state when it is not `open`, and the `n` they stand for.
+    async fn snapshot(&self) -> Option<(Bytes, u64)> {
+        let (document, framed, state, revision, n) = {
+            let known = self.known.lock().expect("feed lock");
+            (
+                known.document.clone(),
+                known.framed.clone(),
+                known.state.clone(),
+                known.state_revision,
+                known.n,
+            )
+        };
+        let mut frame = match (document, framed) {
+            (Some(document), _) => {
+                // Assembling a large document takes a while; off the
+                // worker threads that serve requests.
+                let frame = tokio::task::spawn_blocking(move || document.frame())
+                    .await
+                    .expect("framing does not panic");
+                BytesMut::from(&frame[..])
+            }
+            (None, Some(framed)) => BytesMut::from(&framed[..]),
+            (None, None) => return None,
+        };
+        if state != OPEN {
+            frame.extend_from_slice(&state_event(revision, &state));
+        }
+        Some((frame.freeze(), n))
+    }
+}
+
+const OPEN: &str = "open";
+
+fn state_event(revision: u64, state: &str) -> Bytes {
+    sse_event_with_id(
+        "state",
+        revision,
+        serde_json::json!({ "state": state }).to_string().as_bytes(),
+    )
 }
 
 /// Why a stream ended, as its `end` event says.
@@ -138,6 +240,19 @@ pub fn sse_event(name: &str, data: &[u8]) -> Bytes {
     frame.freeze()
 }
 
+/// One Server-Sent Event with an `id` line (the session's revision).
+pub fn sse_event_with_id(name: &str, id: u64, data: &[u8]) -> Bytes {
+    let event = sse_event(name, data);
+    let mut frame = BytesMut::with_capacity(event.len() + 24);
+    let header = name.len() + 8;
+    frame.put_slice(&event[..header]);
+    frame.put_slice(b"id: ");
+    frame.put_slice(id.to_string().as_bytes());
+    frame.put_u8(b'\n');
+    frame.put_slice(&event[header..]);
+    frame.freeze()
+}
+
 fn end_event(reason: EndReason) -> Bytes {
     sse_event(
         "end",
@@ -161,6 +276,8 @@ pub struct Live {
 pub struct StreamRequest {
     pub session: SessionId,
     pub key: String,
+    /// The session's state hash (its revision and state).
+    pub state_key: String,
     pub client_ip: IpAddr,
     /// When the credential that opened it expires (Unix seconds), if it does.
     pub expires_at: Option<u64>,
@@ -211,10 +328,13 @@ impl Live {
         let slot = self.slots.try_open(request.client_ip)?;
         let (end_at, end_reason) = self.end_of(request.expires_at);
         let subject = self.subjects.update(&request.session);
-        let key = request.key.clone();
-        let session = request.session.as_str().to_owned();
+        let feed = Feed {
+            key: request.key.clone(),
+            state_key: request.state_key.clone(),
+            session: request.session.as_str().to_owned(),
+        };
         let watch = self.hub.watch(&request.key, move |publisher| {
-            document_feed(publisher, client, subject, reads, key, session)
+            document_feed(publisher, client, subject, reads, feed)
         });
         tracing::debug!(
             open = self.slots.total(),
@@ -230,6 +350,7 @@ impl Live {
             end_at,
             end_reason,
             closing,
+            floor: None,
             _slot: slot,
         };
         let events = futures::stream::unfold(Some(state), |state| async move {
@@ -276,6 +397,9 @@ struct WatcherState {
     end_at: Instant,
     end_reason: EndReason,
     closing: CancellationToken,
+    /// The `n` of the last feed event this watcher's stream holds; `None`
+    /// before its first.
+    floor: Option<u64>,
     _slot: StreamSlot,
 }
 
@@ -286,31 +410,76 @@ impl WatcherState {
             ::metrics::counter!(API_STREAMS_ENDED_TOTAL, "reason" => reason.as_str()).increment(1);
             (end_event(reason), false)
         };
-        tokio::select! {
-            biased;
-            () = self.closing.cancelled() => ended(EndReason::Shutdown),
-            () = sleep_until(self.end_at) => ended(self.end_reason),
-            next = self.watch.next() => match next {
-                Next::Value(event) => (event.frame, !event.last),
-                Next::Lagged => ended(EndReason::TooSlow),
-                Next::Ended => ended(EndReason::Unavailable),
-            },
-            _ = self.keep_alive.tick() => (Bytes::from_static(KEEP_ALIVE), true),
+        loop {
+            let event = tokio::select! {
+                biased;
+                () = self.closing.cancelled() => return ended(EndReason::Shutdown),
+                () = sleep_until(self.end_at) => return ended(self.end_reason),
+                next = self.watch.next() => match next {
+                    Next::Value(event) => event,
+                    Next::Lagged => return ended(EndReason::TooSlow),
+                    Next::Ended => return ended(EndReason::Unavailable),
+                },
+                _ = self.keep_alive.tick() => return (Bytes::from_static(KEEP_ALIVE), true),
+            };
+            if event.last {
+                return (event.frame, false);
+            }
+            match self.floor {
+                // A stream starts with the whole document: the event when
+                // it is one, else the feed's document as it is now, which
+                // holds every event up to its `n`.
+                None => {
+                    if event.kind != EventKind::Document
+                        && let Some(feed) = &event.feed
+                        && let Some((frame, n)) = feed.snapshot().await
+                    {
+                        self.floor = Some(n.max(event.n));
+                        return (frame, true);
+                    }
+                    self.floor = Some(event.n);
+                    return (event.frame, true);
+                }
+                Some(floor) if event.n <= floor => continue,
+                Some(_) => {
+                    self.floor = Some(event.n);
+                    return (event.frame, true);
+                }
+            }
         }
     }
 }
 
-/// The feed of one session: subscribe to its notes, read the document, and
-/// read it again after notes, publishing it when it changed.
+/// The keys and the name of the session a feed follows.
+struct Feed {
+    key: String,
+    state_key: String,
+    session: String,
+}
+
+/// How long notes ahead of the document wait for the ones missing before
+/// them (notes of two processors may pass each other) before the feed
+/// reads the document instead.
+const GAP_WAIT: Duration = Duration::from_millis(200);
+/// Notes kept ahead of the document at most; past it the feed reads.
+const MAX_PENDING_NOTES: usize = 256;
+/// Notes taken at once, merged into one `delta` when they follow each other.
+const NOTES_PER_ROUND: usize = 256;
+
+/// The feed of one session: subscribe to its notes, read the document with
+/// its revision, then publish each note of the next revision as a `delta`
+/// (in revision order, whichever processor sent it), a change of state as
+/// `state`, and read the document again (a `document`) only on a gap
+/// that does not fill within [`GAP_WAIT`], a note without `changes`, or
+/// a note that does not fit.
 async fn document_feed(
     publisher: Publisher<LiveEvent>,
     client: async_nats::Client,
     subject: String,
     reads: Arc<ReadPool>,
-    key: String,
-    session: String,
+    feed: Feed,
 ) {
-    let span = tracing::info_span!("live_feed", session_id = %session);
+    let span = tracing::info_span!("live_feed", session_id = %feed.session);
     let mut notes = match client.subscribe(subject).await {
         Ok(notes) => notes,
         Err(err) => {
@@ -318,42 +487,34 @@ async fn document_feed(
             return;
         }
     };
-    let mut published: Option<u128> = None;
+    let limit = reads.settings().max_document_bytes;
+    let mut follow = Follow {
+        publisher,
+        state: FeedState::new(),
+        pending: BTreeMap::new(),
+        pending_states: BTreeMap::new(),
+        gap_since: None,
+        published_hash: None,
+        limit,
+    };
     let mut stale = true;
     let mut retry_at: Option<Instant> = None;
     loop {
         if stale && retry_at.is_none_or(|at| at <= Instant::now()) {
             retry_at = None;
             ::metrics::counter!(API_LIVE_READS_TOTAL).increment(1);
-            match reads.read(&key).await {
+            match reads.read_with_revision(&feed.key, &feed.state_key).await {
                 Ok(Some(document)) => {
-                    stale = false;
-                    let (bytes, slot) = document.into_parts();
-                    // Hashing and framing a large document takes a while;
-                    // off the worker threads that serve requests.
-                    let (hash, frame) = tokio::task::spawn_blocking(move || {
-                        (
-                            xxhash_rust::xxh3::xxh3_128(&bytes),
-                            sse_event("document", &bytes),
-                        )
-                    })
-                    .await
-                    .expect("framing does not panic");
-                    drop(slot);
-                    if published != Some(hash) {
-                        published = Some(hash);
-                        publisher.publish(LiveEvent { frame, last: false });
+                    follow.install(document).await;
+                    match follow.advance() {
+                        Ok(read_again) => stale = read_again,
+                        Err(Ended) => return,
                     }
                 }
                 // No document yet: the note of its first apply brings it.
                 Ok(None) => stale = false,
                 Err(ReadError::TooLarge { bytes, limit }) => {
-                    let mut end = crate::error::too_large_body(bytes, limit);
-                    end["reason"] = "document_too_large".into();
-                    publisher.publish(LiveEvent {
-                        frame: sse_event("end", end.to_string().as_bytes()),
-                        last: true,
-                    });
+                    follow.too_large(bytes, limit);
                     return;
                 }
                 Err(ReadError::Unavailable(reason)) => {
@@ -370,16 +531,264 @@ async fn document_feed(
                 None => futures::future::pending().await,
             }
         };
+        let gap = async {
+            match follow.gap_since {
+                Some(since) if !stale => sleep_until(since + GAP_WAIT).await,
+                _ => futures::future::pending().await,
+            }
+        };
         tokio::select! {
             note = notes.next() => {
-                if note.is_none() {
-                    return;
+                let Some(note) = note else { return };
+                let mut round = vec![note.payload];
+                while round.len() < NOTES_PER_ROUND {
+                    match notes.next().now_or_never() {
+                        Some(Some(note)) => round.push(note.payload),
+                        _ => break,
+                    }
                 }
-                // Notes that came during the read are covered by one more.
-                while let Some(Some(_)) = notes.next().now_or_never() {}
+                for payload in round {
+                    if follow.take(payload).is_err() {
+                        stale = true;
+                    }
+                }
+                if !stale {
+                    match follow.advance() {
+                        Ok(read_again) => stale = read_again,
+                        Err(Ended) => return,
+                    }
+                }
+                if follow.pending.len() + follow.pending_states.len() > MAX_PENDING_NOTES {
+                    stale = true;
+                }
+            }
+            () = gap => {
+                span.in_scope(|| tracing::debug!("a note did not come; reading the document"));
                 stale = true;
             }
             () = retry => {}
+        }
+    }
+}
+
+/// The feed stopped: its last event is published.
+struct Ended;
+
+/// A note that needs the document read.
+struct ReadAgain;
+
+/// The feed's document and the notes that came ahead of it.
+struct Follow {
+    publisher: Publisher<LiveEvent>,
+    state: Arc<FeedState>,
+    /// Apply notes past the next revision, by revision.
+    pending: BTreeMap<u64, Bytes>,
+    /// State notes at revisions the document has not reached.
+    pending_states: BTreeMap<u64, Vec<String>>,
+    /// Since when notes wait for a missing one.
+    gap_since: Option<Instant>,
+    /// The hash of the last `document` published, while no delta followed
+    /// it: a read that finds the same bytes publishes nothing.
+    published_hash: Option<u128>,
+    limit: u64,
+}
+
+impl Follow {
+    fn publish(&self, known: &mut Known, kind: EventKind, frame: Bytes, last: bool) {
+        known.n += 1;
+        self.publisher.publish(LiveEvent {
+            frame,
+            last,
+            kind,
+            n: known.n,
+            feed: Some(self.state.clone()),
+        });
+    }
+
+    fn too_large(&self, bytes: u64, limit: u64) {
+        let mut end = crate::error::too_large_body(bytes, limit);
+        end["reason"] = "document_too_large".into();
+        let mut known = self.state.known.lock().expect("feed lock");
+        self.publish(
+            &mut known,
+            EventKind::End,
+            sse_event("end", end.to_string().as_bytes()),
+            true,
+        );
+    }
+
+    /// Takes in a document read with its revision and publishes it (unless
+    /// it is the one published last) and its state.
+    async fn install(&mut self, document: crate::read::Document) {
+        let revision = document.revision.unwrap_or(0);
+        let state = document.state.clone().unwrap_or_else(|| OPEN.to_owned());
+        let (bytes, slot) = document.into_parts();
+        // Hashing, parsing and framing a large document take a while; off
+        // the worker threads that serve requests.
+        let (hash, parsed, frame) = tokio::task::spawn_blocking(move || {
+            let hash = xxhash_rust::xxh3::xxh3_128(&bytes);
+            let parsed = LiveDocument::parse(&bytes, revision);
+            let frame = sse_event_with_id("document", revision, &bytes);
+            (hash, parsed, frame)
+        })
+        .await
+        .expect("framing does not panic");
+        drop(slot);
+        let shared = self.state.clone();
+        let mut known = shared.known.lock().expect("feed lock");
+        let kept = parsed.is_some();
+        known.document = parsed;
+        known.framed = (!kept).then(|| frame.clone());
+        if self.published_hash != Some(hash) {
+            self.published_hash = Some(hash);
+            self.publish(&mut known, EventKind::Document, frame, false);
+        }
+        // A state told by a note after this read began stands.
+        if (revision, state != OPEN) > (known.state_revision, known.state != OPEN) {
+            if state != known.state {
+                self.publish(
+                    &mut known,
+                    EventKind::State,
+                    state_event(revision, &state),
+                    false,
+                );
+            }
+            known.state = state;
+            known.state_revision = revision;
+        }
+        // What the read holds needs no note any more.
+        self.pending.retain(|&r, _| r > revision);
+        self.gap_since = None;
+    }
+
+    /// Files one note; `Err` when only a read can follow it.
+    fn take(&mut self, payload: Bytes) -> Result<(), ReadAgain> {
+        let revision = {
+            let known = self.state.known.lock().expect("feed lock");
+            match &known.document {
+                Some(document) => document.revision,
+                // A document this feed cannot keep is read after every
+                // note; none read yet: the note of its first apply.
+                None => return Err(ReadAgain),
+            }
+        };
+        match Note::parse(payload) {
+            Note::Unknown => Err(ReadAgain),
+            Note::Unchanged => Ok(()),
+            Note::State {
+                revision: at,
+                state,
+            } => {
+                self.pending_states.entry(at).or_default().push(state);
+                Ok(())
+            }
+            // An apply that changed nothing repeats the revision; an older
+            // one is already in the document.
+            Note::Apply { revision: at, .. } if at <= revision => Ok(()),
+            Note::Apply {
+                revision: at,
+                has_changes,
+                payload,
+                ..
+            } => {
+                if at == revision + 1 && !has_changes {
+                    return Err(ReadAgain);
+                }
+                self.pending.insert(at, payload);
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies the notes that follow the document, publishing them as one
+    /// `delta` (split where a state changes), then the states they reach;
+    /// `Ok(true)` when a note did not fit and the document is to be read.
+    fn advance(&mut self) -> Result<bool, Ended> {
+        let state = self.state.clone();
+        let mut known = state.known.lock().expect("feed lock");
+        let Some(mut document) = known.document.take() else {
+            return Ok(false);
+        };
+        let mut delta = Delta::default();
+        let mut read_again = false;
+        loop {
+            self.flush_states(&mut known, document.revision, &mut delta);
+            let next = document.revision + 1;
+            let Some(payload) = self.pending.remove(&next) else {
+                break;
+            };
+            let reopened = Note::parse(payload.clone());
+            if let Err(Inconsistent(why)) = document.apply(&payload, &mut delta) {
+                tracing::debug!(
+                    why,
+                    revision = next,
+                    "a note did not fit; reading the document"
+                );
+                read_again = true;
+                break;
+            }
+            if document.bytes > self.limit {
+                self.flush(&mut known, &mut delta);
+                known.document = Some(document.clone());
+                drop(known);
+                self.too_large(document.bytes, self.limit);
+                return Err(Ended);
+            }
+            // A closed session changes only by opening again.
+            let state = match reopened {
+                Note::Apply {
+                    state: Some(state), ..
+                } => Some(state),
+                _ if known.state != OPEN => Some(OPEN.to_owned()),
+                _ => None,
+            };
+            if let Some(state) = state {
+                self.pending_states
+                    .entry(next)
+                    .or_default()
+                    .insert(0, state);
+            }
+        }
+        self.flush(&mut known, &mut delta);
+        known.document = Some(document);
+        // What is left waits for a note before it.
+        if self.pending.is_empty() && self.pending_states.is_empty() {
+            self.gap_since = None;
+        } else if self.gap_since.is_none() {
+            self.gap_since = Some(Instant::now());
+        }
+        Ok(read_again)
+    }
+
+    fn flush(&mut self, known: &mut Known, delta: &mut Delta) {
+        if delta.is_empty() {
+            return;
+        }
+        let delta = std::mem::take(delta);
+        self.published_hash = None;
+        let frame = sse_event_with_id("delta", delta.revision, &delta.data());
+        self.publish(known, EventKind::Delta, frame, false);
+    }
+
+    /// Publishes the states told at revisions up to `revision`, after the
+    /// delta that reaches them.
+    fn flush_states(&mut self, known: &mut Known, revision: u64, delta: &mut Delta) {
+        while let Some(entry) = self.pending_states.first_entry() {
+            if *entry.key() > revision {
+                break;
+            }
+            let (at, states) = entry.remove_entry();
+            for state in states {
+                let later = (at, state != OPEN) > (known.state_revision, known.state != OPEN);
+                if later && state != known.state {
+                    self.flush(known, delta);
+                    self.publish(known, EventKind::State, state_event(at, &state), false);
+                }
+                if later {
+                    known.state = state;
+                    known.state_revision = at;
+                }
+            }
         }
     }
 }

@@ -188,12 +188,20 @@ pub enum DataResponses {
 #[derive(IntoResponses)]
 #[allow(dead_code)]
 pub enum StreamResponses {
-    /// A Server-Sent Events stream. Event `document`: the session's
+    /// A Server-Sent Events stream (docs/design.md §3.2); each event of a
+    /// revision has it as its `id`. Event `document`: the session's
     /// document (the JSON `GET /data` serves), when the stream opens and
-    /// after every change. Event `end`, the last: data `{"reason": …}`, one
+    /// again whenever the changes could not be followed. Event `delta`:
+    /// `{"start"?: number, "end"?: number, "changes": [{"insert": I,
+    /// "children": […]} | {"remove": I}, …]}`, the changes to `children` in
+    /// order and the bounds that moved; applied in order to the last
+    /// `document` they give the document of their `id`. Event `state`:
+    /// `{"state": "open" | "ended" | "idle" | "max_duration"}` when the
+    /// session's state changes (after the `document` on opening when it
+    /// is not `open`). Event `end`, the last: data `{"reason": …}`, one
     /// of `max_lifetime` (open for `API_STREAM_MAX_SECS`; reconnect),
     /// `token_expired` (the token that opened it expired), `too_slow` (the
-    /// client fell `API_STREAM_BUFFER` updates behind; reconnect),
+    /// client fell `API_STREAM_BUFFER` events behind; reconnect),
     /// `shutdown`, `unavailable`, or `document_too_large` (over
     /// `API_MAX_DOCUMENT_BYTES`; the data also holds the `error` of
     /// `GET /data`'s 413). Comment lines keep an idle stream open.

@@ -133,6 +133,10 @@ pub struct Document {
     pub bytes: Bytes,
     /// The session's state (`open`, or its close reason), when asked for.
     pub state: Option<String>,
+    /// The session's revision (docs/design.md §4.1; 0 for a document
+    /// without a state hash), when asked for: read with the document in
+    /// one atomic step.
+    pub revision: Option<u64>,
     slot: Option<OwnedSemaphorePermit>,
 }
 
@@ -142,6 +146,7 @@ impl Document {
         Self {
             bytes: bytes.into(),
             state: None,
+            revision: None,
             slot: None,
         }
     }
@@ -205,6 +210,26 @@ impl ReadPool {
         key: &str,
         state_key: Option<&str>,
     ) -> Result<Option<Document>, ReadError> {
+        self.read_recorded(key, state_key.map(|key| (key, false)))
+            .await
+    }
+
+    /// Reads the document at `key` with the session's state and revision
+    /// from its state hash at `state_key`, all three in one atomic step (a
+    /// read-only script), so the revision is the document's.
+    pub async fn read_with_revision(
+        &self,
+        key: &str,
+        state_key: &str,
+    ) -> Result<Option<Document>, ReadError> {
+        self.read_recorded(key, Some((state_key, true))).await
+    }
+
+    async fn read_recorded(
+        &self,
+        key: &str,
+        state_key: Option<(&str, bool)>,
+    ) -> Result<Option<Document>, ReadError> {
         let read = self.read_unrecorded(key, state_key).await;
         if let Err(err) = &read {
             ::metrics::counter!(
@@ -219,7 +244,7 @@ impl ReadPool {
     async fn read_unrecorded(
         &self,
         key: &str,
-        state_key: Option<&str>,
+        state_key: Option<(&str, bool)>,
     ) -> Result<Option<Document>, ReadError> {
         let deadline = Instant::now() + self.settings.read_timeout();
         let limit = self.settings.max_document_bytes;
@@ -245,8 +270,30 @@ impl ReadPool {
         get.arg(key);
         // Bytes, not a String: RedisJSON writes UTF-8, and checking it again
         // would cost a pass over every document served.
+        let mut revision = None;
         let (document, state): (Option<Vec<u8>>, Option<String>) = match state_key {
-            Some(state_key) => {
+            Some((state_key, true)) => {
+                let mut script = redis::cmd("EVAL_RO");
+                script
+                    .arg(READ_WITH_REVISION)
+                    .arg(2)
+                    .arg(key)
+                    .arg(state_key);
+                let read: Option<(Vec<u8>, String, String)> = lane.query(&script, deadline).await?;
+                match read {
+                    None => (None, None),
+                    Some((document, rev, state)) => {
+                        revision = Some(rev.parse().unwrap_or(0));
+                        let state = if state.is_empty() {
+                            "open".to_owned()
+                        } else {
+                            state
+                        };
+                        (Some(document), Some(state))
+                    }
+                }
+            }
+            Some((state_key, false)) => {
                 let mut pipe = redis::pipe();
                 pipe.add_command(get).cmd("HGET").arg(state_key).arg("st");
                 let (document, state): (Option<Vec<u8>>, Option<String>) =
@@ -275,6 +322,7 @@ impl ReadPool {
         Ok(Some(Document {
             bytes: Bytes::from(document),
             state,
+            revision,
             slot,
         }))
     }
@@ -300,6 +348,13 @@ impl ReadPool {
         }
     }
 }
+
+/// The document, the revision and the state of a session in one atomic
+/// step (`EVAL_RO`: the api's Redis user may run read-only scripts only);
+/// a missing document gives nil, a missing field an empty string.
+const READ_WITH_REVISION: &str = "local d = redis.call('JSON.GET', KEYS[1]) \
+     if not d then return false end \
+     return {d, redis.call('HGET', KEYS[2], 'rev') or '', redis.call('HGET', KEYS[2], 'st') or ''}";
 
 /// Connections of one lane: at most `size`, each used by one command at a
 /// time.

@@ -180,8 +180,10 @@ async fn data_stream(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let admitted = admit(&shared, peer, &headers, query.as_deref())?;
+    let keys = shared.keys.session(&admitted.session);
     let request = StreamRequest {
-        key: shared.keys.session(&admitted.session).doc,
+        key: keys.doc,
+        state_key: keys.state,
         session: admitted.session,
         client_ip: admitted.client_ip,
         expires_at: admitted.expires_at,

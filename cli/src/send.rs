@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use sessionfold_client::sse::SseLines;
+use sessionfold_client::sse::{LiveReplica, SseEvents};
 use sessionfold_client::{FrameOutcome, Producer, ProducerConfig};
 
 #[derive(Debug, clap::Args)]
@@ -235,15 +235,29 @@ async fn print_document(args: &ReadArgs, query: &[(&str, String)]) -> anyhow::Re
 }
 
 /// Follows `GET /data/stream`, printing the document (one JSON line) each
-/// time it changes, until the stream ends or Ctrl-C.
+/// time it changes, rebuilt from the stream's deltas, until the stream
+/// ends or Ctrl-C.
 pub async fn tail(args: ReadArgs) -> anyhow::Result<()> {
     use futures::StreamExt as _;
     let response = args.request("/data/stream").await?;
-    let mut events = SseLines::default();
+    let mut events = SseEvents::default();
+    let mut replica = LiveReplica::default();
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
-        for data in events.push(&chunk?) {
-            println!("{data}");
+        for event in events.push(&chunk?) {
+            replica
+                .apply(&event)
+                .with_context(|| format!("replaying the {} event", event.name))?;
+            match event.name.as_str() {
+                "document" | "delta" => {
+                    if let Some(document) = replica.document() {
+                        println!("{document}");
+                    }
+                }
+                "state" => eprintln!("state: {}", event.data),
+                "end" => eprintln!("stream ended: {}", event.data),
+                _ => {}
+            }
         }
     }
     Ok(())

@@ -5,7 +5,8 @@
 //!   what was not acknowledged.
 //! - [`loadgen`]: a seeded workload generator that runs sessions concurrently
 //!   through the producer client.
-//! - [`sse`]: splitting the api's Server-Sent Events stream into documents.
+//! - [`sse`]: the api's Server-Sent Events: events, and the document
+//!   replayed from them ([`sse::LiveReplica`]).
 
 pub mod loadgen;
 pub mod producer;

@@ -13,7 +13,10 @@
 //! arrival replacing it), `{"insert":I,"children":[…]}` put these children
 //! in at positions `I`, `I+1`, …, each exactly as the document holds it.
 //! When the inserted children would pass [`MAX_NOTE_CHILDREN_BYTES`],
-//! `changes` is left out and readers read the document again.
+//! `changes` is left out and readers read the document again. An apply
+//! that opened a closed session again says `"state":"open"`; one that
+//! changed nothing (it repeats the revision it found) says
+//! `"unchanged":true`.
 
 use crate::store::{ChildOp, Invocation, Stored};
 
@@ -37,6 +40,15 @@ pub fn update_note(session_id: &str, invocation: &Invocation, stored: &Stored) -
         )
         .as_bytes(),
     );
+    // A step that changed nothing repeats the revision it found: live views
+    // must not take it for the step that made that revision.
+    if !stored.changed {
+        note.extend_from_slice(b",\"unchanged\":true");
+    }
+    // A closed session changes only by opening again: live views are told.
+    if stored.reopened {
+        note.extend_from_slice(b",\"state\":\"open\"");
+    }
     for (name, bound) in [
         ("start", invocation.start_candidate()),
         ("end", invocation.end_candidate()),
@@ -129,6 +141,7 @@ mod tests {
         let stored = Stored {
             written: 3,
             revision: 7,
+            changed: true,
             ops: vec![
                 ChildOp::Removed { rank: 4 },
                 ChildOp::Inserted { rank: 0, child: 0 },
@@ -155,6 +168,7 @@ mod tests {
         let invocation = invocation(r#"[{"type":"EVENT","timestamp":2,"x":[1,2.50]}]"#);
         let stored = Stored {
             revision: 3,
+            changed: true,
             ops: vec![ChildOp::Inserted { rank: 5, child: 0 }],
             ..Stored::default()
         };
@@ -169,6 +183,10 @@ mod tests {
         };
         let note: Value = serde_json::from_slice(&update_note("s", &invocation, &none)).unwrap();
         assert_eq!(note["changes"], json!([]));
+        assert_eq!(
+            note["unchanged"], true,
+            "a step that changed nothing says so"
+        );
     }
 
     #[test]

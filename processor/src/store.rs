@@ -431,6 +431,9 @@ pub struct Stored {
     pub reopened: bool,
     /// The session's timer after the step.
     pub timer: Option<Timer>,
+    /// The step changed the document (and so made `revision`); a step
+    /// that changed nothing repeats the revision it found.
+    pub changed: bool,
 }
 
 /// A session's pending timer, as the state keeps it.
@@ -509,6 +512,8 @@ impl Stored {
             due_ms,
             armed: armed.as_deref() == Some("1"),
         });
+        let changed: Option<String> = redis::from_redis_value(next())?;
+        let changed = changed.as_deref() == Some("1");
         let skipped: std::collections::HashSet<u32> = skipped
             .chunks_exact(4)
             .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]))
@@ -541,6 +546,7 @@ impl Stored {
             reopened,
             still_closed,
             timer,
+            changed,
         })
     }
 }
@@ -1145,6 +1151,7 @@ mod tests {
             redis::Value::BulkString(b"reopened".to_vec()),
             redis::Value::BulkString(b"3600000".to_vec()),
             redis::Value::BulkString(b"1".to_vec()),
+            redis::Value::BulkString(b"1".to_vec()),
         ]);
         assert_eq!(
             Stored::parse(reply).unwrap(),
@@ -1169,6 +1176,7 @@ mod tests {
                     due_ms: 3_600_000,
                     armed: true
                 }),
+                changed: true,
             }
         );
     }

@@ -17,6 +17,7 @@ mod injection;
 mod invalid_input;
 mod least_privilege;
 mod lifecycle;
+mod live_deltas;
 mod logs;
 mod observability;
 mod openapi;

@@ -1,6 +1,7 @@
 //! The session timeline page in a real headless Chromium, driven over
 //! WebDriver (Debian's chromium and chromedriver; `scripts/install-browser.sh`
-//! installs them): the page shows a session fed by the test and updates live.
+//! installs them): the page shows a session fed by the test, applies its
+//! live deltas and shows its state.
 
 use std::process::{Child, Command, Stdio};
 
@@ -8,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sessionfold_testkit::{eventually, free_port};
 
-use crate::helpers::{DEADLINE, expected_document, spawn_app};
+use crate::helpers::{DEADLINE, expected_document, spawn_app_with};
 
 /// A chromedriver process and one browser session in it, ended on drop.
 pub(crate) struct Browser {
@@ -132,7 +133,9 @@ fn which(tool: &str) -> bool {
 
 #[tokio::test]
 async fn the_timeline_page_shows_a_session_and_follows_it_live() {
-    let app = spawn_app().await;
+    // The session ends a second after its SESSION_END, so the page sees
+    // its state change.
+    let app = spawn_app_with(&[("SESSION_END_GRACE_SECS", "1")]).await;
     let page = app
         .http
         .get(format!("http://{}/timeline/x", app.api_addr))
@@ -198,6 +201,28 @@ async fn the_timeline_page_shows_a_session_and_follows_it_live() {
             .await,
         3
     );
+    // It came as a delta, applied in place: one document in all.
+    let taken = "return [document.body.dataset.documents, document.body.dataset.deltas, \
+                 document.getElementById('revision').textContent]";
+    let taken: Vec<Option<String>> = serde_json::from_value(browser.eval(taken).await).unwrap();
+    assert_eq!(taken[0].as_deref(), Some("1"), "{taken:?}");
+    assert!(taken[1].as_deref().is_some_and(|n| n != "0"), "{taken:?}");
+    assert_eq!(taken[2].as_deref(), Some("2"), "the revision: {taken:?}");
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('state').textContent")
+            .await,
+        "open"
+    );
+
+    // The session ends by itself: the page shows its state.
+    eventually("the page shows the state ended", DEADLINE, || async {
+        let state = browser
+            .eval("return document.getElementById('state').textContent")
+            .await;
+        (state == "ended").then_some(())
+    })
+    .await;
 
     let png = browser.screenshot_png().await;
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use crate::helpers::{DEADLINE, expected_document, spawn_app};
 
 #[tokio::test]
-async fn the_live_stream_pushes_the_document_after_each_change() {
+async fn the_live_stream_pushes_the_document_then_its_changes() {
     let app = spawn_app().await;
     let first = r#"[{"type":"EVENT","timestamp":1,"name":"one"}]"#;
     let second = r#"[{"type":"EVENT","timestamp":2,"name":"two"}]"#;
@@ -28,25 +28,40 @@ async fn the_live_stream_pushes_the_document_after_each_change() {
         "text/event-stream"
     );
     let mut body = response.bytes_stream();
-    let mut events = sessionfold_client::sse::SseLines::default();
-    let mut next_document = async || -> Value {
+    let mut events = sessionfold_client::sse::SseEvents::default();
+    let mut pending = std::collections::VecDeque::new();
+    let mut next_event = async || -> sessionfold_client::sse::SseEvent {
         loop {
+            if let Some(event) = pending.pop_front() {
+                return event;
+            }
             let chunk = tokio::time::timeout(DEADLINE, body.next())
                 .await
                 .expect("an event in time")
                 .expect("the stream stays open")
                 .unwrap();
-            if let Some(data) = events.push(&chunk).pop() {
-                return serde_json::from_str(&data).unwrap();
-            }
+            pending.extend(events.push(&chunk));
         }
     };
-    assert_eq!(next_document().await, expected_document("live", &[first]));
+    let mut replica = sessionfold_client::sse::LiveReplica::default();
+    let document = next_event().await;
+    assert_eq!(document.name, "document");
+    assert_eq!(document.id.as_deref(), Some("1"), "the revision");
+    replica.apply(&document).unwrap();
     producer.send_accepted(second).await;
+    // The change comes as a delta of the next revision: the inserted
+    // child and its position, not the document.
+    let delta = next_event().await;
+    assert_eq!(delta.name, "delta");
+    assert_eq!(delta.id.as_deref(), Some("2"));
     assert_eq!(
-        next_document().await,
-        expected_document("live", &[first, second])
+        serde_json::from_str::<Value>(&delta.data).unwrap(),
+        serde_json::json!({"changes": [{"insert": 1, "children": [
+            {"type": "EVENT", "timestamp": 2, "name": "two"}]}]})
     );
+    replica.apply(&delta).unwrap();
+    let replayed: Value = serde_json::from_str(&replica.document().unwrap()).unwrap();
+    assert_eq!(replayed, expected_document("live", &[first, second]));
 }
 
 #[tokio::test]
