@@ -331,6 +331,37 @@ async fn storage_rows(
         }
     }
     json.insert("storage".into(), serde_json::to_value(&tables)?);
+
+    let (before, frame_events) = if args.quick {
+        (10_000, 2_000)
+    } else {
+        (100_000, 10_000)
+    };
+    let longest = storage::longest_step(
+        servers,
+        before,
+        frame_events,
+        sessionfold_processor::config::DEFAULT_MAX_EVENTS_PER_STEP,
+    )
+    .await?;
+    step("longest apply step measured", clock);
+    rows.push(Row {
+        item: 1,
+        measure: format!(
+            "Longest apply step (Redis slow log): a frame of {} events, a tenth out of order, into a session of {} children",
+            count(longest.frame_events as f64),
+            count(longest.children_before as f64)
+        ),
+        result: format!(
+            "{:.1} ms in slices of {} events ({} steps; `MAX_EVENTS_PER_STEP`)",
+            longest.sliced_ms, longest.slice_events, longest.slices
+        ),
+        against: format!("one step for the frame: {:.1} ms", longest.whole_ms),
+        ratio: String::new(),
+        target: "≤ 10 ms".to_owned(),
+        status: Status::of(longest.sliced_ms <= 10.0),
+    });
+    json.insert("longest_step".into(), serde_json::to_value(&longest)?);
     Ok(floor.events_per_sec())
 }
 

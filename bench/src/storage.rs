@@ -485,3 +485,131 @@ pub async fn storage(servers: &Servers, sizes: &[usize]) -> anyhow::Result<Vec<S
     }
     Ok(results)
 }
+
+/// The longest single apply step, from Redis's slow log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LongestStep {
+    pub children_before: usize,
+    pub frame_events: usize,
+    /// One step for the whole frame.
+    pub whole_ms: f64,
+    /// Slices of `slice_events`.
+    pub sliced_ms: f64,
+    pub slices: usize,
+    pub slice_events: usize,
+}
+
+async fn slowlog_max_ms(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(10_000)
+        .query_async(redis)
+        .await?;
+    let mut longest_us = 0i64;
+    for entry in entries {
+        if let redis::Value::Array(fields) = entry
+            && let Some(redis::Value::Int(us)) = fields.get(2)
+        {
+            longest_us = longest_us.max(*us);
+        }
+    }
+    Ok(longest_us as f64 / 1e3)
+}
+
+/// A session of `children_before` in-order children, then one frame of
+/// `frame_events` with a tenth out of order, applied whole and in slices
+/// of `slice_events` (two copies of the session): the longest step of each.
+pub async fn longest_step(
+    servers: &Servers,
+    children_before: usize,
+    frame_events: usize,
+    slice_events: usize,
+) -> anyhow::Result<LongestStep> {
+    let names = unique_names();
+    let run_keys = sessionfold_harness::run_keys(&names);
+    let settings = RedisSettings {
+        key_prefix: names.key_prefix.clone(),
+        ..RedisSettings::local(servers.redis_url())
+    };
+    let store = RedisStore::connect(&settings).await?;
+    let mut redis = servers.redis_connection().await?;
+    let limits = Limits {
+        max_frame_bytes: usize::MAX,
+        max_events_per_frame: usize::MAX,
+        max_event_bytes: usize::MAX,
+    };
+    let mut results = Vec::new();
+    for (copy, slice) in [("whole", 0), ("sliced", slice_events)] {
+        let session = SessionId::parse(&format!("longest-{copy}"))?;
+        let frame = |sequence: u64, timestamps: Vec<u64>| -> anyhow::Result<Delivery> {
+            let events: Vec<serde_json::Value> = timestamps.into_iter().map(event).collect();
+            let text = serde_json::Value::Array(events).to_string();
+            Ok(Delivery {
+                stream_sequence: sequence,
+                events: Frame::parse(&text, &session, &limits)
+                    .map_err(|err| anyhow::anyhow!("{err:?}"))?
+                    .events,
+            })
+        };
+        for (at, start) in (0..children_before).step_by(1000).enumerate() {
+            let before = frame(
+                at as u64 + 1,
+                (start..(start + 1000).min(children_before))
+                    .map(|t| t as u64)
+                    .collect(),
+            )?;
+            store
+                .apply(&[Invocation::new(&run_keys, &session, &[before], 0)])
+                .await?;
+        }
+        // A tenth of the frame goes back into the session's range.
+        let timestamps: Vec<u64> = (0..frame_events)
+            .map(|i| {
+                if i % 10 == 0 {
+                    (i as u64 * 7_919) % children_before.max(1) as u64
+                } else {
+                    (children_before + i) as u64
+                }
+            })
+            .collect();
+        let big = frame(1_000_000, timestamps)?;
+        let slices = Invocation::slices(&run_keys, &session, &[big], 0, slice);
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-log-slower-than")
+            .arg(0)
+            .query_async::<()>(&mut redis)
+            .await?;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-max-len")
+            .arg(10_000)
+            .query_async::<()>(&mut redis)
+            .await?;
+        redis::cmd("SLOWLOG")
+            .arg("RESET")
+            .query_async::<()>(&mut redis)
+            .await?;
+        let count = slices.len();
+        for slice in slices {
+            store.apply(&[slice]).await?;
+        }
+        let longest = slowlog_max_ms(&mut redis).await?;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-log-slower-than")
+            .arg(10_000)
+            .query_async::<()>(&mut redis)
+            .await?;
+        results.push((longest, count));
+    }
+    servers.clean(&names).await?;
+    Ok(LongestStep {
+        children_before,
+        frame_events,
+        whole_ms: results[0].0,
+        sliced_ms: results[1].0,
+        slices: results[1].1,
+        slice_events,
+    })
+}

@@ -82,6 +82,9 @@ pub struct Applier<S> {
     /// The keys it writes.
     pub keys: Keys,
     pub max_children: u64,
+    /// Most EVENTs one apply step takes (0: a session's part of a batch in
+    /// one step): a larger part is applied in slices.
+    pub max_events_per_step: usize,
     pub document_ttl_secs: u64,
     /// When sessions close by themselves and how long after a closed one
     /// still takes frames (`None`: never, and always).
@@ -89,13 +92,14 @@ pub struct Applier<S> {
 }
 
 impl<S: Store> Applier<S> {
-    /// The invocation of `deliveries`, which arrived at `arrivals` (ms).
-    fn invocation(
+    /// The invocations of `deliveries`, which arrived at `arrivals` (ms):
+    /// one, or slices of a large part.
+    fn invocations(
         &self,
         session: &SessionId,
         deliveries: &[sessionfold_core::Delivery],
         arrivals: &[u64],
-    ) -> Invocation {
+    ) -> Vec<Invocation> {
         let first = arrivals.iter().copied().min().unwrap_or(0);
         let last = arrivals.iter().copied().max().unwrap_or(0);
         let session_end = deliveries
@@ -109,10 +113,21 @@ impl<S: Store> Applier<S> {
             })
             .map(|(_, arrival)| *arrival)
             .max();
-        Invocation::new(&self.keys, session, deliveries, self.max_children)
-            .with_document_ttl(self.document_ttl_secs)
-            .with_arrivals(first, last, session_end)
-            .with_lifecycle(self.lifecycle.as_ref())
+        Invocation::slices(
+            &self.keys,
+            session,
+            deliveries,
+            self.max_children,
+            self.max_events_per_step,
+        )
+        .into_iter()
+        .map(|invocation| {
+            invocation
+                .with_document_ttl(self.document_ttl_secs)
+                .with_arrivals(first, last, session_end)
+                .with_lifecycle(self.lifecycle.as_ref())
+        })
+        .collect()
     }
 
     fn arrivals(batch: &[Pulled], messages: &[usize]) -> Vec<u64> {
@@ -159,16 +174,18 @@ impl<S: Store> Applier<S> {
             }
         }
         let sessions: Vec<_> = batch::group(decoded).into_iter().collect();
-        let invocations: Vec<Invocation> = sessions
+        // Each session's invocations, in order; all go to Redis at once.
+        let per_session: Vec<Vec<Invocation>> = sessions
             .iter()
             .map(|(session, part)| {
-                self.invocation(
+                self.invocations(
                     session,
                     &part.deliveries,
                     &Self::arrivals(batch, &part.messages),
                 )
             })
             .collect();
+        let invocations: Vec<Invocation> = per_session.iter().flatten().cloned().collect();
 
         let mut result = BatchOutcome {
             outcomes,
@@ -181,34 +198,51 @@ impl<S: Store> Applier<S> {
             // Shutdown during an outage: everything decodable stays NotStored.
             return result;
         };
-        for (((session, part), applied), invocation) in
-            sessions.iter().zip(applied).zip(invocations)
-        {
-            match applied {
-                Applied::Stored(stored) => {
-                    tracing::debug!(session_id = %session, written = stored.written, revision = stored.revision, frames = part.messages.len(), "applied");
-                    for &index in &part.messages {
-                        result.outcomes[index] = Outcome::Stored;
-                    }
-                    result.stored_sessions.push(StoredSession {
-                        session: session.clone(),
-                        messages: part.messages.clone(),
-                        applies: vec![(invocation, stored)],
-                    });
-                }
+        let mut applied = applied.into_iter();
+        for ((session, part), slices) in sessions.iter().zip(per_session) {
+            // A session's slices are stored, late or refused alike (they share
+            // the batch's arrivals and bounds), except that a slice may be
+            // refused after others were stored: then its frames are isolated.
+            let answers: Vec<Applied> = applied.by_ref().take(slices.len()).collect();
+            let refused = answers.iter().find_map(|answer| match answer {
+                Applied::Refused(reason) => Some(reason.clone()),
+                _ => None,
+            });
+            let late = answers.iter().find_map(|answer| match answer {
+                Applied::Late(reason) => Some(reason.clone()),
+                _ => None,
+            });
+            if let Some(reason) = refused {
+                self.isolate_refusal(session, part, &reason, batch, &mut result, shutdown)
+                    .await;
+            } else if let Some(reason) = late {
                 // Every frame of the part arrived at or after its earliest,
                 // which is past the lateness already.
-                Applied::Late(reason) => {
-                    for &index in &part.messages {
-                        let stream_sequence = batch[index].metadata.map(|m| m.stream_sequence);
-                        tracing::info!(session_id = %session, stream_sequence, %reason, "frame for a closed session");
-                        result.outcomes[index] = Outcome::Late(reason.clone());
-                    }
+                for &index in &part.messages {
+                    let stream_sequence = batch[index].metadata.map(|m| m.stream_sequence);
+                    tracing::info!(session_id = %session, stream_sequence, %reason, "frame for a closed session");
+                    result.outcomes[index] = Outcome::Late(reason.clone());
                 }
-                Applied::Refused(reason) => {
-                    self.isolate_refusal(session, part, &reason, batch, &mut result, shutdown)
-                        .await;
+            } else {
+                let applies: Vec<(Invocation, crate::store::Stored)> = slices
+                    .into_iter()
+                    .zip(answers)
+                    .filter_map(|(invocation, answer)| match answer {
+                        Applied::Stored(stored) => Some((invocation, stored)),
+                        _ => None,
+                    })
+                    .collect();
+                let written: i64 = applies.iter().map(|(_, stored)| stored.written).sum();
+                let revision = applies.last().map(|(_, stored)| stored.revision);
+                tracing::debug!(session_id = %session, written, revision, frames = part.messages.len(), steps = applies.len(), "applied");
+                for &index in &part.messages {
+                    result.outcomes[index] = Outcome::Stored;
                 }
+                result.stored_sessions.push(StoredSession {
+                    session: session.clone(),
+                    messages: part.messages.clone(),
+                    applies,
+                });
             }
         }
         result
@@ -268,22 +302,33 @@ impl<S: Store> Applier<S> {
             if shutdown.is_cancelled() {
                 break;
             }
-            let invocation = self.invocation(
+            let slices = self.invocations(
                 session,
                 std::slice::from_ref(delivery),
                 &Self::arrivals(batch, &[index]),
             );
-            match self.store.apply(std::slice::from_ref(&invocation)).await {
-                Ok(mut applied) => match applied.pop() {
-                    Some(Applied::Stored(stored)) => {
+            match self.store.apply(&slices).await {
+                Ok(applied) => {
+                    if let Some(Applied::Refused(reason)) = applied
+                        .iter()
+                        .find(|answer| matches!(answer, Applied::Refused(_)))
+                    {
+                        refuse(result, index, reason.clone());
+                    } else if let Some(Applied::Late(reason)) = applied
+                        .iter()
+                        .find(|answer| matches!(answer, Applied::Late(_)))
+                    {
+                        result.outcomes[index] = Outcome::Late(reason.clone());
+                    } else {
                         result.outcomes[index] = Outcome::Stored;
-                        stored_applies.push((invocation, stored));
                         stored_messages.push(index);
+                        for (invocation, answer) in slices.into_iter().zip(applied) {
+                            if let Applied::Stored(stored) = answer {
+                                stored_applies.push((invocation, stored));
+                            }
+                        }
                     }
-                    Some(Applied::Refused(reason)) => refuse(result, index, reason),
-                    Some(Applied::Late(reason)) => result.outcomes[index] = Outcome::Late(reason),
-                    None => {}
-                },
+                }
                 // An outage: this frame and the rest stay NotStored.
                 Err(outage) => {
                     count_outage(&outage);
@@ -355,6 +400,7 @@ mod tests {
             subjects: Subjects::default(),
             keys: Keys::default(),
             max_children: 0,
+            max_events_per_step: 0,
             document_ttl_secs: 0,
             lifecycle: None,
         }
@@ -458,6 +504,49 @@ mod tests {
             .await;
         assert_eq!(outcome.outcomes, vec![Outcome::NotStored]);
         assert!(outcome.stored_sessions.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_large_part_goes_in_slices_whose_answers_are_told_apart_per_session() {
+        let five = r#"[{"type":"EVENT","timestamp":5},{"type":"EVENT","timestamp":4},{"type":"EVENT","timestamp":3},{"type":"EVENT","timestamp":2},{"type":"EVENT","timestamp":1}]"#;
+        let store = ScriptedStore::answering(vec![Ok(vec![
+            // a's three slices, b's one (late), c's two (the second refused).
+            Applied::Stored(Stored::default()),
+            Applied::Stored(Stored::default()),
+            Applied::Stored(Stored::default()),
+            Applied::Late("session_closed: past its lateness".to_owned()),
+            Applied::Stored(Stored::default()),
+            Applied::Refused("SESSIONFOLD_CORRUPT".to_owned()),
+        ])]);
+        let batch = [
+            pulled("a", 1, five),
+            pulled("b", 2, EVENT),
+            pulled(
+                "c",
+                3,
+                r#"[{"type":"EVENT","timestamp":1},{"type":"EVENT","timestamp":2},{"type":"EVENT","timestamp":3}]"#,
+            ),
+        ];
+        let mut applier = applier(store.clone());
+        applier.max_events_per_step = 2;
+        let outcome = applier
+            .apply(&batch, || async {}, &CancellationToken::new())
+            .await;
+        let calls = store.calls();
+        assert_eq!(calls[0].len(), 3 + 1 + 2, "slices of at most 2 EVENTs");
+        assert!(calls[0].iter().all(|slice| slice.children() <= 2));
+        assert_eq!(outcome.outcomes[0], Outcome::Stored);
+        assert_eq!(
+            outcome.outcomes[1],
+            Outcome::Late("session_closed: past its lateness".to_owned())
+        );
+        // c alone in its part: refused without isolating frames.
+        assert_eq!(
+            outcome.outcomes[2],
+            Outcome::Refused("SESSIONFOLD_CORRUPT".to_owned())
+        );
+        assert_eq!(outcome.stored_sessions.len(), 1);
+        assert_eq!(outcome.stored_sessions[0].applies.len(), 3);
     }
 
     #[tokio::test]

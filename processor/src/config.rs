@@ -65,6 +65,11 @@ impl SinkSettings {
     }
 }
 
+/// Most EVENTs of one apply step by default: a tenth of them out of order
+/// into a session of 100 000 children keeps a step near 3 ms (BENCHMARKS.md,
+/// "Longest apply step"); `JSON.ARRINSERT` moves the whole array.
+pub const DEFAULT_MAX_EVENTS_PER_STEP: usize = 50;
+
 /// When sessions close by themselves, and what becomes of frames that come
 /// after (docs/design.md "Session lifecycle"). Times are arrivals at ingest:
 /// JetStream timestamps, not the events' own.
@@ -174,6 +179,11 @@ pub struct WorkerSettings {
     /// Most children one session may hold; 0 for no limit. Past it the frame goes to the dead-letter stream.
     #[arg(long, env = "MAX_CHILDREN_PER_SESSION", default_value_t = 0)]
     pub max_children_per_session: u64,
+    /// Most EVENTs one apply step (one script call) takes; a session's part
+    /// of a batch with more is applied in slices, so that no call holds
+    /// Redis for long. 0: no slices.
+    #[arg(long, env = "MAX_EVENTS_PER_STEP", default_value_t = DEFAULT_MAX_EVENTS_PER_STEP)]
+    pub max_events_per_step: usize,
     /// Idle heartbeat of the pull subscription, in milliseconds; three missed in a row re-create the consumer.
     #[arg(long, env = "PULL_HEARTBEAT_MS", default_value_t = 5000)]
     pub pull_heartbeat_ms: u64,

@@ -162,6 +162,19 @@ fn summary_input<'a>(session_id: &str, names: impl Iterator<Item = Option<&'a st
     input
 }
 
+/// A child with its event name, for the summary.
+type NamedChild = (Child, Option<String>);
+
+/// Children in the order the apply step takes them: by timestamp, then by
+/// position in the stream.
+fn sort_children(children: &mut [NamedChild]) {
+    children.sort_by(|(a, _), (b, _)| {
+        a.timestamp
+            .total_cmp(&b.timestamp)
+            .then_with(|| (a.stream_sequence, a.index).cmp(&(b.stream_sequence, b.index)))
+    });
+}
+
 impl Invocation {
     /// Builds the script arguments for `deliveries` of `session`, without a
     /// document TTL (see [`Invocation::with_document_ttl`]). Children go in
@@ -173,6 +186,86 @@ impl Invocation {
         deliveries: &[Delivery],
         max_children: u64,
     ) -> Self {
+        let (start, end, children) = Self::children_of(deliveries);
+        Self::assemble(
+            keys.session(session),
+            empty_document(session.as_str()).to_string(),
+            Some(session.as_str()),
+            start,
+            end,
+            children,
+            max_children,
+        )
+    }
+
+    /// The invocations of `deliveries` in slices of at most `max_events`
+    /// EVENTs each (0: one invocation), so that no single step holds Redis
+    /// for long (docs/design.md §9, "Slices"). Frames stay whole when a
+    /// children limit is set (the frame that would pass it is refused
+    /// whole); otherwise a frame larger than a slice is cut too. Each slice
+    /// carries the batch's bounds; the slices' children, in (timestamp,
+    /// position) order, are consecutive runs of the batch's.
+    pub fn slices(
+        keys: &Keys,
+        session: &SessionId,
+        deliveries: &[Delivery],
+        max_children: u64,
+        max_events: usize,
+    ) -> Vec<Self> {
+        let events = |delivery: &Delivery| {
+            delivery
+                .events
+                .iter()
+                .filter(|event| event.kind == EventKind::Event)
+                .count()
+        };
+        let total: usize = deliveries.iter().map(events).sum();
+        if max_events == 0 || total <= max_events {
+            return vec![Self::new(keys, session, deliveries, max_children)];
+        }
+        let (start, end, _) = Self::children_of(deliveries);
+        let build = |children: Vec<NamedChild>| {
+            Self::assemble(
+                keys.session(session),
+                empty_document(session.as_str()).to_string(),
+                Some(session.as_str()),
+                start,
+                end,
+                children,
+                max_children,
+            )
+        };
+        let mut groups: Vec<&[Delivery]> = Vec::new();
+        let mut from = 0;
+        let mut in_group = 0;
+        for (at, delivery) in deliveries.iter().enumerate() {
+            let count = events(delivery);
+            if at > from && in_group + count > max_events {
+                groups.push(&deliveries[from..at]);
+                from = at;
+                in_group = 0;
+            }
+            in_group += count;
+        }
+        groups.push(&deliveries[from..]);
+        let mut slices = Vec::new();
+        for group in groups {
+            let (_, _, mut children) = Self::children_of(group);
+            if max_children > 0 || children.len() <= max_events {
+                slices.push(build(children));
+                continue;
+            }
+            sort_children(&mut children);
+            while !children.is_empty() {
+                let rest = children.split_off(children.len().min(max_events));
+                slices.push(build(std::mem::replace(&mut children, rest)));
+            }
+        }
+        slices
+    }
+
+    /// The batch's bounds and its EVENTs as children, each with its name.
+    fn children_of(deliveries: &[Delivery]) -> (Option<f64>, Option<f64>, Vec<NamedChild>) {
         let mut start: Option<f64> = None;
         let mut end: Option<f64> = None;
         let mut children = Vec::new();
@@ -205,15 +298,7 @@ impl Invocation {
                 }
             }
         }
-        Self::assemble(
-            keys.session(session),
-            empty_document(session.as_str()).to_string(),
-            Some(session.as_str()),
-            start,
-            end,
-            children.into_iter().zip(names).collect(),
-            max_children,
-        )
+        (start, end, children.into_iter().zip(names).collect())
     }
 
     /// The invocation of explicit `children` (sorted here) and bounds.
@@ -276,14 +361,10 @@ impl Invocation {
         session_id: Option<&str>,
         start: Option<f64>,
         end: Option<f64>,
-        mut children: Vec<(Child, Option<String>)>,
+        mut children: Vec<NamedChild>,
         max_children: u64,
     ) -> Self {
-        children.sort_by(|(a, _), (b, _)| {
-            a.timestamp
-                .total_cmp(&b.timestamp)
-                .then_with(|| (a.stream_sequence, a.index).cmp(&(b.stream_sequence, b.index)))
-        });
+        sort_children(&mut children);
         let bound = |value: Option<f64>| {
             value.map_or(Vec::new(), |t| {
                 normalized_number(t).to_string().into_bytes()
@@ -552,7 +633,7 @@ impl Stored {
 }
 
 /// The fate of one invocation.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Applied {
     /// Stored.
     Stored(Stored),

@@ -303,3 +303,90 @@ async fn large_mixed_batches_store_the_reference_document() {
         );
     }
 }
+
+#[test]
+fn any_delivery_schedule_applied_in_slices_stores_the_reference_document() {
+    init_test_tracing();
+    let redis = RedisServer::start().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = runtime
+        .block_on(RedisStore::connect(&RedisSettings::local(redis.url())))
+        .unwrap();
+    let session = SessionId::parse("s").unwrap();
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(64));
+    runner
+        .run(&any_schedule(), |(stream, schedule)| {
+            let names = names();
+            let store = store.clone();
+            runtime.block_on(async {
+                for batch in schedule.chunks(3) {
+                    let deliveries: Vec<Delivery> =
+                        batch.iter().map(|&i| stream[i].clone()).collect();
+                    // Slices of 2 EVENTs: frames are cut too.
+                    let slices = Invocation::slices(&names, &session, &deliveries, 0, 2);
+                    let applied = store.apply(&slices).await.unwrap();
+                    assert!(
+                        applied.iter().all(|a| matches!(a, Applied::Stored(_))),
+                        "{applied:?}"
+                    );
+                }
+                let expected = serde_json::to_string(&fold("s", &stream)).unwrap();
+                let stored = stored_document(&redis.url(), &names.session(&session).doc).await;
+                if !stream.is_empty() {
+                    assert_eq!(stored.as_deref(), Some(expected.as_str()));
+                    let keys = names.session(&session);
+                    support::check_state(&redis.url(), &keys.state, &keys.doc).await;
+                }
+            });
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_large_out_of_order_frame_goes_in_bounded_slices_and_stores_the_reference_document() {
+    init_test_tracing();
+    let redis = RedisServer::start().unwrap();
+    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
+        .await
+        .unwrap();
+    let session = SessionId::parse("big frame").unwrap();
+    let names = names();
+    // 5 000 events in a scrambled timestamp order, some repeated, after a
+    // first frame of 2 000 in order.
+    let in_order: Vec<String> = (0..2_000)
+        .map(|t| format!(r#"{{"type":"EVENT","timestamp":{t},"name":"a"}}"#))
+        .collect();
+    let scrambled: Vec<String> = (0..5_000u64)
+        .map(|i| {
+            let t = (i * 7_919) % 4_000;
+            format!(
+                r#"{{"type":"EVENT","timestamp":{t},"name":"b","id":"x{}"}}"#,
+                i % 4_500
+            )
+        })
+        .collect();
+    let frames = [
+        frame(&session, 1, &format!("[{}]", in_order.join(","))),
+        frame(&session, 2, &format!("[{}]", scrambled.join(","))),
+    ];
+    let slices = Invocation::slices(&names, &session, &frames, 0, 1_000);
+    assert_eq!(
+        slices.len(),
+        2 + 5,
+        "two slices of the first frame, five of the second"
+    );
+    assert!(slices.iter().all(|slice| slice.children() <= 1_000));
+    let applied = store.apply(&slices).await.unwrap();
+    assert!(applied.iter().all(|a| matches!(a, Applied::Stored(_))));
+    let expected = serde_json::to_string(&fold(session.as_str(), &frames)).unwrap();
+    let keys = names.session(&session);
+    assert_eq!(
+        stored_document(&redis.url(), &keys.doc).await.as_deref(),
+        Some(expected.as_str())
+    );
+    support::check_state(&redis.url(), &keys.state, &keys.doc).await;
+    // With a children limit, frames stay whole.
+    let whole = Invocation::slices(&names, &session, &frames, 100_000, 1_000);
+    assert_eq!(whole.len(), 2);
+}
