@@ -21,6 +21,8 @@
 //!   HTTP client it reads with.
 //! - [`growth`]: apply cost per event by session size; ingest memory with
 //!   idle connections.
+//! - [`live`]: SSE bytes per applied event to a watcher of a large
+//!   session; the latency `min_seq` adds to a read after the frame's ack.
 //! - [`stats`]: percentiles; [`report`]: the table and BENCHMARKS.md.
 
 pub mod e2e;
@@ -28,6 +30,7 @@ pub mod freshness;
 pub mod growth;
 pub mod http;
 pub mod lifecycle;
+pub mod live;
 pub mod raw;
 pub mod read;
 pub mod report;

@@ -23,11 +23,12 @@ struct Args {
     /// `REDIS_DURABILITY`), lifecycle (end to end with `SESSION_LIFECYCLE`
     /// on and off; timer lag of `--lifecycle-sessions` closing at once), read, growth, idle, servers (JetStream
     /// `sync_interval` always vs 2m; the apply step on redis-server 7.0 vs
-    /// Valkey, with and without the query engine).
+    /// Valkey, with and without the query engine), live (SSE bytes per
+    /// applied event to a watcher of a large session; `min_seq` latency).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "raw,storage,e2e,fresh,durability,lifecycle,read,growth,idle,servers"
+        default_value = "raw,storage,e2e,fresh,durability,lifecycle,read,growth,idle,servers,live"
     )]
     only: Vec<String>,
     /// WebSocket producers (one session each at a time) of the throughput runs.
@@ -81,6 +82,12 @@ struct Args {
     /// Sessions closing at once in the timer-lag run.
     #[arg(long, default_value_t = 10_000)]
     lifecycle_sessions: usize,
+    /// Children of the session whose live stream is measured.
+    #[arg(long, default_value_t = 100_000)]
+    live_children: usize,
+    /// Events applied one at a time to it (and frames of the `min_seq` run).
+    #[arg(long, default_value_t = 200)]
+    live_events: usize,
     /// Idle WebSocket connections of the memory run.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
@@ -121,6 +128,8 @@ impl Args {
             self.growth_events = self.growth_events.min(500);
             self.idle_connections = self.idle_connections.min(500);
             self.lifecycle_sessions = self.lifecycle_sessions.min(500);
+            self.live_children = self.live_children.min(2000);
+            self.live_events = self.live_events.min(20);
         }
     }
 }
@@ -192,6 +201,93 @@ async fn lifecycle_rows(
     json.insert(
         "lifecycle".into(),
         serde_json::json!({"events_per_sec_on": rates[&true], "events_per_sec_off": rates[&false], "timer_lag": lag}),
+    );
+    Ok(())
+}
+
+/// Live streams: SSE bytes per applied event to one watcher of a large
+/// session, against the event's own bytes and the whole document the stream
+/// pushed per apply before deltas; the latency `min_seq` adds after an ack.
+async fn live_rows(
+    args: &Args,
+    servers: &Servers,
+    rows: &mut Vec<Row>,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+    clock: Instant,
+) -> anyhow::Result<()> {
+    use sessionfold_bench::live;
+    let sse = live::sse_bytes(servers, args.live_children, args.live_events).await?;
+    step(
+        &format!(
+            "live: {:.0} B pushed per applied event of {:.0} B ({} deltas, {} documents after the first)",
+            sse.pushed_bytes_per_event, sse.event_bytes, sse.deltas, sse.documents_after_start
+        ),
+        clock,
+    );
+    let ratio = sse.pushed_bytes_per_event / sse.event_bytes;
+    rows.push(Row {
+        item: 7,
+        measure: format!(
+            "SSE bytes pushed per applied event to one watcher of a {}-child session ({} events applied one at a time, a quarter out of order)",
+            count(sse.children as f64),
+            sse.events
+        ),
+        result: format!(
+            "{:.0} B per event of {:.0} B ({} `delta`s, {} `document`s after the first)",
+            sse.pushed_bytes_per_event, sse.event_bytes, sse.deltas, sse.documents_after_start
+        ),
+        against: "the event's own bytes".to_owned(),
+        ratio: format!("{ratio:.2}×"),
+        target: "< 2×".to_owned(),
+        status: Status::of(ratio < 2.0),
+    });
+    rows.push(Row {
+        item: 7,
+        measure: "The same, as the stream was before deltas: the whole document after every apply"
+            .to_owned(),
+        result: format!(
+            "{} B per event (the `document` event of this run, {} B of document)",
+            count(sse.document_event_bytes as f64),
+            count(sse.document_bytes as f64)
+        ),
+        against: "deltas".to_owned(),
+        ratio: format!(
+            "{}×",
+            count(sse.document_event_bytes as f64 / sse.pushed_bytes_per_event)
+        ),
+        target: String::new(),
+        status: Status::Info,
+    });
+    raw::settle().await;
+    let latency = live::min_seq_latency(servers, args.live_events, 1).await?;
+    step(
+        &format!(
+            "min_seq: p50 {:.1} ms after the ack (plain read {:.1} ms, {} of {} without their frame)",
+            latency.min_seq_p50_ms, latency.plain_p50_ms, latency.plain_missed, latency.frames
+        ),
+        clock,
+    );
+    rows.push(Row {
+        item: 7,
+        measure: format!(
+            "`GET /data?min_seq=<seq>` from the accepted reply to the answer ({} frames one at a time, {} processor)",
+            latency.frames, latency.processors
+        ),
+        result: format!(
+            "p50 {:.1} / p99 {:.1} ms, every answer with its frame",
+            latency.min_seq_p50_ms, latency.min_seq_p99_ms
+        ),
+        against: format!(
+            "plain `GET /data` at the same moment: p50 {:.1} / p99 {:.1} ms, {} of {} without the frame",
+            latency.plain_p50_ms, latency.plain_p99_ms, latency.plain_missed, latency.frames
+        ),
+        ratio: format!("+{:.1} ms", latency.min_seq_p50_ms - latency.plain_p50_ms),
+        target: String::new(),
+        status: Status::Info,
+    });
+    json.insert(
+        "live".into(),
+        serde_json::json!({"sse": sse, "min_seq": latency}),
     );
     Ok(())
 }
@@ -809,6 +905,11 @@ async fn main() -> anyhow::Result<()> {
             rows.push(row);
         }
         json.insert("apply_cost".into(), serde_json::to_value(&costs)?);
+        raw::settle().await;
+    }
+
+    if args.wants("live") {
+        live_rows(&args, &servers, &mut rows, &mut json, clock).await?;
         raw::settle().await;
     }
 

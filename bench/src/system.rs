@@ -247,6 +247,23 @@ impl Servers {
         Ok(api)
     }
 
+    /// `sessionfold api` with live streams and `min_seq` reads: NATS, the
+    /// run's stream and consumer (update notes on the default prefix, as
+    /// [`Servers::start_processors`] sends them).
+    pub async fn start_live_api(&self, names: &RunNames) -> anyhow::Result<ServiceProcess> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut env = vec![
+            ("API_LISTEN", addr.to_string()),
+            ("REDIS_URL", self.redis_url()),
+            ("NATS_URL", self.nats_url()),
+        ];
+        env.extend(names.stream_env());
+        env.extend(names.processor_env());
+        let mut api = self.launcher.spawn("api", "api", addr, &env)?;
+        api.wait_ready(READY_TIMEOUT).await?;
+        Ok(api)
+    }
+
     /// How far the processors of run `names` are, asked often enough to
     /// time the end of a run to about 10 ms.
     pub async fn probe(&self, names: &RunNames) -> anyhow::Result<JetStreamProbe> {
