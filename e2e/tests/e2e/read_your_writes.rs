@@ -1,6 +1,7 @@
 //! Read your writes: `GET /data?min_seq=S&wait_ms=T` answers only once the
 //! frame accepted with `seq` S is in the document, with two processors
-//! sharing the consumer; past `wait_ms` it answers 503 `not_yet_applied`.
+//! sharing the consumer; past `wait_ms` it answers 503 `not_yet_applied`;
+//! a dead-lettered frame counts as settled.
 
 use std::time::{Duration, Instant};
 
@@ -187,4 +188,23 @@ async fn min_seq_input_is_checked_and_waiters_are_capped() {
     let (status, _, body) = holder.await.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"]["code"], "not_yet_applied");
+}
+
+#[tokio::test]
+async fn a_dead_lettered_frame_counts_as_settled() {
+    let app = spawn_split_app().await;
+    let _processor =
+        app.start_processor_with(&[("MAX_CHILDREN_PER_SESSION", "1"), ("MAX_ATTEMPTS", "1")]);
+    let mut producer = app.connect("dead").await;
+    producer
+        .send_accepted(r#"[{"type":"EVENT","timestamp":1,"name":"kept"}]"#)
+        .await;
+    // One child too many: refused by the apply step and dead-lettered.
+    let reply = producer
+        .send_and_reply(r#"[{"type":"EVENT","timestamp":2,"name":"refused"}]"#)
+        .await;
+    let seq = reply.seq().unwrap();
+    let (status, _, body) = read_after(&app, "dead", &seq.to_string(), "10000").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(names(&body), ["kept"], "the document never holds it");
 }
