@@ -311,6 +311,14 @@ async fn storage_rows(
     let first =
         storage::apply_cpu(servers, workload, args.apply_batch_frames, Layout::First).await?;
     raw::settle().await;
+    let unsummarized = storage::apply_cpu(
+        servers,
+        workload,
+        args.apply_batch_frames,
+        Layout::CurrentWithoutSummaries,
+    )
+    .await?;
+    raw::settle().await;
     step(
         &format!(
             "Redis CPU per event: floor {:.2} µs, apply step {:.2} µs, first layout {:.2} µs",
@@ -337,6 +345,10 @@ async fn storage_rows(
     ));
     for (name, cost) in [
         ("apply step", &current),
+        (
+            "apply step without summaries (`SESSION_SUMMARIES=false`)",
+            &unsummarized,
+        ),
         ("first layout's apply step (baseline)", &first),
     ] {
         let ratio = cost.cpu_us_per_event() / floor.cpu_us_per_event();

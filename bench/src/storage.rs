@@ -56,6 +56,8 @@ impl RedisCost {
 pub enum Layout {
     /// The current step (`apply.lua`).
     Current,
+    /// The current step keeping no session summaries.
+    CurrentWithoutSummaries,
     /// The first layout's step (`apply_v1.lua`), the baseline.
     First,
 }
@@ -193,7 +195,7 @@ pub async fn apply_cpu(
         .query_async::<()>(&mut redis)
         .await?;
     let (seconds, cpu_seconds) = match layout {
-        Layout::Current => {
+        Layout::Current | Layout::CurrentWithoutSummaries => {
             let store = RedisStore::connect(&settings).await?;
             let invocations: Vec<Vec<Invocation>> = batches
                 .iter()
@@ -201,7 +203,12 @@ pub async fn apply_cpu(
                     batch
                         .iter()
                         .map(|(session, deliveries)| {
-                            Invocation::new(&run_keys, session, deliveries, 0)
+                            let invocation = Invocation::new(&run_keys, session, deliveries, 0);
+                            if layout == Layout::CurrentWithoutSummaries {
+                                invocation.without_summary()
+                            } else {
+                                invocation
+                            }
                         })
                         .collect()
                 })
@@ -408,7 +415,7 @@ pub async fn storage(servers: &Servers, sizes: &[usize]) -> anyhow::Result<Vec<S
             }
             let keys = run_keys.session(&session);
             let bookkeeping_keys: Vec<(&str, String)> = match layout {
-                Layout::Current => {
+                Layout::Current | Layout::CurrentWithoutSummaries => {
                     let store = RedisStore::connect(&settings).await?;
                     for delivery in &deliveries {
                         store
@@ -471,7 +478,7 @@ pub async fn storage(servers: &Servers, sizes: &[usize]) -> anyhow::Result<Vec<S
             };
             results.push(Storage {
                 layout: match layout {
-                    Layout::Current => "current",
+                    Layout::Current | Layout::CurrentWithoutSummaries => "current",
                     Layout::First => "first",
                 },
                 children,

@@ -85,6 +85,9 @@ pub struct Applier<S> {
     /// Most EVENTs one apply step takes (0: a session's part of a batch in
     /// one step): a larger part is applied in slices.
     pub max_events_per_step: usize,
+    /// Whether the apply step keeps the sessions' summaries (for
+    /// `GET /sessions`).
+    pub summaries: bool,
     pub document_ttl_secs: u64,
     /// When sessions close by themselves and how long after a closed one
     /// still takes frames (`None`: never, and always).
@@ -122,6 +125,11 @@ impl<S: Store> Applier<S> {
         )
         .into_iter()
         .map(|invocation| {
+            let invocation = if self.summaries {
+                invocation
+            } else {
+                invocation.without_summary()
+            };
             invocation
                 .with_document_ttl(self.document_ttl_secs)
                 .with_arrivals(first, last, session_end)
@@ -401,6 +409,7 @@ mod tests {
             keys: Keys::default(),
             max_children: 0,
             max_events_per_step: 0,
+            summaries: true,
             document_ttl_secs: 0,
             lifecycle: None,
         }

@@ -184,6 +184,11 @@ pub struct WorkerSettings {
     /// Redis for long. 0: no slices.
     #[arg(long, env = "MAX_EVENTS_PER_STEP", default_value_t = DEFAULT_MAX_EVENTS_PER_STEP)]
     pub max_events_per_step: usize,
+    /// Whether the apply step keeps each session's summary, which `GET
+    /// /sessions` searches (`false` saves its upkeep where nothing queries
+    /// sessions; summaries written before then stay as they were).
+    #[arg(long, env = "SESSION_SUMMARIES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub session_summaries: bool,
     /// Idle heartbeat of the pull subscription, in milliseconds; three missed in a row re-create the consumer.
     #[arg(long, env = "PULL_HEARTBEAT_MS", default_value_t = 5000)]
     pub pull_heartbeat_ms: u64,

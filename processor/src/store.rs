@@ -447,6 +447,13 @@ impl Invocation {
         self
     }
 
+    /// Keeps no summary for this step (`SESSION_SUMMARIES=false`): a summary
+    /// written before stays as it was.
+    pub fn without_summary(mut self) -> Self {
+        self.args[SUMMARY_ARG] = Vec::new();
+        self
+    }
+
     /// Marks the invocation as the migration of a layout-1 session.
     pub fn migrating(mut self) -> Self {
         self.args[MODE_ARG] = b"migrate".to_vec();

@@ -74,6 +74,7 @@ impl Processor {
             keys: config.keys(),
             max_children: config.worker.max_children_per_session,
             max_events_per_step: config.worker.max_events_per_step,
+            summaries: config.worker.session_summaries,
             document_ttl_secs: config.worker.document_ttl_secs,
             lifecycle: config.lifecycle.spec(),
         };

@@ -396,3 +396,48 @@ async fn a_session_of_many_distinct_names_counts_a_bounded_set_and_lists_the_sam
         assert_eq!(members, MAX_COUNTED_NAMES, "order {order:?}");
     }
 }
+
+#[tokio::test]
+async fn a_step_without_summaries_keeps_none_and_leaves_an_older_one_as_it_was() {
+    init_test_tracing();
+    let redis = RedisServer::start().unwrap();
+    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
+        .await
+        .unwrap();
+    let keys = names();
+    let session = SessionId::parse("quiet").unwrap();
+    let first = frame(
+        &session,
+        1,
+        r#"[{"type":"EVENT","timestamp":1,"name":"a"}]"#,
+    );
+    let second = frame(
+        &session,
+        2,
+        r#"[{"type":"EVENT","timestamp":2,"name":"b"}]"#,
+    );
+    let summary_key = keys.session(&session).summary;
+    store
+        .apply(&[invocation(&keys, &session, std::slice::from_ref(&first)).without_summary()])
+        .await
+        .unwrap();
+    assert_eq!(stored(&redis.url(), &summary_key).await, None);
+    store
+        .apply(&[invocation(&keys, &session, std::slice::from_ref(&second))])
+        .await
+        .unwrap();
+    let kept = stored(&redis.url(), &summary_key).await.unwrap();
+    // Written after a step that kept none: its older names are unknown.
+    assert_eq!(kept["children"], 2);
+    assert_eq!(kept["names_capped"], true);
+    let third = frame(
+        &session,
+        3,
+        r#"[{"type":"EVENT","timestamp":3,"name":"c"}]"#,
+    );
+    store
+        .apply(&[invocation(&keys, &session, std::slice::from_ref(&third)).without_summary()])
+        .await
+        .unwrap();
+    assert_eq!(stored(&redis.url(), &summary_key).await.unwrap(), kept);
+}
