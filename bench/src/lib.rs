@@ -23,6 +23,8 @@
 //!   idle connections.
 //! - [`live`]: SSE bytes per applied event to a watcher of a large
 //!   session; the latency `min_seq` adds to a read after the frame's ack.
+//! - [`query`]: `GET /sessions` over many sessions, `GET /data/children` of
+//!   a large session against `GET /data`.
 //! - [`stats`]: percentiles; [`report`]: the table and BENCHMARKS.md.
 
 pub mod e2e;
@@ -31,6 +33,7 @@ pub mod growth;
 pub mod http;
 pub mod lifecycle;
 pub mod live;
+pub mod query;
 pub mod raw;
 pub mod read;
 pub mod report;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Parser;
 use sessionfold_bench::report::{self, Machine, Row, Status};
 use sessionfold_bench::stats::{count, ms};
@@ -24,11 +25,14 @@ struct Args {
     /// on and off; timer lag of `--lifecycle-sessions` closing at once), read, growth, idle, servers (JetStream
     /// `sync_interval` always vs 2m; the apply step on redis-server 7.0 vs
     /// Valkey, with and without the query engine), live (SSE bytes per
-    /// applied event to a watcher of a large session; `min_seq` latency).
+    /// applied event to a watcher of a large session; `min_seq` latency),
+    /// queries (`GET /sessions` over `--query-sessions`; `GET
+    /// /data/children` of a session of `--query-children` against its `GET
+    /// /data`).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "raw,storage,e2e,fresh,durability,lifecycle,read,growth,idle,servers,live"
+        default_value = "raw,storage,e2e,fresh,durability,lifecycle,read,growth,idle,servers,live,queries"
     )]
     only: Vec<String>,
     /// WebSocket producers (one session each at a time) of the throughput runs.
@@ -88,6 +92,15 @@ struct Args {
     /// Events applied one at a time to it (and frames of the `min_seq` run).
     #[arg(long, default_value_t = 200)]
     live_events: usize,
+    /// Sessions the `GET /sessions` latencies are measured over.
+    #[arg(long, default_value_t = 100_000)]
+    query_sessions: usize,
+    /// Children of the session whose pages are measured.
+    #[arg(long, default_value_t = 100_000)]
+    query_children: usize,
+    /// Requests timed per query and page.
+    #[arg(long, default_value_t = 200)]
+    query_requests: usize,
     /// Idle WebSocket connections of the memory run.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
@@ -130,6 +143,9 @@ impl Args {
             self.lifecycle_sessions = self.lifecycle_sessions.min(500);
             self.live_children = self.live_children.min(2000);
             self.live_events = self.live_events.min(20);
+            self.query_sessions = self.query_sessions.min(2_000);
+            self.query_children = self.query_children.min(5_000);
+            self.query_requests = self.query_requests.min(20);
         }
     }
 }
@@ -534,6 +550,77 @@ async fn durability_rows(
     Ok(())
 }
 
+/// `GET /sessions` latencies over many sessions; pages of a large session
+/// against `GET /data` of it.
+async fn query_rows(
+    args: &Args,
+    servers: &Servers,
+    rows: &mut Vec<Row>,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+    clock: Instant,
+) -> anyhow::Result<()> {
+    let queries = sessionfold_bench::query::run(
+        servers,
+        args.query_sessions,
+        args.query_children,
+        args.query_requests,
+    )
+    .await?;
+    let latency = |l: &sessionfold_bench::query::Latency| {
+        format!(
+            "p50 {:.2} / p99 {:.2} ms ({} B)",
+            l.p50_ms, l.p99_ms, l.bytes
+        )
+    };
+    for listing in &queries.listing {
+        step(
+            &format!(
+                "GET /sessions, {}: p99 {:.2} ms",
+                listing.what, listing.p99_ms
+            ),
+            clock,
+        );
+        rows.push(Row::info(
+            4,
+            format!(
+                "`GET /sessions` over {} sessions: {}",
+                count(queries.sessions as f64),
+                listing.what
+            ),
+            latency(listing),
+        ));
+    }
+    let whole = queries.pages.first().context("no GET /data timing")?;
+    for page in &queries.pages[1..] {
+        step(
+            &format!(
+                "GET /data/children, {}: p99 {:.2} ms",
+                page.what, page.p99_ms
+            ),
+            clock,
+        );
+        rows.push(Row {
+            item: 4,
+            measure: format!(
+                "`GET /data/children` of a session of {} children: {}",
+                count(queries.children as f64),
+                page.what
+            ),
+            result: latency(page),
+            against: format!(
+                "`GET /data` of it ({} B): {}",
+                queries.document_bytes,
+                latency(whole)
+            ),
+            ratio: percent(page.p50_ms, whole.p50_ms),
+            target: String::new(),
+            status: Status::Info,
+        });
+    }
+    json.insert("queries".into(), serde_json::to_value(&queries)?);
+    Ok(())
+}
+
 /// Prints a line as soon as a step is done, so a long run shows progress.
 fn step(what: &str, started: Instant) {
     eprintln!("bench: [{:>5.1} s] {what}", started.elapsed().as_secs_f64());
@@ -663,6 +750,11 @@ async fn main() -> anyhow::Result<()> {
 
     if args.wants("lifecycle") {
         lifecycle_rows(&args, &servers, &workload, &mut rows, &mut json, clock).await?;
+    }
+
+    if args.wants("queries") {
+        query_rows(&args, &servers, &mut rows, &mut json, clock).await?;
+        raw::settle().await;
     }
 
     if args.wants("servers") {
