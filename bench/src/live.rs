@@ -4,7 +4,8 @@
 //!   published straight to JetStream, one processor), one watcher of
 //!   `GET /data/stream`; then events applied one at a time (each frame
 //!   published once the watcher has the one before), and the bytes the
-//!   watcher received for them, against the events' own bytes. Before
+//!   watcher received for them, against the events' own bytes (the api
+//!   serves documents up to 64 MiB whole here: the session is ~12 MB). Before
 //!   deltas the stream pushed the whole document after every apply: that
 //!   cost is the `document` event's size, measured in the same run.
 //! - **`min_seq` latency**: frames sent through ingest one at a time; from
@@ -95,7 +96,14 @@ pub async fn sse_bytes(
 ) -> anyhow::Result<SseBytes> {
     let names = unique_names();
     let processors = servers.start_processors(&names, 1).await?;
-    let api = servers.start_live_api(&names).await?;
+    // 100 000 children of this size are ~12 MB, over the default 8 MiB a
+    // document is served whole.
+    let api = servers
+        .start_live_api(
+            &names,
+            &[("API_MAX_DOCUMENT_BYTES", (64u64 << 20).to_string())],
+        )
+        .await?;
     let js = servers.jetstream().await?;
     let subjects = run_subjects(&names);
     let session = SessionId::parse("live-bytes")?;
@@ -220,7 +228,7 @@ pub async fn min_seq_latency(
     let names = unique_names();
     let running = servers.start_processors(&names, processors).await?;
     let ingest = servers.start_ingest(&names).await?;
-    let api = servers.start_live_api(&names).await?;
+    let api = servers.start_live_api(&names, &[]).await?;
     let producer = Producer::new(ProducerConfig::new(&format!(
         "ws://{}/websocket",
         ingest.addr()

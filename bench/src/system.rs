@@ -250,7 +250,11 @@ impl Servers {
     /// `sessionfold api` with live streams and `min_seq` reads: NATS, the
     /// run's stream and consumer (update notes on the default prefix, as
     /// [`Servers::start_processors`] sends them).
-    pub async fn start_live_api(&self, names: &RunNames) -> anyhow::Result<ServiceProcess> {
+    pub async fn start_live_api(
+        &self,
+        names: &RunNames,
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<ServiceProcess> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut env = vec![
             ("API_LISTEN", addr.to_string()),
@@ -259,6 +263,7 @@ impl Servers {
         ];
         env.extend(names.stream_env());
         env.extend(names.processor_env());
+        env.extend(extra.iter().cloned());
         let mut api = self.launcher.spawn("api", "api", addr, &env)?;
         api.wait_ready(READY_TIMEOUT).await?;
         Ok(api)
