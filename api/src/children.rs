@@ -16,13 +16,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::error::ApiError;
+use crate::server::Shared;
+use crate::sessions::{invalid, number, param};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use sessionfold_core::session::query_value;
-
-use crate::error::ApiError;
-use crate::server::Shared;
 
 /// Settings of `GET /data/children`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -105,24 +104,6 @@ pub struct PageQuery {
     pub limit: u32,
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::InvalidQuery(message.into())
-}
-
-fn param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
-    query_value(query, name).map_err(|err| invalid(format!("{name}: {err}")))
-}
-
-fn timestamp(query: &str, name: &str) -> Result<Option<f64>, ApiError> {
-    match param(query, name)? {
-        None => Ok(None),
-        Some(text) => match text.parse::<f64>() {
-            Ok(value) if value.is_finite() => Ok(Some(value)),
-            _ => Err(invalid(format!("{name} must be a finite number"))),
-        },
-    }
-}
-
 impl PageQuery {
     pub fn parse(query: Option<&str>, max_page: u32) -> Result<Self, ApiError> {
         let query = query.unwrap_or("");
@@ -132,8 +113,8 @@ impl PageQuery {
                 invalid("from must be a non-negative integer (a position in children)")
             })?),
         };
-        let since = timestamp(query, "since")?;
-        let until = timestamp(query, "until")?;
+        let since = number(query, "since")?;
+        let until = number(query, "until")?;
         // `since` after `until` is an empty range, not an error.
         let range = match (since, until) {
             (None, None) => Range::Position {

@@ -107,15 +107,18 @@ pub struct SessionQuery {
     pub impossible: bool,
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
+/// A 400 `invalid_query` saying what is wrong.
+pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::InvalidQuery(message.into())
 }
 
-fn param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
+/// The query parameter `name`, decoded strictly, given at most once.
+pub(crate) fn param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
     query_value(query, name).map_err(|err| invalid(format!("{name}: {err}")))
 }
 
-fn number(query: &str, name: &str) -> Result<Option<f64>, ApiError> {
+/// The query parameter `name` as a finite number.
+pub(crate) fn number(query: &str, name: &str) -> Result<Option<f64>, ApiError> {
     let Some(text) = param(query, name)? else {
         return Ok(None);
     };

@@ -411,6 +411,21 @@ mod tests {
     }
 
     #[test]
+    fn only_an_api_key_lists_every_session() {
+        let auth = authenticator();
+        assert_eq!(auth.authorize_all(Some("key-1")), Ok(Grant::UNLIMITED));
+        assert_eq!(auth.authorize_all(None), Err(AuthError::Missing));
+        assert_eq!(auth.authorize_all(Some("key-2")), Err(AuthError::Invalid));
+        let everything = token("", true, Scope::Read, now() + 60);
+        assert_eq!(
+            auth.authorize_all(Some(&everything)),
+            Err(AuthError::Forbidden)
+        );
+        let open = Authenticator::new(&AuthSettings::default());
+        assert_eq!(open.authorize_all(None), Ok(Grant::UNLIMITED));
+    }
+
+    #[test]
     fn a_token_opens_its_session_for_its_scope() {
         let auth = authenticator();
         let exp = now() + 60;
