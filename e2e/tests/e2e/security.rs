@@ -391,3 +391,67 @@ async fn an_event_over_the_size_limit_is_rejected_with_its_index() {
     app.wait_for_document("sizes", &expected_document("sizes", &[FRAME]))
         .await;
 }
+
+#[tokio::test]
+async fn listing_sessions_needs_an_api_key_and_pages_of_children_the_session() {
+    let app = spawn_secured_app().await;
+    let mut producer = connect_with(
+        app.websocket_url("s1"),
+        &[("Authorization", &format!("Bearer {API_KEY}"))],
+    )
+    .await
+    .unwrap();
+    producer.send_accepted(FRAME).await;
+    let read = |path: String, credential: Option<String>| {
+        let app = &app;
+        async move {
+            let mut request = app.http.get(format!("http://{}{path}", app.api_addr));
+            if let Some(credential) = credential {
+                request = request.bearer_auth(credential);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (
+                status,
+                body["error"]["code"].as_str().unwrap_or("").to_owned(),
+            )
+        }
+    };
+    let later = now() + 600;
+    let s1 = token("s1", false, Scope::Read, later);
+    let everything = token("", true, Scope::Read, later);
+    for (credential, status, code) in [
+        (None, StatusCode::UNAUTHORIZED, "unauthorized"),
+        (Some(s1.clone()), StatusCode::FORBIDDEN, "forbidden"),
+        (Some(everything), StatusCode::FORBIDDEN, "forbidden"),
+        (Some(API_KEY.to_owned()), StatusCode::OK, ""),
+    ] {
+        assert_eq!(
+            read("/sessions".to_owned(), credential).await,
+            (status, code.to_owned())
+        );
+    }
+    let children = "/data/children?session_id=s1".to_owned();
+    assert_eq!(
+        read(children.clone(), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let s2 = token("s2", false, Scope::Read, later);
+    assert_eq!(
+        read(children.clone(), Some(s2)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    // The session's own read token reads its pages once it is stored.
+    sessionfold_testkit::eventually(
+        "a page of s1 with its token",
+        crate::helpers::DEADLINE,
+        || {
+            let read = &read;
+            let children = children.clone();
+            let s1 = s1.clone();
+            async move { (read(children, Some(s1)).await.0 == StatusCode::OK).then_some(()) }
+        },
+    )
+    .await;
+}
