@@ -32,6 +32,8 @@ use futures::StreamExt as _;
 use sessionfold_common::rate_limit::IpKey;
 use tokio::time::Instant;
 
+use sessionfold_common::metrics::{API_ACK_FLOOR_LOOKUPS_TOTAL, API_MIN_SEQ_READS_TOTAL};
+
 use crate::error::ApiError;
 
 /// The first re-check after a check that found the floor short.
@@ -185,6 +187,23 @@ impl Applied {
         notes: String,
         client_ip: IpAddr,
     ) -> Result<(), ApiError> {
+        let waited = self.wait_unrecorded(want, session, notes, client_ip).await;
+        let outcome = match &waited {
+            Ok(()) => "applied",
+            Err(ApiError::NotYetApplied { .. }) => "not_yet_applied",
+            Err(_) => "refused",
+        };
+        ::metrics::counter!(API_MIN_SEQ_READS_TOTAL, "outcome" => outcome).increment(1);
+        waited
+    }
+
+    async fn wait_unrecorded(
+        &self,
+        want: MinSeq,
+        session: &str,
+        notes: String,
+        client_ip: IpAddr,
+    ) -> Result<(), ApiError> {
         if self.known.load(Ordering::Relaxed) >= want.seq {
             return Ok(());
         }
@@ -237,6 +256,7 @@ impl Applied {
             return Ok(self.known.load(Ordering::Relaxed));
         }
         let started = Instant::now();
+        ::metrics::counter!(API_ACK_FLOOR_LOOKUPS_TOTAL).increment(1);
         // The request has an empty body, as JetStream wants for an info.
         let reply = tokio::time::timeout(
             LOOKUP_TIMEOUT,

@@ -98,9 +98,15 @@ pub const API_STREAMS_REFUSED_TOTAL: &str = "sessionfold_api_streams_refused_tot
 /// Counter, label `reason` (as the stream's `end` event): live streams that
 /// ended by themselves.
 pub const API_STREAMS_ENDED_TOTAL: &str = "sessionfold_api_streams_ended_total";
-/// Counter: document reads of the live feeds, one per update however many
-/// streams watch the session.
+/// Counter: document reads of the live feeds: one when a session's first
+/// stream opens and one per gap in its notes, however many streams watch it.
 pub const API_LIVE_READS_TOTAL: &str = "sessionfold_api_live_reads_total";
+/// Counter: JetStream consumer-info lookups of `min_seq` reads (one at a
+/// time, shared by every waiter).
+pub const API_ACK_FLOOR_LOOKUPS_TOTAL: &str = "sessionfold_api_ack_floor_lookups_total";
+/// Counter, label `outcome` (`applied`, `not_yet_applied`, `refused`):
+/// `min_seq` reads by how their wait ended.
+pub const API_MIN_SEQ_READS_TOTAL: &str = "sessionfold_api_min_seq_reads_total";
 
 // -------------------------------------------------------------------- http
 /// Counter, labels `route` (the matched route, `other` for none),
@@ -243,7 +249,15 @@ fn describe() {
     );
     describe_counter!(
         API_LIVE_READS_TOTAL,
-        "Document reads of the live feeds (one per update per session)"
+        "Document reads of the live feeds (one per session followed, and one per gap in its notes)"
+    );
+    describe_counter!(
+        API_ACK_FLOOR_LOOKUPS_TOTAL,
+        "JetStream consumer-info lookups of min_seq reads, shared by every waiter"
+    );
+    describe_counter!(
+        API_MIN_SEQ_READS_TOTAL,
+        "min_seq reads, by how their wait ended"
     );
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests, by route and status");
     describe_gauge!(HTTP_CONNECTIONS_OPEN, "Open connections of every kind");

@@ -1,7 +1,8 @@
 //! Read your writes: `GET /data?min_seq=S&wait_ms=T` answers only once the
 //! frame accepted with `seq` S is in the document, with two processors
 //! sharing the consumer; past `wait_ms` it answers 503 `not_yet_applied`;
-//! a dead-lettered frame counts as settled.
+//! a dead-lettered frame counts as settled; concurrent waiters share their
+//! consumer-info lookups.
 
 use std::time::{Duration, Instant};
 
@@ -207,4 +208,66 @@ async fn a_dead_lettered_frame_counts_as_settled() {
     let (status, _, body) = read_after(&app, "dead", &seq.to_string(), "10000").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(names(&body), ["kept"], "the document never holds it");
+}
+
+/// A counter of the api's `/metrics`, summed over its labels.
+async fn api_counter(app: &TestApp, name: &str) -> u64 {
+    let text = app
+        .http
+        .get(format!("http://{}/metrics", app.api_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_share_their_lookups() {
+    let app = std::sync::Arc::new(spawn_split_app().await);
+    // No processor: every waiter waits its whole wait_ms.
+    let mut producer = app.connect("shared").await;
+    let seq = producer
+        .send_and_reply(r#"[{"type":"EVENT","timestamp":1}]"#)
+        .await
+        .seq()
+        .unwrap();
+    const WAITERS: u64 = 20;
+    let before = api_counter(&app, "sessionfold_api_ack_floor_lookups_total").await;
+    let reads: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { read_after(&app, "shared", &seq.to_string(), "1000").await })
+        })
+        .collect();
+    for read in reads {
+        let (status, _, body) = read.await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "not_yet_applied");
+    }
+    let lookups = api_counter(&app, "sessionfold_api_ack_floor_lookups_total").await - before;
+    // One waiter alone checks about 9 times in a second (5 ms doubling to
+    // 250 ms); twenty that did not share would make some 180 lookups.
+    println!("{WAITERS} waiters of 1 s: {lookups} consumer-info lookups");
+    assert!(
+        lookups >= 5,
+        "the waiters checked again while they waited: {lookups}"
+    );
+    assert!(
+        lookups < WAITERS * 9 / 2,
+        "{lookups} lookups for {WAITERS} waiters"
+    );
+    assert_eq!(
+        api_counter(
+            &app,
+            "sessionfold_api_min_seq_reads_total{outcome=\"not_yet_applied\"}"
+        )
+        .await,
+        WAITERS
+    );
 }
