@@ -46,8 +46,10 @@ const DUE_ACK_WAIT: Duration = Duration::from_secs(30);
 const FINISHED_DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 /// How long the key-value bucket remembers a session closed for good.
 const CLOSED_FOR_GOOD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Due notes handled at once by one replica.
-const CLOSES_IN_FLIGHT: usize = 32;
+/// Due notes handled at once by one replica. A close waits on a few round
+/// trips (the close step, the finished message's PubAck, the compaction's
+/// schedule), not on CPU, so many sessions due at once close in parallel.
+const CLOSES_IN_FLIGHT: usize = 128;
 /// Header of the finished message's body size when the document was left
 /// out for being larger than the server takes.
 const OMITTED_HEADER: &str = "Sessionfold-Document-Omitted";
