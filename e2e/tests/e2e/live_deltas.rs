@@ -120,8 +120,8 @@ async fn replayed_deltas_give_the_served_document_byte_for_byte() {
     const SESSION: &str = "replay";
     let mut early = Watcher::open(&app, SESSION).await;
 
-    // Two producers of the one session, 150 frames each, at once; the
-    // first says when it is half way.
+    // Two producers of the one session, 150 frames each (and every tenth
+    // twice), at once; the first says when it is half way.
     let (half_way, halfway_reached) = tokio::sync::oneshot::channel::<()>();
     let mut half_way = Some(half_way);
     let mut tasks = Vec::new();
@@ -139,8 +139,15 @@ async fn replayed_deltas_give_the_served_document_byte_for_byte() {
                 {
                     let _ = half_way.send(());
                 }
-                let reply = socket.send_and_reply(&frame(&mut rng, producer, i)).await;
+                let sent = frame(&mut rng, producer, i);
+                let reply = socket.send_and_reply(&sent).await;
                 last = last.max(reply.seq().unwrap_or_else(|| panic!("{reply:?}")));
+                // Now and then the same frame again: a step that changes
+                // nothing, whose note repeats a revision.
+                if i % 10 == 9 {
+                    let reply = socket.send_and_reply(&sent).await;
+                    last = last.max(reply.seq().unwrap_or_else(|| panic!("{reply:?}")));
+                }
             }
             last
         }));
