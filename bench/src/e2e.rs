@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use sessionfold_client::loadgen::{self, LoadOptions, LoadReport, Workload};
 use sessionfold_client::{Producer, ProducerConfig};
 use sessionfold_harness::{read_documents, reference, run_keys};
@@ -48,9 +48,15 @@ pub async fn run(
     connections: usize,
 ) -> anyhow::Result<EndToEnd> {
     let names = unique_names();
-    let ingest = servers.start_ingest(&names).await?;
-    let processors = servers.start_processors(&names, replicas).await?;
-    let jetstream = servers.probe(&names).await?;
+    let ingest = servers
+        .start_ingest(&names)
+        .await
+        .context("starting ingest")?;
+    let processors = servers
+        .start_processors(&names, replicas)
+        .await
+        .with_context(|| format!("starting {replicas} processor(s)"))?;
+    let jetstream = servers.probe(&names).await.context("probing the stream")?;
     let mut config = ProducerConfig::new(&format!("ws://{}/websocket", ingest.addr()))?;
     config.deadline = Duration::from_secs(300);
     let producer = Producer::new(config);
@@ -84,10 +90,15 @@ pub async fn run(
             failure.error
         );
     }
-    jetstream.wait_drained(Duration::from_secs(300)).await?;
+    jetstream
+        .wait_drained(Duration::from_secs(300))
+        .await
+        .context("waiting for the processors to drain the stream")?;
     let complete_seconds = started.elapsed().as_secs_f64();
     let cpu = cpu.stop();
-    let exact_documents = exact_documents(servers, &names, workload, &report).await?;
+    let exact_documents = exact_documents(servers, &names, workload, &report)
+        .await
+        .context("reading the documents")?;
     drop(processors);
     drop(ingest);
     servers.clean(&names).await?;

@@ -42,11 +42,12 @@ pub async fn timer_lag(servers: &Servers, sessions: usize) -> anyhow::Result<Tim
     let names = unique_names();
     let sessions_stream = unique_name("SESSIONS");
     let sessions_prefix = unique_name("sessions");
+    let timers_stream = unique_name("TIMERS");
     servers.set_processor_env(vec![
         ("SESSION_IDLE_TIMEOUT_SECS", IDLE_SECS.to_string()),
         ("SESSIONS_STREAM", sessions_stream.clone()),
         ("SESSIONS_SUBJECT_PREFIX", sessions_prefix.clone()),
-        ("TIMERS_STREAM", unique_name("TIMERS")),
+        ("TIMERS_STREAM", timers_stream.clone()),
         ("TIMERS_SUBJECT_PREFIX", unique_name("timers")),
     ]);
     let processors = servers.start_processors(&names, 1).await;
@@ -123,6 +124,11 @@ pub async fn timer_lag(servers: &Servers, sessions: usize) -> anyhow::Result<Tim
     let seconds = started.elapsed().as_secs_f64();
     drop(processors);
     servers.clean(&names).await?;
+    // The compactions stay scheduled for the lateness (an hour): drop them
+    // with their stream, so that the runs after this one do not carry them.
+    for stream in [&timers_stream, &sessions_stream] {
+        js.delete_stream(stream.as_str()).await?;
+    }
     Ok(TimerLag {
         sessions,
         idle_timeout_secs: IDLE_SECS,
