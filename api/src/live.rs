@@ -479,11 +479,23 @@ async fn document_feed(
     reads: Arc<ReadPool>,
     feed: Feed,
 ) {
+    // Every line the feed logs names its session.
     let span = tracing::info_span!("live_feed", session_id = %feed.session);
+    tracing::Instrument::instrument(follow_notes(publisher, client, subject, reads, feed), span)
+        .await;
+}
+
+async fn follow_notes(
+    publisher: Publisher<LiveEvent>,
+    client: async_nats::Client,
+    subject: String,
+    reads: Arc<ReadPool>,
+    feed: Feed,
+) {
     let mut notes = match client.subscribe(subject).await {
         Ok(notes) => notes,
         Err(err) => {
-            span.in_scope(|| tracing::warn!(error = %err, "subscribing to update notes"));
+            tracing::warn!(error = %err, "subscribing to update notes");
             return;
         }
     };
@@ -518,9 +530,7 @@ async fn document_feed(
                     return;
                 }
                 Err(ReadError::Unavailable(reason)) => {
-                    span.in_scope(
-                        || tracing::warn!(error = %reason, "reading a document for live streams"),
-                    );
+                    tracing::warn!(error = %reason, "reading a document for live streams");
                     retry_at = Some(Instant::now() + RETRY_AFTER_FAILED_READ);
                 }
             }
@@ -563,7 +573,7 @@ async fn document_feed(
                 }
             }
             () = gap => {
-                span.in_scope(|| tracing::debug!("a note did not come; reading the document"));
+                tracing::debug!("a note did not come; reading the document");
                 stale = true;
             }
             () = retry => {}
