@@ -876,7 +876,7 @@ impl Drop for StreamSlot {
 /// live from `/data/stream`. Plain HTML and JavaScript, no external assets.
 pub const TIMELINE_PAGE: &str = include_str!("../assets/timeline.html");
 
-/// `GET /sessions` and `GET /sessions/{id}`: the timeline page (it reads
+/// `GET /timeline/{session_id}`: the timeline page (it reads
 /// the session from its own path).
 pub async fn timeline() -> axum::response::Html<&'static str> {
     axum::response::Html(TIMELINE_PAGE)
