@@ -197,9 +197,14 @@ async fn a_dead_lettered_frame_counts_as_settled() {
     let _processor =
         app.start_processor_with(&[("MAX_CHILDREN_PER_SESSION", "1"), ("MAX_ATTEMPTS", "1")]);
     let mut producer = app.connect("dead").await;
-    producer
-        .send_accepted(r#"[{"type":"EVENT","timestamp":1,"name":"kept"}]"#)
+    let first = producer
+        .send_and_reply(r#"[{"type":"EVENT","timestamp":1,"name":"kept"}]"#)
         .await;
+    // Applied before the next frame is sent: with batches in flight, a later
+    // frame applied first would take the one place (the README says so).
+    let (status, _, body) =
+        read_after(&app, "dead", &first.seq().unwrap().to_string(), "10000").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     // One child too many: refused by the apply step and dead-lettered.
     let reply = producer
         .send_and_reply(r#"[{"type":"EVENT","timestamp":2,"name":"refused"}]"#)
