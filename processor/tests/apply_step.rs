@@ -31,8 +31,14 @@ async fn stored_document(redis_url: &str, key: &str) -> Option<String> {
         .unwrap()
 }
 
-#[test]
-fn any_delivery_schedule_stores_the_reference_document() {
+/// Applies random delivery schedules, `per_batch` deliveries a batch, each
+/// batch as the invocations `build` makes of it, and checks the document
+/// against the reference fold and the state against the document.
+fn every_schedule_stores_the_reference_document(
+    cases: u32,
+    per_batch: usize,
+    build: impl Fn(&Keys, &SessionId, &[Delivery]) -> Vec<Invocation>,
+) {
     init_test_tracing();
     let redis = RedisServer::start().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -40,20 +46,22 @@ fn any_delivery_schedule_stores_the_reference_document() {
         .block_on(RedisStore::connect(&RedisSettings::local(redis.url())))
         .unwrap();
     let session = SessionId::parse("s").unwrap();
-    let mut runner = TestRunner::new(ProptestConfig::with_cases(96));
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(cases));
     runner
         .run(&any_schedule(), |(stream, schedule)| {
             let names = names();
             let store = store.clone();
             runtime.block_on(async {
-                // Deliveries in schedule order, batched two at a time, as a
-                // processor receiving redeliveries would see them.
-                for batch in schedule.chunks(2) {
+                for batch in schedule.chunks(per_batch) {
                     let deliveries: Vec<Delivery> =
                         batch.iter().map(|&i| stream[i].clone()).collect();
-                    let invocation = Invocation::new(&names, &session, &deliveries, 0);
-                    let applied = store.apply(&[invocation]).await.unwrap();
-                    assert!(matches!(applied[..], [Applied::Stored(_)]), "{applied:?}");
+                    let invocations = build(&names, &session, &deliveries);
+                    let applied = store.apply(&invocations).await.unwrap();
+                    assert_eq!(applied.len(), invocations.len(), "{applied:?}");
+                    assert!(
+                        applied.iter().all(|a| matches!(a, Applied::Stored(_))),
+                        "{applied:?}"
+                    );
                 }
                 let expected = serde_json::to_string(&fold("s", &stream)).unwrap();
                 let stored = stored_document(&redis.url(), &names.session(&session).doc).await;
@@ -68,6 +76,15 @@ fn any_delivery_schedule_stores_the_reference_document() {
             Ok(())
         })
         .unwrap();
+}
+
+#[test]
+fn any_delivery_schedule_stores_the_reference_document() {
+    // Deliveries in schedule order, batched two at a time, as a processor
+    // receiving redeliveries would see them.
+    every_schedule_stores_the_reference_document(96, 2, |names, session, deliveries| {
+        vec![Invocation::new(names, session, deliveries, 0)]
+    });
 }
 
 fn frame(session: &SessionId, sequence: u64, text: &str) -> Delivery {
@@ -306,41 +323,10 @@ async fn large_mixed_batches_store_the_reference_document() {
 
 #[test]
 fn any_delivery_schedule_applied_in_slices_stores_the_reference_document() {
-    init_test_tracing();
-    let redis = RedisServer::start().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let store = runtime
-        .block_on(RedisStore::connect(&RedisSettings::local(redis.url())))
-        .unwrap();
-    let session = SessionId::parse("s").unwrap();
-    let mut runner = TestRunner::new(ProptestConfig::with_cases(64));
-    runner
-        .run(&any_schedule(), |(stream, schedule)| {
-            let names = names();
-            let store = store.clone();
-            runtime.block_on(async {
-                for batch in schedule.chunks(3) {
-                    let deliveries: Vec<Delivery> =
-                        batch.iter().map(|&i| stream[i].clone()).collect();
-                    // Slices of 2 EVENTs: frames are cut too.
-                    let slices = Invocation::slices(&names, &session, &deliveries, 0, 2);
-                    let applied = store.apply(&slices).await.unwrap();
-                    assert!(
-                        applied.iter().all(|a| matches!(a, Applied::Stored(_))),
-                        "{applied:?}"
-                    );
-                }
-                let expected = serde_json::to_string(&fold("s", &stream)).unwrap();
-                let stored = stored_document(&redis.url(), &names.session(&session).doc).await;
-                if !stream.is_empty() {
-                    assert_eq!(stored.as_deref(), Some(expected.as_str()));
-                    let keys = names.session(&session);
-                    support::check_state(&redis.url(), &keys.state, &keys.doc).await;
-                }
-            });
-            Ok(())
-        })
-        .unwrap();
+    // Slices of 2 EVENTs: frames are cut too.
+    every_schedule_stores_the_reference_document(64, 3, |names, session, deliveries| {
+        Invocation::slices(names, session, deliveries, 0, 2)
+    });
 }
 
 #[tokio::test]
