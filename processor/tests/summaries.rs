@@ -73,6 +73,16 @@ fn public(mut summary: Value) -> Value {
     summary
 }
 
+/// A Valkey of the test's own and a store on it.
+async fn start_store() -> (RedisServer, RedisStore) {
+    init_test_tracing();
+    let redis = RedisServer::start().unwrap();
+    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
+        .await
+        .unwrap();
+    (redis, store)
+}
+
 fn frame(session: &SessionId, sequence: u64, text: &str) -> Delivery {
     Delivery {
         stream_sequence: sequence,
@@ -137,11 +147,7 @@ fn any_delivery_schedule_keeps_the_reference_summary() {
 
 #[tokio::test]
 async fn names_are_capped_to_the_same_set_in_any_order() {
-    init_test_tracing();
-    let redis = RedisServer::start().unwrap();
-    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
-        .await
-        .unwrap();
+    let (redis, store) = start_store().await;
     let session = SessionId::parse("many names").unwrap();
     // 3 × 20 distinct names in three frames, with names needing escapes,
     // one too long to keep, and repeats.
@@ -192,11 +198,7 @@ async fn names_are_capped_to_the_same_set_in_any_order() {
 
 #[tokio::test]
 async fn a_repeated_frame_moves_only_the_last_arrival() {
-    init_test_tracing();
-    let redis = RedisServer::start().unwrap();
-    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
-        .await
-        .unwrap();
+    let (redis, store) = start_store().await;
     let keys = names();
     let session = SessionId::parse("again").unwrap();
     let one = frame(
@@ -237,11 +239,7 @@ async fn a_repeated_frame_moves_only_the_last_arrival() {
 
 #[tokio::test]
 async fn the_summary_expires_with_the_document() {
-    init_test_tracing();
-    let redis = RedisServer::start().unwrap();
-    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
-        .await
-        .unwrap();
+    let (redis, store) = start_store().await;
     let keys = names();
     let session = SessionId::parse("ttl").unwrap();
     let one = frame(
@@ -337,11 +335,7 @@ async fn counted_names(redis_url: &str, keys: &sessionfold_core::SessionKeys) ->
 #[tokio::test]
 async fn a_session_of_many_distinct_names_counts_a_bounded_set_and_lists_the_same_first_names_in_any_order()
  {
-    init_test_tracing();
-    let redis = RedisServer::start().unwrap();
-    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
-        .await
-        .unwrap();
+    let (redis, store) = start_store().await;
     let session = SessionId::parse("distinct names").unwrap();
     // 20 frames of 50 events, every name distinct, in a scrambled order of
     // names, then one frame that repeats a few ids under other names.
@@ -399,11 +393,7 @@ async fn a_session_of_many_distinct_names_counts_a_bounded_set_and_lists_the_sam
 
 #[tokio::test]
 async fn a_step_without_summaries_keeps_none_and_leaves_an_older_one_as_it_was() {
-    init_test_tracing();
-    let redis = RedisServer::start().unwrap();
-    let store = RedisStore::connect(&RedisSettings::local(redis.url()))
-        .await
-        .unwrap();
+    let (redis, store) = start_store().await;
     let keys = names();
     let session = SessionId::parse("quiet").unwrap();
     let first = frame(
