@@ -182,18 +182,19 @@ impl<S: Store> Applier<S> {
             }
         }
         let sessions: Vec<_> = batch::group(decoded).into_iter().collect();
-        // Each session's invocations, in order; all go to Redis at once.
-        let per_session: Vec<Vec<Invocation>> = sessions
-            .iter()
-            .map(|(session, part)| {
-                self.invocations(
-                    session,
-                    &part.deliveries,
-                    &Self::arrivals(batch, &part.messages),
-                )
-            })
-            .collect();
-        let invocations: Vec<Invocation> = per_session.iter().flatten().cloned().collect();
+        // Every session's invocations, in session order, all sent to Redis
+        // at once; `slice_counts` says how many belong to each session.
+        let mut invocations: Vec<Invocation> = Vec::with_capacity(sessions.len());
+        let mut slice_counts = Vec::with_capacity(sessions.len());
+        for (session, part) in &sessions {
+            let slices = self.invocations(
+                session,
+                &part.deliveries,
+                &Self::arrivals(batch, &part.messages),
+            );
+            slice_counts.push(slices.len());
+            invocations.extend(slices);
+        }
 
         let mut result = BatchOutcome {
             outcomes,
@@ -207,7 +208,9 @@ impl<S: Store> Applier<S> {
             return result;
         };
         let mut applied = applied.into_iter();
-        for ((session, part), slices) in sessions.iter().zip(per_session) {
+        let mut invocations = invocations.into_iter();
+        for ((session, part), count) in sessions.iter().zip(slice_counts) {
+            let slices: Vec<Invocation> = invocations.by_ref().take(count).collect();
             // A session's slices are stored, late or refused alike (they share
             // the batch's arrivals and bounds), except that a slice may be
             // refused after others were stored: then its frames are isolated.
