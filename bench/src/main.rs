@@ -20,6 +20,8 @@ use sessionfold_client::loadgen::{Workload, WorkloadSpec};
 struct Args {
     /// Measurements to run, comma-separated: raw, storage (Redis CPU per
     /// event against the plain-append floor, both layouts; bytes per child),
+    /// steps (Redis CPU per apply step of 5, 50 and 500 events: its fixed
+    /// cost and its cost per event, against the floor's),
     /// e2e, fresh, durability (end to end and freshness for each
     /// `REDIS_DURABILITY`), lifecycle (end to end with `SESSION_LIFECYCLE`
     /// on and off; timer lag of `--lifecycle-sessions` closing at once), read, growth, idle, servers (JetStream
@@ -32,7 +34,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "raw,storage,e2e,fresh,durability,lifecycle,read,growth,idle,servers,live,queries"
+        default_value = "raw,storage,steps,e2e,fresh,durability,lifecycle,read,growth,idle,servers,live,queries"
     )]
     only: Vec<String>,
     /// WebSocket producers (one session each at a time) of the throughput runs.
@@ -304,6 +306,116 @@ async fn live_rows(
     json.insert(
         "live".into(),
         serde_json::json!({"sse": sse, "min_seq": latency}),
+    );
+    Ok(())
+}
+
+/// Redis CPU per apply step against the step's size: the same kind of
+/// workload in frames of 5, 50 and 500 EVENTs (one frame a session a
+/// step), through the floor and the apply step with and without summaries.
+/// A line through the smallest and largest sizes splits each into a fixed
+/// cost per step and a cost per event, which says where the apply step's
+/// cost over the floor lies.
+async fn step_size_rows(
+    args: &Args,
+    servers: &Servers,
+    rows: &mut Vec<Row>,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+    clock: Instant,
+) -> anyhow::Result<()> {
+    use sessionfold_bench::storage::{self, Layout};
+    // About 20 000 events at 5 a step (4 000 steps) and 200 000 above.
+    let sizes: &[(usize, usize)] = if args.quick {
+        &[(5, 4), (50, 2), (500, 1)]
+    } else {
+        &[(5, 40), (50, 40), (500, 4)]
+    };
+    let mut measured = Vec::new();
+    for &(events_per_frame, frames_per_session) in sizes {
+        let mut spec = WorkloadSpec::new(
+            args.seed,
+            args.sessions,
+            frames_per_session,
+            events_per_frame,
+        );
+        spec.session_prefix = "steps".to_owned();
+        let workload = Workload::generate(&spec);
+        let steps = (args.sessions * frames_per_session) as f64;
+        let floor = storage::floor(servers, &workload, args.apply_batch_frames).await?;
+        raw::settle().await;
+        let current =
+            storage::apply_cpu(servers, &workload, args.apply_batch_frames, Layout::Current)
+                .await?;
+        raw::settle().await;
+        let unsummarized = storage::apply_cpu(
+            servers,
+            &workload,
+            args.apply_batch_frames,
+            Layout::CurrentWithoutSummaries,
+        )
+        .await?;
+        raw::settle().await;
+        let per_step = |cost: &storage::RedisCost| cost.cpu_seconds * 1e6 / steps;
+        step(
+            &format!(
+                "steps of {events_per_frame} events: floor {:.1} µs, apply step {:.1} µs, without summaries {:.1} µs a step",
+                per_step(&floor),
+                per_step(&current),
+                per_step(&unsummarized)
+            ),
+            clock,
+        );
+        let events_per_step = floor.events as f64 / steps;
+        measured.push((
+            events_per_step,
+            [
+                per_step(&floor),
+                per_step(&current),
+                per_step(&unsummarized),
+            ],
+        ));
+        rows.push(Row::info(
+            1,
+            format!(
+                "Redis CPU per step of {events_per_frame} EVENTs ({events_per_step:.1} sent a step): floor / apply step / apply step without summaries"
+            ),
+            format!(
+                "{:.1} / {:.1} / {:.1} µs a step ({:.2} / {:.2} / {:.2} µs an event)",
+                per_step(&floor),
+                per_step(&current),
+                per_step(&unsummarized),
+                floor.cpu_us_per_event(),
+                current.cpu_us_per_event(),
+                unsummarized.cpu_us_per_event()
+            ),
+        ));
+    }
+    let (small, large) = (measured[0], measured[measured.len() - 1]);
+    let fit = |k: usize| {
+        let per_event = (large.1[k] - small.1[k]) / (large.0 - small.0);
+        (small.1[k] - per_event * small.0, per_event)
+    };
+    let mut fits = serde_json::Map::new();
+    for (k, name) in ["floor", "apply step", "apply step without summaries"]
+        .iter()
+        .enumerate()
+    {
+        let (fixed, per_event) = fit(k);
+        rows.push(Row::info(
+            1,
+            format!("Fixed cost per step and cost per event, {name} (line through the smallest and largest steps)"),
+            format!("{fixed:.1} µs a step + {per_event:.2} µs an event"),
+        ));
+        fits.insert(
+            (*name).to_owned(),
+            serde_json::json!({"fixed_us_per_step": fixed, "us_per_event": per_event}),
+        );
+    }
+    json.insert(
+        "steps".into(),
+        serde_json::json!({"sizes": measured.iter().map(|(events, costs)| serde_json::json!({
+            "events_per_step": events, "floor_us": costs[0], "apply_us": costs[1], "apply_without_summaries_us": costs[2],
+        })).collect::<Vec<_>>(), "fits": fits}),
     );
     Ok(())
 }
@@ -742,6 +854,10 @@ async fn main() -> anyhow::Result<()> {
     if args.wants("storage") {
         floor_events_per_sec =
             Some(storage_rows(&args, &servers, &workload, &mut rows, &mut json, clock).await?);
+    }
+
+    if args.wants("steps") {
+        step_size_rows(&args, &servers, &mut rows, &mut json, clock).await?;
     }
 
     if args.wants("durability") {
