@@ -311,8 +311,9 @@ async fn live_rows(
 }
 
 /// Redis CPU per apply step against the step's size: the same kind of
-/// workload in frames of 5, 50 and 500 EVENTs (one frame a session a
-/// step), through the floor and the apply step with and without summaries.
+/// workload in frames of 5, 50 and 500 EVENTs, through the floor (one call
+/// a frame) and the apply step with and without summaries (one step a
+/// session a batch: a frame each while the batch holds no session twice).
 /// A line through the smallest and largest sizes splits each into a fixed
 /// cost per step and a cost per event, which says where the apply step's
 /// cost over the floor lies.
@@ -340,7 +341,8 @@ async fn step_size_rows(
         );
         spec.session_prefix = "steps".to_owned();
         let workload = Workload::generate(&spec);
-        let steps = (args.sessions * frames_per_session) as f64;
+        let calls = (args.sessions * frames_per_session) as f64;
+        let steps = storage::steps(&workload, args.apply_batch_frames) as f64;
         let floor = storage::floor(servers, &workload, args.apply_batch_frames).await?;
         raw::settle().await;
         let current =
@@ -355,45 +357,45 @@ async fn step_size_rows(
         )
         .await?;
         raw::settle().await;
-        let per_step = |cost: &storage::RedisCost| cost.cpu_seconds * 1e6 / steps;
+        // (events a call or step, Redis µs a call or step): the floor
+        // calls once a frame, the apply step once a session a batch.
+        let per = |cost: &storage::RedisCost, calls: f64| {
+            (cost.events as f64 / calls, cost.cpu_seconds * 1e6 / calls)
+        };
+        let points = [
+            per(&floor, calls),
+            per(&current, steps),
+            per(&unsummarized, steps),
+        ];
         step(
             &format!(
-                "steps of {events_per_frame} events: floor {:.1} µs, apply step {:.1} µs, without summaries {:.1} µs a step",
-                per_step(&floor),
-                per_step(&current),
-                per_step(&unsummarized)
+                "frames of {events_per_frame} events: floor {:.1} µs a call, apply step {:.1} µs, without summaries {:.1} µs a step",
+                points[0].1, points[1].1, points[2].1
             ),
             clock,
         );
-        let events_per_step = floor.events as f64 / steps;
-        measured.push((
-            events_per_step,
-            [
-                per_step(&floor),
-                per_step(&current),
-                per_step(&unsummarized),
-            ],
-        ));
         rows.push(Row::info(
             1,
             format!(
-                "Redis CPU per step of {events_per_frame} EVENTs ({events_per_step:.1} sent a step): floor / apply step / apply step without summaries"
+                "Redis CPU per call of the floor ({:.1} EVENTs) / per apply step and without summaries ({:.1} EVENTs), frames of {events_per_frame}",
+                points[0].0, points[1].0
             ),
             format!(
-                "{:.1} / {:.1} / {:.1} µs a step ({:.2} / {:.2} / {:.2} µs an event)",
-                per_step(&floor),
-                per_step(&current),
-                per_step(&unsummarized),
+                "{:.1} / {:.1} / {:.1} µs ({:.2} / {:.2} / {:.2} µs an event)",
+                points[0].1,
+                points[1].1,
+                points[2].1,
                 floor.cpu_us_per_event(),
                 current.cpu_us_per_event(),
                 unsummarized.cpu_us_per_event()
             ),
         ));
+        measured.push(points);
     }
     let (small, large) = (measured[0], measured[measured.len() - 1]);
     let fit = |k: usize| {
-        let per_event = (large.1[k] - small.1[k]) / (large.0 - small.0);
-        (small.1[k] - per_event * small.0, per_event)
+        let per_event = (large[k].1 - small[k].1) / (large[k].0 - small[k].0);
+        (small[k].1 - per_event * small[k].0, per_event)
     };
     let mut fits = serde_json::Map::new();
     for (k, name) in ["floor", "apply step", "apply step without summaries"]
@@ -403,8 +405,8 @@ async fn step_size_rows(
         let (fixed, per_event) = fit(k);
         rows.push(Row::info(
             1,
-            format!("Fixed cost per step and cost per event, {name} (line through the smallest and largest steps)"),
-            format!("{fixed:.1} µs a step + {per_event:.2} µs an event"),
+            format!("Fixed cost per call and cost per event, {name} (the line through the smallest and largest frames)"),
+            format!("{fixed:.1} µs a call + {per_event:.2} µs an event"),
         ));
         fits.insert(
             (*name).to_owned(),
@@ -413,8 +415,8 @@ async fn step_size_rows(
     }
     json.insert(
         "steps".into(),
-        serde_json::json!({"sizes": measured.iter().map(|(events, costs)| serde_json::json!({
-            "events_per_step": events, "floor_us": costs[0], "apply_us": costs[1], "apply_without_summaries_us": costs[2],
+        serde_json::json!({"sizes": measured.iter().map(|points| serde_json::json!({
+            "floor": points[0], "apply": points[1], "apply_without_summaries": points[2],
         })).collect::<Vec<_>>(), "fits": fits}),
     );
     Ok(())

@@ -94,6 +94,21 @@ fn frames(workload: &Workload) -> anyhow::Result<Vec<(SessionId, Delivery)>> {
         .collect()
 }
 
+/// Apply steps of the workload through [`apply_cpu`]: per batch of
+/// `batch_frames` frames, one for each session in it.
+pub fn steps(workload: &Workload, batch_frames: usize) -> usize {
+    interleaved(workload)
+        .chunks(batch_frames.max(1))
+        .map(|batch| {
+            batch
+                .iter()
+                .map(|frame| &frame.session)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        })
+        .sum()
+}
+
 /// EVENTs of the workload.
 fn children(frames: &[(SessionId, Delivery)]) -> usize {
     frames
