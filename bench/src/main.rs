@@ -413,7 +413,7 @@ async fn step_size_rows(
         ));
         fits.insert(
             (*name).to_owned(),
-            serde_json::json!({"fixed_us_per_step": fixed, "us_per_event": per_event}),
+            serde_json::json!({"fixed_us_per_call": fixed, "us_per_event": per_event}),
         );
     }
     json.insert(
