@@ -42,6 +42,8 @@ pub fn stream_config(settings: &NatsSettings) -> stream::Config {
         max_bytes: settings.stream_max_bytes,
         num_replicas: settings.stream_replicas,
         duplicate_window: settings.duplicate_window(),
+        // Group commit at ingest stores frames by atomic batches.
+        allow_atomic_publish: true,
         ..Default::default()
     }
 }
@@ -106,7 +108,8 @@ async fn try_ensure_stream_config(
         || current.max_age != wanted.max_age
         || current.max_bytes != wanted.max_bytes
         || current.num_replicas != wanted.num_replicas
-        || current.duplicate_window != wanted.duplicate_window;
+        || current.duplicate_window != wanted.duplicate_window
+        || current.allow_atomic_publish != wanted.allow_atomic_publish;
     if drifted {
         tracing::info!(stream = %wanted.name, "updating stream settings");
         js.update_stream(wanted.clone())

@@ -5,6 +5,8 @@
 //! - [`rate_limit`]: per-IP and per-session limits, and the client IP.
 //! - [`settings`]: the flag/environment groups every service composes its
 //!   configuration from (NATS, Redis, input limits).
+//! - [`batch_publish`]: JetStream's atomic batch publish, the base of
+//!   group commit.
 //! - [`jetstream`]: connecting to NATS and bringing the stream to the
 //!   configured settings.
 //! - [`telemetry`]: tracing set-up (`LOG_FORMAT`, `RUST_LOG`).
@@ -20,6 +22,7 @@
 //!   `CLUSTER SLOTS`.
 
 pub mod auth;
+pub mod batch_publish;
 pub mod health;
 pub mod http;
 pub mod jetstream;

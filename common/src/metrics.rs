@@ -36,6 +36,13 @@ pub const EVENTS_REJECTED_TOTAL: &str = "sessionfold_ingest_events_rejected_tota
 /// Histogram, label `outcome` (`stored`, `failed`): time from publishing a
 /// frame to JetStream's PubAck (or the failure).
 pub const PUBLISH_ACK_SECONDS: &str = "sessionfold_ingest_publish_ack_seconds";
+/// Counter, label `outcome` (`committed`, `duplicate`, `not_enabled`,
+/// `refused`, `unanswered`, `singles`): group commits of accepted frames.
+/// Every outcome but `committed` and `singles` (too few frames to batch)
+/// publishes the batch's frames one by one.
+pub const PUBLISH_BATCHES_TOTAL: &str = "sessionfold_ingest_publish_batches_total";
+/// Histogram: frames per group commit.
+pub const PUBLISH_BATCH_FRAMES: &str = "sessionfold_ingest_publish_batch_frames";
 
 // --------------------------------------------------------------- processor
 /// Histogram: messages per pulled batch.
@@ -183,6 +190,11 @@ fn describe() {
         Unit::Seconds,
         "Time from publishing a frame to its JetStream PubAck"
     );
+    describe_counter!(
+        PUBLISH_BATCHES_TOTAL,
+        "Group commits of accepted frames, by outcome"
+    );
+    describe_histogram!(PUBLISH_BATCH_FRAMES, Unit::Count, "Frames per group commit");
     describe_histogram!(
         BATCH_MESSAGES,
         Unit::Count,
@@ -327,6 +339,12 @@ pub fn publish_acked(elapsed: Duration, stored: bool) {
     ::metrics::histogram!(PUBLISH_ACK_SECONDS, "outcome" => outcome).record(elapsed.as_secs_f64());
 }
 
+/// Counts one group commit of `frames` frames and how it went.
+pub fn publish_batch(outcome: &'static str, frames: usize) {
+    ::metrics::counter!(PUBLISH_BATCHES_TOTAL, "outcome" => outcome).increment(1);
+    ::metrics::histogram!(PUBLISH_BATCH_FRAMES).record(frames as f64);
+}
+
 /// Counts an open WebSocket connection for as long as it lives.
 #[must_use = "the connection counts as open while the guard lives"]
 pub struct OpenConnection(());
@@ -357,6 +375,7 @@ mod tests {
             FRAMES_REJECTED_TOTAL,
             EVENTS_ACCEPTED_TOTAL,
             EVENTS_REJECTED_TOTAL,
+            PUBLISH_BATCHES_TOTAL,
             MESSAGES_TOTAL,
             REDELIVERIES_TOTAL,
             DEAD_LETTERS_TOTAL,

@@ -88,6 +88,19 @@ pub struct ConnectionSettings {
     /// `PUBLISH_TIMEOUT_MS`, in milliseconds; 0 never sends again.
     #[arg(long, env = "PUBLISH_RETRY_MS", default_value_t = 1000)]
     pub publish_retry_ms: u64,
+    /// Most frames stored together by one group commit (an atomic JetStream
+    /// batch, at most 1000); 1 publishes every frame alone.
+    #[arg(long, env = "PUBLISH_BATCH_MAX_FRAMES", default_value_t = 256)]
+    pub publish_batch_max_frames: usize,
+    /// Longest a group commit waits for more frames after its first while
+    /// a commit slot is free, in microseconds; 0 takes only the frames
+    /// already waiting (a lone frame goes at once).
+    #[arg(long, env = "PUBLISH_BATCH_MAX_DELAY_US", default_value_t = 0)]
+    pub publish_batch_max_delay_us: u64,
+    /// Group commits under way at once; frames arriving meanwhile wait
+    /// for the next one.
+    #[arg(long, env = "PUBLISH_BATCHES_IN_FLIGHT", default_value_t = 2)]
+    pub publish_batches_in_flight: usize,
     /// Close the socket with 1000 once a frame with SESSION_END is acknowledged.
     #[arg(long, env = "CLOSE_ON_SESSION_END", default_value_t = true, action = clap::ArgAction::Set)]
     pub close_on_session_end: bool,

@@ -10,12 +10,15 @@
 //! - [`publisher`]: the [`Publish`](publisher::Publish) seam; JetStream
 //!   publishing with server-chosen message ids, retries and checked
 //!   duplicates.
+//! - [`group_commit`]: frames accepted together stored by one atomic
+//!   JetStream batch, in front of the publisher.
 //! - [`http_error`]: JSON errors for refused HTTP requests.
 //! - [`readiness`]: what `/readyz` checks (NATS, the stream, shutdown).
 
 pub mod closed;
 pub mod config;
 pub mod connection;
+pub mod group_commit;
 pub mod guard;
 pub mod http_error;
 pub mod publisher;

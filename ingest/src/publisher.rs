@@ -66,6 +66,7 @@ impl std::fmt::Display for ConnectionId {
 /// The most bytes the headers ingest puts on a frame can take on the wire
 /// (`NATS/1.0\r\n`, one `Name: value\r\n` per header, a closing `\r\n`),
 /// counted against the server's `max_payload` together with the frame.
+/// The batch headers of group commit are counted too.
 pub fn max_header_bytes() -> usize {
     let longest_message_id = ConnectionId::HEX_DIGITS + 1 + u64::MAX.to_string().len();
     let line = |name: &str, value: usize| name.len() + ": ".len() + value + "\r\n".len();
@@ -75,6 +76,7 @@ pub fn max_header_bytes() -> usize {
             REQUEST_ID_HEADER,
             sessionfold_common::http::MAX_REQUEST_ID_BYTES,
         )
+        + sessionfold_common::batch_publish::max_batch_header_bytes()
         + "\r\n".len()
 }
 
@@ -197,12 +199,41 @@ impl JetStreamPublisher {
     }
 }
 
+impl JetStreamPublisher {
+    /// Stores `frame` on its own, retrying until `deadline`; what group
+    /// commit falls back on for a batch that did not commit.
+    pub(crate) async fn store_until(
+        &self,
+        frame: &OutgoingFrame,
+        deadline: tokio::time::Instant,
+    ) -> Result<Stored, PublishError> {
+        self.inner.store(frame, deadline).await
+    }
+
+    pub(crate) fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    pub(crate) fn timing(&self) -> PublishTiming {
+        self.inner.timing
+    }
+
+    /// The headers a frame is stored with.
+    pub(crate) fn headers(frame: &OutgoingFrame) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(MSG_ID_HEADER, frame.message_id.as_str());
+        headers.insert(REQUEST_ID_HEADER, frame.request_id.as_str());
+        headers
+    }
+}
+
 impl Publish for JetStreamPublisher {
     fn publish(&self, frame: OutgoingFrame) -> BoxFuture<'static, Result<Stored, PublishError>> {
         let inner = self.inner.clone();
         async move {
             let started = Instant::now();
-            let stored = inner.store(&frame).await;
+            let deadline = tokio::time::Instant::now() + inner.timing.timeout;
+            let stored = inner.store(&frame, deadline).await;
             sessionfold_common::metrics::publish_acked(started.elapsed(), stored.is_ok());
             stored
         }
@@ -215,8 +246,12 @@ impl Inner {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    async fn store(&self, frame: &OutgoingFrame) -> Result<Stored, PublishError> {
-        let deadline = tokio::time::Instant::now() + self.timing.timeout;
+    /// Stores `frame` alone, retrying until `deadline`.
+    async fn store(
+        &self,
+        frame: &OutgoingFrame,
+        deadline: tokio::time::Instant,
+    ) -> Result<Stored, PublishError> {
         let mut attempts = 0u32;
         loop {
             // While disconnected the client would queue the frame and send
@@ -392,7 +427,10 @@ mod tests {
         let wire = format!(
             "NATS/1.0\r\n{MSG_ID_HEADER}: {id}\r\n{REQUEST_ID_HEADER}: {request_id}\r\n\r\n"
         );
-        assert_eq!(max_header_bytes(), wire.len());
+        assert_eq!(
+            max_header_bytes(),
+            wire.len() + sessionfold_common::batch_publish::max_batch_header_bytes()
+        );
     }
 
     #[test]

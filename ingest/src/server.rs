@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::config::{Config, ConnectionSettings, GuardSettings};
 use crate::connection::{self, Connection};
+use crate::group_commit::{GroupCommit, GroupCommitSettings};
 use crate::guard::{ConnectionLimits, Crossed, FrameLimits, origin_allowed};
 use crate::http_error::HttpError;
 use crate::publisher::{JetStreamPublisher, Publish, PublishTiming, max_header_bytes};
@@ -203,7 +204,19 @@ impl Ingest {
             },
             config.nats.clone(),
         );
-        let mut shared = Shared::new(config, limits, Arc::new(publisher), authenticator, drain);
+        let publisher: Arc<dyn Publish> = if config.connection.publish_batch_max_frames > 1 {
+            Arc::new(GroupCommit::spawn(
+                publisher,
+                GroupCommitSettings {
+                    max_frames: config.connection.publish_batch_max_frames,
+                    max_delay: Duration::from_micros(config.connection.publish_batch_max_delay_us),
+                    batches_in_flight: config.connection.publish_batches_in_flight,
+                },
+            ))
+        } else {
+            Arc::new(publisher)
+        };
+        let mut shared = Shared::new(config, limits, publisher, authenticator, drain);
         if config.late.late_events == sessionfold_common::settings::LatePolicy::Reject {
             shared.closed_sessions = Some(Arc::new(crate::closed::ClosedBucket::new(
                 js.clone(),
