@@ -190,7 +190,11 @@ impl Committer {
 
     async fn commit(&self, batch: Vec<Pending>) {
         let frames = batch.len();
-        if frames < MIN_ATOMIC_FRAMES || self.atomic_refused_lately() {
+        // While disconnected the client would queue the batch and send it
+        // on reconnect, after its frames were answered: the single path
+        // refuses them at once instead.
+        if frames < MIN_ATOMIC_FRAMES || self.atomic_refused_lately() || !self.publisher.connected()
+        {
             sessionfold_common::metrics::publish_batch("singles", frames);
             self.store_one_by_one(batch).await;
             return;

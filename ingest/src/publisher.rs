@@ -210,6 +210,10 @@ impl JetStreamPublisher {
         self.inner.store(frame, deadline).await
     }
 
+    pub(crate) fn connected(&self) -> bool {
+        self.inner.connected()
+    }
+
     pub(crate) fn client(&self) -> &async_nats::Client {
         &self.inner.client
     }

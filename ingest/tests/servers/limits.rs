@@ -54,9 +54,11 @@ async fn frames_at_and_under_the_broker_limit_are_stored_and_one_byte_over_is_to
     assert!(!ErrorCode::FrameTooLarge.is_transient());
     assert_eq!(ingest.stream_messages().await, 2);
 
-    // The budget is tight: with the longest headers ingest writes, one byte
-    // more than the limit is what the broker refuses, and that refusal is
-    // permanent too.
+    // The budget is tight: with the longest headers ingest writes (a
+    // frame alone has no batch headers, so it may take their bytes), one
+    // byte more is what the broker refuses, and that refusal is permanent
+    // too.
+    let batch_headers = sessionfold_common::batch_publish::max_batch_header_bytes();
     let publisher = JetStreamPublisher::new(
         async_nats::connect(ingest.nats.url()).await.unwrap(),
         PublishTiming {
@@ -72,8 +74,16 @@ async fn frames_at_and_under_the_broker_limit_are_stored_and_one_byte_over_is_to
         message_id: format!("{}:{}", digit.repeat(32), u64::MAX),
         request_id: longest_request_id.clone(),
     };
-    assert!(publisher.publish(direct(limit, "e")).await.is_ok());
-    match publisher.publish(direct(limit + 1, "f")).await {
+    assert!(
+        publisher
+            .publish(direct(limit + batch_headers, "e"))
+            .await
+            .is_ok()
+    );
+    match publisher
+        .publish(direct(limit + batch_headers + 1, "f"))
+        .await
+    {
         Err(err @ PublishError::TooLarge(_)) => assert_eq!(err.code(), ErrorCode::FrameTooLarge),
         other => panic!("one byte over the broker's limit: {other:?}"),
     }

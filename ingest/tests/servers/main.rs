@@ -9,6 +9,7 @@
 )]
 
 mod acknowledged;
+mod group_commit;
 mod helpers;
 mod limits;
 mod security;
