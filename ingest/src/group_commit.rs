@@ -1,6 +1,6 @@
 //! Group commit: frames accepted at about the same time, from any
 //! connections and sessions, stored in JetStream by one atomic batch
-//! (docs/design.md §3.2).
+//! (docs/design.md §3.3).
 //!
 //! [`GroupCommit`] is a [`Publish`] in front of a [`JetStreamPublisher`].
 //! One committer task takes the frames waiting in its queue, up to
