@@ -30,6 +30,15 @@ pub struct WorkloadSpec {
     pub events_per_frame: usize,
     /// Session ids start with it.
     pub session_prefix: String,
+    /// Percent of new events whose timestamp goes back up to 40 s.
+    pub out_of_order_percent: u64,
+    /// Percent of events that repeat an earlier event of the session
+    /// exactly (a resend).
+    pub repeated_percent: u64,
+    /// Percent that repeat one with its fields in reverse order.
+    pub reordered_repeat_percent: u64,
+    /// Percent that send an event with an `id` again under another name.
+    pub resent_id_percent: u64,
 }
 
 impl WorkloadSpec {
@@ -45,6 +54,23 @@ impl WorkloadSpec {
             frames_per_session,
             events_per_frame,
             session_prefix: "load".to_owned(),
+            out_of_order_percent: 25,
+            repeated_percent: 8,
+            reordered_repeat_percent: 2,
+            resent_id_percent: 2,
+        }
+    }
+
+    /// Browser traffic: `sessions` × 10 frames × 3 EVENTs, a tenth of the
+    /// events out of order and a few (3 %) resent exactly.
+    pub fn web_mix(seed: u64, sessions: usize) -> Self {
+        Self {
+            session_prefix: "web".to_owned(),
+            out_of_order_percent: 10,
+            repeated_percent: 3,
+            reordered_repeat_percent: 0,
+            resent_id_percent: 0,
+            ..Self::new(seed, sessions, 10, 3)
         }
     }
 }
@@ -127,24 +153,26 @@ fn generate_session(spec: &WorkloadSpec, index: usize) -> SessionLoad {
         for _ in 0..spec.events_per_frame {
             ordinal += 1;
             let roll = rng.below(100);
-            let event = if roll < 8 && !history.is_empty() {
+            let reordered_below = spec.repeated_percent + spec.reordered_repeat_percent;
+            let resent_id_below = reordered_below + spec.resent_id_percent;
+            let event = if roll < spec.repeated_percent && !history.is_empty() {
                 let earlier = &history[rng.below(history.len() as u64) as usize];
                 Value::Object(earlier.clone())
-            } else if roll < 10 && !history.is_empty() {
+            } else if roll < reordered_below && !history.is_empty() {
                 let earlier = &history[rng.below(history.len() as u64) as usize];
                 let mut reversed = Map::new();
                 for (key, value) in earlier.iter().rev() {
                     reversed.insert(key.clone(), value.clone());
                 }
                 Value::Object(reversed)
-            } else if roll < 12 && history.iter().any(|e| e.contains_key("id")) {
+            } else if roll < resent_id_below && history.iter().any(|e| e.contains_key("id")) {
                 let with_id: Vec<_> = history.iter().filter(|e| e.contains_key("id")).collect();
                 let earlier = with_id[rng.below(with_id.len() as u64) as usize];
                 let mut again = earlier.clone();
                 again.insert("name".to_owned(), json!("sent_again"));
                 Value::Object(again)
             } else {
-                let event = new_event(&mut rng, &session_id, base, ordinal);
+                let event = new_event(&mut rng, spec, &session_id, base, ordinal);
                 history.push(event.clone());
                 Value::Object(event)
             };
@@ -183,9 +211,15 @@ fn generate_session(spec: &WorkloadSpec, index: usize) -> SessionLoad {
     }
 }
 
-fn new_event(rng: &mut SeededRng, session_id: &str, base: u64, ordinal: u64) -> Map<String, Value> {
+fn new_event(
+    rng: &mut SeededRng,
+    spec: &WorkloadSpec,
+    session_id: &str,
+    base: u64,
+    ordinal: u64,
+) -> Map<String, Value> {
     let mut timestamp = json!(base + ordinal);
-    if rng.chance(25) {
+    if rng.chance(spec.out_of_order_percent) {
         let back = rng.below(40);
         timestamp = json!((base + ordinal).saturating_sub(back));
     }
@@ -424,6 +458,40 @@ mod tests {
         assert!(out_of_order > 600, "{out_of_order} out of order");
         assert!(fractional > 100, "{fractional} fractional");
         assert_eq!(odd_ids, 2);
+    }
+
+    #[test]
+    fn the_web_mix_is_small_frames_a_tenth_out_of_order_a_few_resent() {
+        let workload = Workload::generate(&WorkloadSpec::web_mix(6, 400));
+        assert_eq!(workload.frames(), 4000);
+        let (mut events, mut out_of_order, mut repeats) = (0, 0, 0);
+        for session in &workload.sessions {
+            assert!(session.session_id.starts_with("web"));
+            let id = SessionId::parse(&session.session_id).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            let mut latest = 0.0_f64;
+            for frame in &session.frames {
+                for event in Frame::parse(frame, &id, &Limits::default()).unwrap().events {
+                    if event.kind != sessionfold_core::EventKind::Event {
+                        continue;
+                    }
+                    events += 1;
+                    if !seen.insert(event.identity()) {
+                        repeats += 1;
+                    } else if event.timestamp < latest {
+                        out_of_order += 1;
+                    }
+                    latest = latest.max(event.timestamp);
+                }
+            }
+        }
+        assert_eq!(events, 400 * 10 * 3);
+        let percent = |n: usize| 100.0 * n as f64 / events as f64;
+        assert!(
+            (6.0..14.0).contains(&percent(out_of_order)),
+            "{out_of_order} out of order"
+        );
+        assert!((1.0..5.0).contains(&percent(repeats)), "{repeats} repeats");
     }
 
     #[test]
