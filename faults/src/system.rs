@@ -386,6 +386,23 @@ impl System {
         run_producer(self.ingest_addr, self.options.publish_timeout_ms)
     }
 
+    /// Group commits ingest has counted since it last started, by outcome
+    /// (`committed`, `singles`, `duplicate`, …), from its `/metrics`.
+    pub async fn ingest_batches(&self, outcome: &str) -> anyhow::Result<u64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.ingest_addr))
+            .await?
+            .text()
+            .await?;
+        // The metric's public name, as an operator's dashboard reads it.
+        let series = format!("sessionfold_ingest_publish_batches_total{{outcome=\"{outcome}\"}} ");
+        Ok(text
+            .lines()
+            .filter_map(|line| line.strip_prefix(series.as_str()))
+            .filter_map(|value| value.trim().parse::<f64>().ok())
+            .map(|value| value as u64)
+            .sum())
+    }
+
     /// Lines of the processors' logs containing `needle`.
     pub fn count_in_processor_logs(&self, needle: &str) -> usize {
         (0..self.processors.len())

@@ -439,7 +439,7 @@ async fn power_cut_scenario(
     nats_sync_interval: &str,
     appendfsync: &str,
     redis_durability: Option<&str>,
-) -> (ScenarioReport, sessionfold_crashfs::Stats) {
+) -> (ScenarioReport, sessionfold_crashfs::Stats, u64) {
     let mut disk = sessionfold_crashfs::CrashFs::mount_temp()
         .expect("mounting the power-loss test filesystem (needs /dev/fuse and root)");
     let nats_dir = disk.path().join("nats");
@@ -487,6 +487,20 @@ async fn power_cut_scenario(
         run.fault("power back: nats-server and redis-server restarted on what was left".to_owned());
         last = cut;
     }
+    let committed = run
+        .system
+        .ingest_batches("committed")
+        .await
+        .expect("reading ingest's metrics");
+    let refused = run.system.ingest_batches("unanswered").await.unwrap_or(0)
+        + run.system.ingest_batches("refused").await.unwrap_or(0)
+        + run.system.ingest_batches("duplicate").await.unwrap_or(0);
+    run.notes.push((
+        "group commit".to_owned(),
+        format!(
+            "{committed} atomic batches committed, {refused} that did not commit (their frames then stored one by one)"
+        ),
+    ));
     let cut = sessionfold_crashfs::Stats {
         bytes_lost_in_last_cut: dropped.0,
         names_lost_in_last_cut: dropped.1,
@@ -501,13 +515,13 @@ async fn power_cut_scenario(
     ));
     let (report, _) = run.finish().await;
     drop(disk);
-    (report, cut)
+    (report, cut, committed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g_power_cut_with_the_shipped_durable_settings_loses_nothing_acknowledged() {
     let _serial = SERIAL.lock().await;
-    let (report, _) = power_cut_scenario(
+    let (report, _, group_commits) = power_cut_scenario(
         "g: power cut, sync_interval always + appendfsync always",
         sessionfold_testkit::SYNC_ALWAYS,
         "always",
@@ -515,6 +529,10 @@ async fn g_power_cut_with_the_shipped_durable_settings_loses_nothing_acknowledge
     )
     .await;
     report.assert_exact();
+    assert!(
+        group_commits > 0,
+        "ingest committed no atomic batch: the cuts did not test group commit"
+    );
 }
 
 /// The same power cut with nats-server's and Redis's own defaults: JetStream
@@ -524,7 +542,7 @@ async fn g_power_cut_with_the_shipped_durable_settings_loses_nothing_acknowledge
 async fn h_power_cut_with_the_servers_defaults_loses_acknowledged_frames() {
     let _serial = SERIAL.lock().await;
     let name = "h: power cut, sync_interval 2m + appendfsync everysec";
-    let (report, cut) = power_cut_scenario(name, "2m", "everysec", Some("none")).await;
+    let (report, cut, _) = power_cut_scenario(name, "2m", "everysec", Some("none")).await;
     let v = &report.verification;
     println!(
         "{name}: of {} acknowledged frames ({} events), lost children {}, missing documents {}, \
