@@ -118,7 +118,7 @@ pub async fn run(
 /// Sessions whose stored document equals, byte for byte, the reference fold
 /// of their acknowledged frames (in acknowledgement order, which the client
 /// makes their stream order).
-async fn exact_documents(
+pub async fn exact_documents(
     servers: &Servers,
     names: &RunNames,
     workload: &Workload,

@@ -25,8 +25,13 @@
 //!   session; the latency `min_seq` adds to a read after the frame's ack.
 //! - [`query`]: `GET /sessions` over many sessions, `GET /data/children` of
 //!   a large session against `GET /data`.
+//! - [`commit`]: group commit at ingest on and off, for the throughput
+//!   workload and the web mix: fsyncs per acknowledged frame, raw publish
+//!   single and batched, acknowledged and end-to-end rates, a lone
+//!   producer's ack latency.
 //! - [`stats`]: percentiles; [`report`]: the table and BENCHMARKS.md.
 
+pub mod commit;
 pub mod e2e;
 pub mod freshness;
 pub mod growth;

@@ -30,11 +30,15 @@ struct Args {
     /// applied event to a watcher of a large session; `min_seq` latency),
     /// queries (`GET /sessions` over `--query-sessions`; `GET
     /// /data/children` of a session of `--query-children` against its `GET
-    /// /data`).
+    /// /data`), commit (group commit at ingest on and off, for the
+    /// throughput workload and the web mix of `--web-sessions`: nats-server
+    /// fsyncs per acknowledged frame, raw publish single and batched,
+    /// acknowledged and end-to-end rates, `sync_interval` always vs 2m, a
+    /// lone producer's ack latency).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "raw,storage,steps,e2e,fresh,durability,lifecycle,read,growth,idle,servers,live,queries"
+        default_value = "raw,storage,steps,e2e,fresh,durability,lifecycle,read,growth,idle,servers,live,queries,commit"
     )]
     only: Vec<String>,
     /// WebSocket producers (one session each at a time) of the throughput runs.
@@ -106,6 +110,18 @@ struct Args {
     /// Idle WebSocket connections of the memory run.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
+    /// Sessions of the web mix (10 frames × 3 EVENTs each).
+    #[arg(long, default_value_t = 2_000)]
+    web_sessions: usize,
+    /// WebSocket producers of the web mix.
+    #[arg(long, default_value_t = 200)]
+    web_connections: usize,
+    /// Frames per atomic batch of the raw batched publisher.
+    #[arg(long, default_value_t = 100)]
+    batch_frames: usize,
+    /// Frames a lone producer sends one at a time, for its ack latency.
+    #[arg(long, default_value_t = 500)]
+    latency_frames: usize,
     /// Small sizes everywhere: a smoke test of the bench itself.
     #[arg(long)]
     quick: bool,
@@ -148,6 +164,9 @@ impl Args {
             self.query_sessions = self.query_sessions.min(2_000);
             self.query_children = self.query_children.min(5_000);
             self.query_requests = self.query_requests.min(20);
+            self.web_sessions = self.web_sessions.min(200);
+            self.web_connections = self.web_connections.min(20);
+            self.latency_frames = self.latency_frames.min(50);
         }
     }
 }
@@ -1169,6 +1188,23 @@ async fn main() -> anyhow::Result<()> {
             status: Status::of(mb(idle.rss_kb) < 200.0),
         });
         json.insert("idle_connections".into(), serde_json::to_value(&idle)?);
+    }
+
+    if args.wants("commit") {
+        let options = sessionfold_bench::commit::Options {
+            throughput: spec.clone(),
+            throughput_connections: args.connections,
+            web_sessions: args.web_sessions,
+            web_connections: args.web_connections,
+            outstanding: args.outstanding,
+            batch_frames: args.batch_frames,
+            batches_in_flight: 2,
+            latency_frames: args.latency_frames,
+        };
+        sessionfold_bench::commit::rows(
+            &options, &servers, &mut rows, &mut notes, &mut json, clock,
+        )
+        .await?;
     }
 
     machine.finish();

@@ -195,9 +195,20 @@ impl Servers {
 
     /// `sessionfold ingest` on a free port, ready.
     pub async fn start_ingest(&self, names: &RunNames) -> anyhow::Result<ServiceProcess> {
+        self.start_ingest_with(names, &[]).await
+    }
+
+    /// `sessionfold ingest` with `extra` on top of its defaults (e.g.
+    /// `PUBLISH_BATCH_MAX_FRAMES`), on a free port, ready.
+    pub async fn start_ingest_with(
+        &self,
+        names: &RunNames,
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<ServiceProcess> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut env = self.nats_env(names);
         env.push(("INGEST_LISTEN", addr.to_string()));
+        env.extend(extra.iter().cloned());
         let mut ingest = self.launcher.spawn("ingest", "ingest", addr, &env)?;
         ingest.wait_ready(READY_TIMEOUT).await?;
         Ok(ingest)
