@@ -62,6 +62,26 @@ struct Outcome {
     ends_session: bool,
 }
 
+/// A text frame read: its reply to come, and what it means for the
+/// connection.
+struct Accepted {
+    outcome: BoxFuture<'static, Outcome>,
+    /// A valid frame holding `SESSION_END`.
+    ends_session: bool,
+    /// It holds events and is being published.
+    stores: bool,
+}
+
+impl Accepted {
+    fn refused(outcome: BoxFuture<'static, Outcome>) -> Self {
+        Self {
+            outcome,
+            ends_session: false,
+            stores: false,
+        }
+    }
+}
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum State {
@@ -173,10 +193,8 @@ impl Connection {
         }
     }
 
-    /// Validates a text frame and, when valid, starts publishing it. The
-    /// returned future resolves to the frame's reply; the flag tells whether
-    /// it is a valid frame that ends the session.
-    fn accept_frame(&mut self, text: Utf8Bytes) -> (BoxFuture<'static, Outcome>, bool) {
+    /// Validates a text frame and, when valid, starts publishing it.
+    fn accept_frame(&mut self, text: Utf8Bytes) -> Accepted {
         self.frames_received += 1;
         let frame_number = self.frames_received;
         if let Err(wait) =
@@ -191,11 +209,11 @@ impl Connection {
                     retry_after_secs(wait)
                 ),
             );
-            return (ready_rejection(frame_number, error), false);
+            return Accepted::refused(ready_rejection(frame_number, error));
         }
         let frame = match Frame::parse(text.as_str(), &self.session, &self.shared.limits) {
             Ok(frame) => frame,
-            Err(error) => return (ready_rejection(frame_number, error), false),
+            Err(error) => return Accepted::refused(ready_rejection(frame_number, error)),
         };
         if self.closed_for_good {
             metrics::late_frame("rejected");
@@ -203,21 +221,22 @@ impl Connection {
                 ErrorCode::SessionClosed,
                 "the session closed longer ago than its allowed lateness and takes no frames",
             );
-            return (ready_rejection(frame_number, error), false);
+            return Accepted::refused(ready_rejection(frame_number, error));
         }
         let accepted = frame.events.len();
         let ends_session = frame.has_session_end();
         if accepted == 0 {
             metrics::frame_accepted(0);
             let reply = Reply::accepted(frame_number, 0);
-            return (
-                futures::future::ready(Outcome {
+            return Accepted {
+                outcome: futures::future::ready(Outcome {
                     reply,
                     ends_session,
                 })
                 .boxed(),
                 ends_session,
-            );
+                stores: false,
+            };
         }
         let Ok(permit) = self.shared.in_flight_total.clone().try_acquire_owned() else {
             let error = FrameError::new(
@@ -225,7 +244,7 @@ impl Connection {
                 "ingest is at capacity; send the frame again later",
             );
             metrics::events_rejected(error.code.as_str(), accepted);
-            return (ready_rejection(frame_number, error), false);
+            return Accepted::refused(ready_rejection(frame_number, error));
         };
         let publishing = self.shared.publisher.publish(OutgoingFrame {
             subject: self.subject.clone(),
@@ -267,7 +286,11 @@ impl Connection {
                 }
             }
         };
-        (publish.boxed(), ends_session)
+        Accepted {
+            outcome: publish.boxed(),
+            ends_session,
+            stores: true,
+        }
     }
 
     fn binary_frame(&mut self) -> BoxFuture<'static, Outcome> {
@@ -403,10 +426,14 @@ where
                 }
                 match message {
                 Some(Ok(Message::Text(text))) => {
-                    idle.as_mut().reset(deadline_after(idle_timeout));
-                    let (outcome, ends_session) = connection.accept_frame(text);
-                    pending.push_back(outcome);
-                    state = state.frame_read(ends_session, close_on_session_end);
+                    let accepted = connection.accept_frame(text);
+                    // Only a frame with something to store keeps the
+                    // connection open: refused and empty frames do not.
+                    if accepted.stores {
+                        idle.as_mut().reset(deadline_after(idle_timeout));
+                    }
+                    pending.push_back(accepted.outcome);
+                    state = state.frame_read(accepted.ends_session, close_on_session_end);
                 }
                 Some(Ok(Message::Binary(_))) => {
                     pending.push_back(connection.binary_frame());

@@ -638,3 +638,47 @@ async fn throttled_frames_get_rate_limited_which_is_transient() {
     assert!(ErrorCode::RateLimited.is_transient());
     producer.socket.send(Message::Close(None)).await.unwrap();
 }
+
+/// Hardening II: a producer that sends only frames ingest refuses or that
+/// store nothing (`x`, `[]`, a binary frame) cannot keep its socket: the
+/// idle close counts only frames with events to store.
+#[tokio::test]
+async fn a_socket_sending_only_refused_or_empty_frames_is_closed_when_idle() {
+    const IDLE_SECS: u64 = 2;
+    let ingest = spawn_ingest_with("", |config| config.guard.idle_timeout_secs = IDLE_SECS).await;
+    let mut producer = ingest.connect("keeps-nothing").await;
+    let opened = Instant::now();
+    let mut refused = 0;
+    let closed_after = loop {
+        let junk = if refused % 2 == 0 { "x" } else { "[]" };
+        if producer.socket.send(Message::text(junk)).await.is_err() {
+            break opened.elapsed();
+        }
+        match tokio::time::timeout(DEADLINE, producer.socket.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => refused += 1,
+            Ok(Some(Ok(Message::Close(_))) | None | Some(Err(_))) => break opened.elapsed(),
+            Ok(Some(Ok(_))) => {}
+            Err(_) => panic!("no reply and no close within {DEADLINE:?}"),
+        }
+        assert!(
+            opened.elapsed() < Duration::from_secs(IDLE_SECS * 5),
+            "still open after {refused} refused or empty frames"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "refused and empty frames: before, each reset the idle timer (the socket stayed open forever); now closed after {:.1} s and {refused} of them (IDLE_TIMEOUT_SECS={IDLE_SECS})",
+        closed_after.as_secs_f64()
+    );
+    assert!(closed_after >= Duration::from_secs(IDLE_SECS));
+    assert!(closed_after < Duration::from_secs(IDLE_SECS * 3));
+
+    // A frame with an event still keeps a socket open past the timeout.
+    let mut producer = ingest.connect("keeps-something").await;
+    let opened = Instant::now();
+    while opened.elapsed() < Duration::from_secs(IDLE_SECS * 2) {
+        let reply = producer.send_and_reply(&frame("alive")).await;
+        assert!(reply.is_ok(), "{reply:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
