@@ -99,11 +99,36 @@ pub struct Grant {
     /// When the grant ends, Unix seconds; `None` for API keys and for
     /// requests let through without a credential (`AUTH_REQUIRED=false`).
     pub expires_at: Option<u64>,
+    /// The prefix of session ids a prefix token covers, by digest: what
+    /// ingest counts the sessions of one prefix by. `None` for a token of
+    /// one session, an API key and no credential.
+    pub prefix: Option<PrefixDigest>,
+}
+
+/// A prefix token's prefix (with its separator), as the first 16 bytes of
+/// its SHA-256: the same prefix always gives the same digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PrefixDigest(pub [u8; 16]);
+
+impl PrefixDigest {
+    fn of(claims: &Claims) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(claims.sid.as_bytes());
+        hasher.update([0]);
+        hasher.update(claims.sep.as_deref().unwrap_or("").as_bytes());
+        let digest: [u8; 32] = hasher.finalize().into();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        Self(first)
+    }
 }
 
 impl Grant {
     /// A grant that does not expire.
-    pub const UNLIMITED: Grant = Grant { expires_at: None };
+    pub const UNLIMITED: Grant = Grant {
+        expires_at: None,
+        prefix: None,
+    };
 
     /// How long the grant still lasts at `now` (Unix seconds): `None` when
     /// it does not expire, zero once it has.
@@ -243,6 +268,7 @@ impl Authenticator {
         if claims.covers(session_id) && claims.scope.allows(access) {
             Ok(Grant {
                 expires_at: Some(claims.exp),
+                prefix: claims.prefix.then(|| PrefixDigest::of(&claims)),
             })
         } else {
             Err(AuthError::Forbidden)
@@ -433,7 +459,8 @@ mod tests {
         assert_eq!(
             auth.authorize(Some(&write), "s1", Access::Write),
             Ok(Grant {
-                expires_at: Some(exp)
+                expires_at: Some(exp),
+                prefix: None,
             })
         );
         assert_eq!(
@@ -452,9 +479,25 @@ mod tests {
     fn a_prefix_token_opens_every_session_under_it() {
         let auth = authenticator();
         let tenant = token("tenant-a/", true, Scope::Read, now() + 60);
-        assert!(
-            auth.authorize(Some(&tenant), "tenant-a/s9", Access::Read)
-                .is_ok()
+        let grant = auth
+            .authorize(Some(&tenant), "tenant-a/s9", Access::Read)
+            .unwrap();
+        // Every session it opens counts against the same prefix; another
+        // token of the same prefix counts against it too.
+        let again = token("tenant-a/", true, Scope::Read, now() + 120);
+        let other = token("tenant-b/", true, Scope::Read, now() + 60);
+        assert!(grant.prefix.is_some());
+        assert_eq!(
+            auth.authorize(Some(&again), "tenant-a/s10", Access::Read)
+                .unwrap()
+                .prefix,
+            grant.prefix
+        );
+        assert_ne!(
+            auth.authorize(Some(&other), "tenant-b/s9", Access::Read)
+                .unwrap()
+                .prefix,
+            grant.prefix
         );
         for other in ["tenant-b/s9", "tenant-a", "tenant-a/", "tenant-ab/s9"] {
             assert_eq!(
@@ -528,6 +571,7 @@ mod tests {
     fn a_grant_reports_what_is_left_of_it() {
         let grant = Grant {
             expires_at: Some(100),
+            prefix: None,
         };
         assert_eq!(
             grant.remaining(40),

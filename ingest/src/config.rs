@@ -59,6 +59,20 @@ pub struct GuardSettings {
     /// Open WebSocket connections per client IP.
     #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
+    /// Distinct sessions one client address (IPv6: one /64) may open within
+    /// `SESSION_CAP_WINDOW_SECS`; past it, `429 too_many_sessions` (0: no
+    /// cap; like every per-address cap, set it where the client address is
+    /// known, not behind an untrusted proxy).
+    #[arg(long, env = "MAX_SESSIONS_PER_IP", default_value_t = 0)]
+    pub max_sessions_per_ip: usize,
+    /// Distinct sessions the prefix tokens of one prefix may open within
+    /// `SESSION_CAP_WINDOW_SECS`, from any addresses (0: no cap).
+    #[arg(long, env = "MAX_SESSIONS_PER_PREFIX", default_value_t = 100_000)]
+    pub max_sessions_per_prefix: usize,
+    /// How long a session counts against the client that connected to it,
+    /// after its last connection, in seconds.
+    #[arg(long, env = "SESSION_CAP_WINDOW_SECS", default_value_t = 3600)]
+    pub session_cap_window_secs: u64,
     /// A connection that sends no frame for this long is closed, in seconds.
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 300)]
     pub idle_timeout_secs: u64,

@@ -22,6 +22,15 @@ pub enum HttpError {
     TooManyConnections,
     #[error("too many open connections from this address")]
     TooManyConnectionsFromIp,
+    #[error(
+        "{who} opened the most sessions it may within the window; retry after {retry_after_secs} s"
+    )]
+    TooManySessions {
+        who: &'static str,
+        retry_after_secs: u64,
+    },
+    #[error("ingest tracks as many sessions as it can; try again later")]
+    SessionTableFull,
 }
 
 impl HttpError {
@@ -36,6 +45,8 @@ impl HttpError {
             Self::TooManyConnectionsFromIp => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_connections")
             }
+            Self::TooManySessions { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_sessions"),
+            Self::SessionTableFull => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 }
@@ -44,6 +55,14 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let body = json!({"error": {"code": code, "message": self.to_string()}});
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::TooManySessions {
+            retry_after_secs, ..
+        } = self
+            && let Ok(value) = retry_after_secs.to_string().parse()
+        {
+            response.headers_mut().insert("retry-after", value);
+        }
+        response
     }
 }

@@ -7,6 +7,8 @@
 //! - [`connection`]: one producer connection as a state machine, frame by
 //!   frame, replies in order.
 //! - [`guard`]: connection limits, Origin checks, rate limits.
+//! - [`session_caps`]: how many distinct sessions one address or prefix
+//!   token may open.
 //! - [`publisher`]: the [`Publish`](publisher::Publish) seam; JetStream
 //!   publishing with server-chosen message ids, retries and checked
 //!   duplicates.
@@ -24,6 +26,7 @@ pub mod http_error;
 pub mod publisher;
 pub mod readiness;
 pub mod server;
+pub mod session_caps;
 
 pub use config::Config;
 pub use server::{Ingest, serve};

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sessionfold_common::auth::{Access, Authenticator, bearer};
 use sessionfold_common::http::ReadCredit;
-use sessionfold_common::rate_limit::ClientIpSettings;
+use sessionfold_common::rate_limit::{ClientIpSettings, retry_after_secs};
 use sessionfold_common::{health, jetstream as js_setup, metrics, shutdown};
 use sessionfold_core::Subjects;
 use sessionfold_core::session::query_value;
@@ -32,6 +32,7 @@ use crate::group_commit::{GroupCommit, GroupCommitSettings};
 use crate::guard::{ConnectionLimits, Crossed, FrameLimits, origin_allowed};
 use crate::http_error::HttpError;
 use crate::publisher::{JetStreamPublisher, Publish, PublishTiming, max_header_bytes};
+use crate::session_caps::{SessionCapCrossed, SessionCaps};
 
 /// Largest WebSocket message read at all. Frames between the configured
 /// frame limit and this size get a `frame_too_large` reply; larger ones
@@ -66,6 +67,7 @@ pub(crate) struct Shared {
     pub(crate) guard: GuardSettings,
     pub(crate) connection_limits: Arc<ConnectionLimits>,
     pub(crate) frame_limits: Arc<FrameLimits>,
+    pub(crate) session_caps: SessionCaps,
     /// Set under `LATE_EVENTS=reject`.
     pub(crate) closed_sessions: Option<Arc<dyn crate::closed::ClosedSessions>>,
 }
@@ -99,6 +101,11 @@ impl Shared {
                 config.guard.max_connections_per_ip,
             ),
             frame_limits: FrameLimits::new(&config.guard, limits.max_frame_bytes),
+            session_caps: SessionCaps::new(
+                Duration::from_secs(config.guard.session_cap_window_secs),
+                config.guard.max_sessions_per_ip,
+                config.guard.max_sessions_per_prefix,
+            ),
             closed_sessions: None,
         }
     }
@@ -348,6 +355,20 @@ fn accept(
     if shared.shutting_down.load(Ordering::Relaxed) {
         return Err(HttpError::ShuttingDown);
     }
+    shared
+        .session_caps
+        .admit(client_ip, grant.prefix, &session, std::time::Instant::now())
+        .map_err(|crossed| match crossed {
+            SessionCapCrossed::PerAddress { retry_after } => HttpError::TooManySessions {
+                who: "this address",
+                retry_after_secs: retry_after_secs(retry_after),
+            },
+            SessionCapCrossed::PerPrefix { retry_after } => HttpError::TooManySessions {
+                who: "this token's prefix",
+                retry_after_secs: retry_after_secs(retry_after),
+            },
+            SessionCapCrossed::Full => HttpError::SessionTableFull,
+        })?;
     let slot = shared
         .connection_limits
         .try_open(client_ip)

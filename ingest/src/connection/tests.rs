@@ -421,6 +421,7 @@ async fn an_expiring_token_closes_the_connection_with_1008() {
     ));
     let grant = Grant {
         expires_at: Some(sessionfold_common::auth::now() + 30),
+        prefix: None,
     };
     let mut h = start_with(shared, publisher, drain, grant, false);
     h.send("[]");

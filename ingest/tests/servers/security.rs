@@ -682,3 +682,127 @@ async fn a_socket_sending_only_refused_or_empty_frames_is_closed_when_idle() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// The refusal of a WebSocket upgrade: its status, error code and
+/// `Retry-After`.
+async fn upgrade_refusal(url: String) -> Option<(u16, String, Option<u64>)> {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((mut socket, _)) => {
+            let _ = socket.close(None).await;
+            None
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned();
+            let code = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|json| json["error"]["code"].as_str().map(str::to_owned))
+                .unwrap_or(body);
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok()?.parse().ok());
+            Some((response.status().as_u16(), code, retry_after))
+        }
+        Err(other) => panic!("unexpected WebSocket error: {other:?}"),
+    }
+}
+
+/// Hardening II, attack 5: one address, or one prefix token from many
+/// sessions, opened sessions without end (2.4 KB of Redis each, up to
+/// 70 KB). Now each may open a capped number within the window and gets
+/// `429 too_many_sessions` with `Retry-After` past it; sessions it already
+/// opened stay open to it.
+#[tokio::test]
+async fn one_address_or_one_prefix_opens_a_capped_number_of_sessions() {
+    const PER_IP: usize = 8;
+    const PER_PREFIX: usize = 5;
+    let attempts = 40 * scale();
+    let ingest = spawn_ingest_with("", |config| {
+        config.guard.max_sessions_per_ip = PER_IP;
+        config.guard.max_sessions_per_prefix = PER_PREFIX;
+        config.auth.auth_token_secret = Some(SECRET.into());
+    })
+    .await;
+    // Anonymous (AUTH_REQUIRED=false): counted per address.
+    let mut opened = 0;
+    let mut refusals = Vec::new();
+    for n in 0..attempts {
+        match upgrade_refusal(ingest.websocket_url(&format!("flood-{n}"))).await {
+            None => opened += 1,
+            Some(refusal) => refusals.push(refusal),
+        }
+    }
+    println!(
+        "sessions from one address: before, {attempts} of {attempts} opened; now {opened} (MAX_SESSIONS_PER_IP={PER_IP}), {} refused",
+        refusals.len()
+    );
+    assert_eq!(opened, PER_IP);
+    for (status, code, retry_after) in &refusals {
+        assert_eq!((*status, code.as_str()), (429, "too_many_sessions"));
+        assert!(retry_after.is_some_and(|secs| secs > 0 && secs <= 3600));
+    }
+    // A session the address already opened still takes its frames.
+    let mut producer = ingest.connect("flood-0").await;
+    assert!(producer.send_and_reply(&frame("again")).await.is_ok());
+
+    // A prefix token is counted across addresses: its own cap, from
+    // 127.0.0.1 as well as from any other.
+    let prefix = token("tenant/", true, now() + 600);
+    let mut opened = 0;
+    for n in 0..attempts {
+        let url = format!(
+            "{}&token={prefix}",
+            ingest.websocket_url(&format!("tenant/{n}"))
+        );
+        match upgrade_refusal(url).await {
+            None => opened += 1,
+            Some((status, code, _)) => {
+                assert_eq!((status, code.as_str()), (429, "too_many_sessions"))
+            }
+        }
+    }
+    println!(
+        "sessions of one prefix token: before, {attempts} of {attempts}; now {opened} (MAX_SESSIONS_PER_PREFIX={PER_PREFIX}, the address's cap already reached)"
+    );
+    // The address's cap was used up above, so nothing new opens at all.
+    assert_eq!(opened, 0);
+}
+
+#[tokio::test]
+async fn a_prefix_token_is_capped_on_its_own_from_an_uncapped_address() {
+    const PER_PREFIX: usize = 5;
+    let ingest = spawn_ingest_with("", |config| {
+        config.guard.max_sessions_per_ip = 0;
+        config.guard.max_sessions_per_prefix = PER_PREFIX;
+        config.auth.auth_token_secret = Some(SECRET.into());
+    })
+    .await;
+    let prefix = token("tenant/", true, now() + 600);
+    let mut opened = 0;
+    for n in 0..20 {
+        let url = format!(
+            "{}&token={prefix}",
+            ingest.websocket_url(&format!("tenant/{n}"))
+        );
+        match upgrade_refusal(url).await {
+            None => opened += 1,
+            Some((status, code, _)) => {
+                assert_eq!((status, code.as_str()), (429, "too_many_sessions"))
+            }
+        }
+    }
+    assert_eq!(opened, PER_PREFIX);
+    // Another prefix has its own count; a token of one session is not
+    // counted per token.
+    let other = token("other/", true, now() + 600);
+    let url = format!("{}&token={other}", ingest.websocket_url("other/1"));
+    assert_eq!(upgrade_refusal(url).await, None);
+    let single = token("tenant/99", false, now() + 600);
+    let url = format!("{}&token={single}", ingest.websocket_url("tenant/99"));
+    assert_eq!(upgrade_refusal(url).await, None);
+}
