@@ -44,6 +44,10 @@ pub fn stream_config(settings: &NatsSettings) -> stream::Config {
         duplicate_window: settings.duplicate_window(),
         // Group commit at ingest stores frames by atomic batches.
         allow_atomic_publish: true,
+        // At a limit, refuse new frames (ingest answers `unavailable`)
+        // rather than drop acknowledged ones the processor may not have
+        // folded yet.
+        discard: stream::DiscardPolicy::New,
         ..Default::default()
     }
 }
@@ -109,7 +113,8 @@ async fn try_ensure_stream_config(
         || current.max_bytes != wanted.max_bytes
         || current.num_replicas != wanted.num_replicas
         || current.duplicate_window != wanted.duplicate_window
-        || current.allow_atomic_publish != wanted.allow_atomic_publish;
+        || current.allow_atomic_publish != wanted.allow_atomic_publish
+        || current.discard != wanted.discard;
     if drifted {
         tracing::info!(stream = %wanted.name, "updating stream settings");
         js.update_stream(wanted.clone())

@@ -21,11 +21,15 @@ pub struct NatsSettings {
     /// Subject prefix of accepted frames; a session's subject is `<prefix>.<token>`.
     #[arg(long, env = "SUBJECT_PREFIX", default_value = sessionfold_core::names::DEFAULT_EVENTS_PREFIX)]
     pub subject_prefix: String,
-    /// Oldest message the stream keeps, in seconds; 0 keeps messages forever.
-    #[arg(long, env = "STREAM_MAX_AGE_SECS", default_value_t = 0)]
+    /// Oldest message the stream keeps, in seconds (7 days); 0 keeps
+    /// messages forever. It bounds how far back a repair or a rebuild can
+    /// replay.
+    #[arg(long, env = "STREAM_MAX_AGE_SECS", default_value_t = DEFAULT_STREAM_MAX_AGE_SECS)]
     pub stream_max_age_secs: u64,
-    /// Most bytes the stream keeps; -1 for no limit.
-    #[arg(long, env = "STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    /// Most bytes the stream keeps (10 GiB); -1 for no limit. A full stream
+    /// refuses new frames (ingest answers `unavailable`) and never drops
+    /// stored ones to make room.
+    #[arg(long, env = "STREAM_MAX_BYTES", default_value_t = DEFAULT_STREAM_MAX_BYTES, allow_negative_numbers = true)]
     pub stream_max_bytes: i64,
     /// Stream replicas (3 on a NATS cluster).
     #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1)]
@@ -34,6 +38,11 @@ pub struct NatsSettings {
     #[arg(long, env = "STREAM_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
     pub stream_duplicate_window_secs: u64,
 }
+
+/// The event stream keeps a week of frames by default.
+pub const DEFAULT_STREAM_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
+/// And at most 10 GiB of them.
+pub const DEFAULT_STREAM_MAX_BYTES: i64 = 10 << 30;
 
 impl NatsSettings {
     pub fn stream_max_age(&self) -> Duration {
@@ -277,7 +286,8 @@ mod tests {
             nats.subject_prefix,
             sessionfold_core::names::DEFAULT_EVENTS_PREFIX
         );
-        assert_eq!(nats.stream_max_bytes, -1);
+        assert_eq!(nats.stream_max_bytes, 10 << 30);
+        assert_eq!(nats.stream_max_age_secs, 7 * 24 * 3600);
         assert_eq!(nats.stream_duplicate_window_secs, 120);
         assert_eq!(
             RedisSettings::default().key_prefix,

@@ -806,3 +806,40 @@ async fn a_prefix_token_is_capped_on_its_own_from_an_uncapped_address() {
     let url = format!("{}&token={single}", ingest.websocket_url("tenant/99"));
     assert_eq!(upgrade_refusal(url).await, None);
 }
+
+/// Hardening II: a full event stream (`STREAM_MAX_BYTES`) dropped its
+/// oldest frames to take new ones, acknowledged frames the processor may
+/// not have folded yet among them. Now it refuses new frames, answered
+/// `unavailable` (send it again later), and keeps every acknowledged one.
+#[tokio::test]
+async fn a_full_event_stream_refuses_new_frames_and_keeps_every_acknowledged_one() {
+    const MAX_BYTES: i64 = 16 * 1024;
+    let ingest = spawn_ingest_with("", |config| config.nats.stream_max_bytes = MAX_BYTES).await;
+    let mut producer = ingest.connect("filling").await;
+    let mut acknowledged = Vec::new();
+    let mut unavailable = 0;
+    for n in 0..400 {
+        let sent = frame(&format!("filling-{n:04}-{}", "x".repeat(100)));
+        let reply = producer.send_and_reply(&sent).await;
+        if reply.is_ok() {
+            acknowledged.push((reply, sent));
+        } else {
+            assert_eq!(
+                reply.error_code(),
+                Some(ErrorCode::Unavailable),
+                "{reply:?}"
+            );
+            unavailable += 1;
+        }
+    }
+    for (reply, sent) in &acknowledged {
+        ingest.assert_stored(reply, "filling", sent).await;
+    }
+    let stored = ingest.stream_messages().await;
+    println!(
+        "full stream ({MAX_BYTES} B): {} frames acknowledged, all {stored} still stored; {unavailable} refused as unavailable (before: the oldest were dropped to take them)",
+        acknowledged.len()
+    );
+    assert_eq!(stored, acknowledged.len() as u64);
+    assert!(unavailable > 0, "the stream never filled");
+}
