@@ -3,13 +3,19 @@
 //! Every read of a document (`GET /data` and the live streams' shared reads)
 //! goes through a [`ReadPool`]:
 //!
-//! - **Connections of their own, one command at a time.** Reads use
-//!   dedicated Redis connections, never the connection other work shares,
-//!   and a connection carries one command at a time, so a reply never queues
-//!   behind another reply and Redis holds at most one reply per connection
+//! - **Connections of their own, a bounded number of commands on each.**
+//!   Reads use dedicated Redis connections, never the connection other work
+//!   shares. A small-document connection carries up to
+//!   `API_READ_PIPELINE` commands at once (sent and answered together, so
+//!   Redis and the api pay one system call for several reads) and a read
+//!   takes the connection with the fewest, so a small reply queues behind
+//!   another only when every connection is busy; a large-document
+//!   connection carries one command at a time, so a large reply never
+//!   queues behind another. Redis thus holds at most `API_READ_PIPELINE`
+//!   replies per small-read connection and one per large-read connection
 //!   in its output buffers. A connection whose command failed or ran past
-//!   its deadline is dropped (closing it frees what Redis still buffered for
-//!   it) and replaced on next use.
+//!   its deadline is dropped (closing it, once the commands still on it are
+//!   done, frees what Redis still buffered for it) and replaced on next use.
 //! - **Two lanes.** Small documents use `API_READ_CONNECTIONS` connections;
 //!   large ones (at least `API_LARGE_READ_BYTES`) their own
 //!   `API_LARGE_READS`, so big documents can never take every connection
@@ -28,6 +34,7 @@
 //!   `API_LARGE_RESPONSES × API_MAX_DOCUMENT_BYTES`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,11 +55,16 @@ pub const ESTIMATED_CHILD_BYTES: u64 = 64;
 /// How the api reads documents; 0 is not allowed for the counts.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct ReadSettings {
-    /// Redis connections for reads of small documents (each carries one
-    /// command at a time).
+    /// Redis connections for reads of small documents (each carries up to
+    /// `API_READ_PIPELINE` commands at a time).
     #[arg(long, env = "API_READ_CONNECTIONS", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub read_connections: u32,
+    /// Commands in flight at once on each small-read connection; 1 sends
+    /// one read at a time per connection.
+    #[arg(long, env = "API_READ_PIPELINE", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_pipeline: u32,
     /// Large documents read from Redis at once, each on its own connection.
     #[arg(long, env = "API_LARGE_READS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -98,7 +110,7 @@ pub enum ReadError {
 /// Why Redis could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unavailable {
-    #[error("no read connection became free within the read deadline")]
+    #[error("no read connection had room within the read deadline")]
     Busy,
     #[error("too many large documents are being served; retry shortly")]
     LargeBusy,
@@ -175,7 +187,12 @@ impl ReadPool {
     /// A pool for `redis`; connections are opened when first needed.
     pub fn new(redis: &RedisSettings, settings: &ReadSettings) -> Self {
         Self {
-            small: Lane::new("small", redis, settings.read_connections as usize),
+            small: Lane::pipelined(
+                "small",
+                redis,
+                settings.read_connections as usize,
+                settings.read_pipeline as usize,
+            ),
             large: Lane::new("large", redis, settings.large_reads as usize),
             large_slots: Arc::new(Semaphore::new(settings.large_responses as usize)),
             sizes: SizeCache::new(SIZE_CACHE_ENTRIES),
@@ -356,21 +373,81 @@ const READ_WITH_REVISION: &str = "local d = redis.call('JSON.GET', KEYS[1]) \
      if not d then return false end \
      return {d, redis.call('HGET', KEYS[2], 'rev') or '', redis.call('HGET', KEYS[2], 'st') or ''}";
 
-/// Connections of one lane: at most `size`, each used by one command at a
-/// time.
+/// Connections of one lane: at most `size`, each carrying at most `depth`
+/// commands at a time (one for the large documents' and the searches'
+/// lanes).
 pub(crate) struct Lane {
     name: &'static str,
+    /// `size × depth`: a command waits here until some connection has room.
     permits: Semaphore,
-    idle: Mutex<Vec<RedisConnection>>,
+    depth: usize,
+    /// Commands in flight on each slot's connection; a command takes the
+    /// slot with the fewest, so a reply queues behind another only when
+    /// every connection already carries one.
+    in_flight: Mutex<Vec<usize>>,
+    slots: Vec<Slot>,
+    /// Tells connections apart, so that a command forgets only the
+    /// connection it failed on, never its replacement.
+    opened: AtomicU64,
     redis: RedisSettings,
 }
 
+/// One connection of a lane, opened when first needed and shared by the
+/// commands in flight on it (each holds a clone of the multiplexed
+/// connection; forgetting it closes it once the last of them is done).
+struct Slot {
+    open: Mutex<Option<OpenConnection>>,
+    /// Held while the slot connects, so that commands arriving meanwhile
+    /// wait for that connection instead of opening more.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+struct OpenConnection {
+    id: u64,
+    connection: RedisConnection,
+}
+
+/// A command's place on a slot, given back when dropped.
+struct InFlight<'a> {
+    lane: &'a Lane,
+    slot: usize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.lane.in_flight.lock().expect("lane lock")[self.slot] -= 1;
+    }
+}
+
 impl Lane {
+    /// A lane whose connections carry one command at a time.
     pub(crate) fn new(name: &'static str, redis: &RedisSettings, size: usize) -> Self {
+        Self::pipelined(name, redis, size, 1)
+    }
+
+    /// A lane of `size` connections, each carrying up to `depth` commands
+    /// at a time.
+    pub(crate) fn pipelined(
+        name: &'static str,
+        redis: &RedisSettings,
+        size: usize,
+        depth: usize,
+    ) -> Self {
+        let size = size.max(1);
+        let depth = depth.max(1);
         Self {
             name,
-            permits: Semaphore::new(size),
-            idle: Mutex::new(Vec::with_capacity(size)),
+            permits: Semaphore::new(size * depth),
+            depth,
+            in_flight: Mutex::new(vec![0; size]),
+            slots: (0..size)
+                .map(|_| Slot {
+                    open: Mutex::new(None),
+                    connecting: tokio::sync::Mutex::new(()),
+                })
+                .collect(),
+            opened: AtomicU64::new(0),
             redis: redis.clone(),
         }
     }
@@ -386,21 +463,16 @@ impl Lane {
             .await
             .map_err(|_| Unavailable::Busy)?
             .expect("a lane's semaphore is never closed");
-        // A connection that sat idle may have been closed by Redis (a
+        let place = self.take_place();
+        let slot = &self.slots[place.slot];
+        // A connection that sat open may have been closed by Redis (a
         // restart, a failover); then the read is tried once more on a new
         // one, within the same deadline.
-        let mut reused = self.idle.lock().expect("lane lock").pop();
+        let mut retried = false;
         loop {
-            let was_idle = reused.is_some();
-            let mut connection = match reused.take() {
-                Some(connection) => connection,
-                None => self.connect(deadline).await?,
-            };
-            match timeout_at(deadline, cmd.run::<T>(&mut connection)).await {
-                Ok(Ok(value)) => {
-                    self.idle.lock().expect("lane lock").push(connection);
-                    return Ok(value);
-                }
+            let (mut open, fresh) = self.connection(slot, deadline).await?;
+            match timeout_at(deadline, cmd.run::<T>(&mut open.connection)).await {
+                Ok(Ok(value)) => return Ok(value),
                 // An error reply leaves the connection in step.
                 Ok(Err(err))
                     if matches!(
@@ -408,28 +480,69 @@ impl Lane {
                         redis::ErrorKind::Server(_) | redis::ErrorKind::UnexpectedReturnType
                     ) =>
                 {
-                    self.idle.lock().expect("lane lock").push(connection);
                     return Err(Unavailable::Redis(err.to_string()));
                 }
                 // Anything else (I/O, a closed connection) does not: it is
-                // dropped.
+                // forgotten.
                 Ok(Err(err)) => {
                     tracing::debug!(lane = self.name, error = %err, "dropping a read connection");
-                    if !was_idle {
+                    slot.forget(open.id);
+                    if fresh || retried {
                         return Err(Unavailable::Redis(err.to_string()));
                     }
+                    retried = true;
                 }
-                // Dropped with its command in flight: closing the connection
-                // discards the reply Redis may still be producing for it.
+                // Forgotten with its command in flight: closing the
+                // connection (once no other command uses it) discards the
+                // reply Redis may still be producing for it.
                 Err(_) => {
                     tracing::debug!(
                         lane = self.name,
                         "read past its deadline; connection dropped"
                     );
+                    slot.forget(open.id);
                     return Err(Unavailable::Timeout);
                 }
             }
         }
+    }
+
+    /// The slot with the fewest commands in flight; the permit held by the
+    /// caller guarantees it has room for one more.
+    fn take_place(&self) -> InFlight<'_> {
+        let mut in_flight = self.in_flight.lock().expect("lane lock");
+        let (slot, count) = in_flight
+            .iter_mut()
+            .enumerate()
+            .min_by_key(|(_, count)| **count)
+            .expect("a lane has at least one slot");
+        debug_assert!(*count < self.depth, "more commands than permits");
+        *count += 1;
+        InFlight { lane: self, slot }
+    }
+
+    /// The slot's connection, opened if it has none; whether this call
+    /// opened it.
+    async fn connection(
+        &self,
+        slot: &Slot,
+        deadline: Instant,
+    ) -> Result<(OpenConnection, bool), Unavailable> {
+        if let Some(open) = slot.current() {
+            return Ok((open, false));
+        }
+        let _connecting = timeout_at(deadline, slot.connecting.lock())
+            .await
+            .map_err(|_| Unavailable::Timeout)?;
+        if let Some(open) = slot.current() {
+            return Ok((open, false));
+        }
+        let open = OpenConnection {
+            id: self.opened.fetch_add(1, Ordering::Relaxed),
+            connection: self.connect(deadline).await?,
+        };
+        *slot.open.lock().expect("slot lock") = Some(open.clone());
+        Ok((open, true))
     }
 
     async fn connect(&self, deadline: Instant) -> Result<RedisConnection, Unavailable> {
@@ -448,6 +561,20 @@ impl Lane {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(err)) => Err(Unavailable::Redis(format!("{err:#}"))),
             Err(_) => Err(Unavailable::Timeout),
+        }
+    }
+}
+
+impl Slot {
+    fn current(&self) -> Option<OpenConnection> {
+        self.open.lock().expect("slot lock").clone()
+    }
+
+    /// Forgets the connection `id` if it is still this slot's.
+    fn forget(&self, id: u64) {
+        let mut open = self.open.lock().expect("slot lock");
+        if open.as_ref().is_some_and(|open| open.id == id) {
+            *open = None;
         }
     }
 }
@@ -583,6 +710,7 @@ mod tests {
     fn zero_connections_are_refused() {
         assert!(Flags::try_parse_from(["api", "--read-connections", "0"]).is_err());
         assert!(Flags::try_parse_from(["api", "--large-reads", "0"]).is_err());
+        assert!(Flags::try_parse_from(["api", "--read-pipeline", "0"]).is_err());
     }
 
     #[test]
