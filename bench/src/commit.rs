@@ -888,10 +888,15 @@ fn add_rows(mix: &Mix, d: &Durable, r: &Relaxed, rows: &mut Vec<Row>, notes: &mu
         fsync_ratio(on, off),
         on.and_then(|f| targeted("≤ 0.2", f <= 0.2)),
     ));
-    for raw in [&d.singles, &d.batched] {
+    for (raw, sync) in [
+        (&d.singles, "always"),
+        (&d.batched, "always"),
+        (&r.singles, "2m"),
+        (&r.batched, "2m"),
+    ] {
         rows.push(target_row(
             format!(
-                "{name}: raw JetStream publish of its frames, {}, `sync_interval: always`",
+                "{name}: raw JetStream publish of its frames, {}, `sync_interval: {sync}`",
                 raw.how
             ),
             format!(
