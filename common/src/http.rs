@@ -598,16 +598,16 @@ async fn observe(mut request: Request, next: Next) -> Response {
     request.extensions_mut().insert(RequestId(id.clone()));
     let route = route_label(&request);
     let method = request.method().clone();
+    // Every field is given when the span is made: recording one later
+    // makes the JSON log format parse and write the span's fields again.
+    let session_id = session_id_of(request.uri());
     let span = tracing::info_span!(
         "request",
         method = %method,
         route = %route,
         request_id = %id,
-        session_id = tracing::field::Empty,
+        session_id = session_id.as_deref(),
     );
-    if let Some(session_id) = session_id_of(request.uri()) {
-        span.record("session_id", session_id.as_str());
-    }
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status();
