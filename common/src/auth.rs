@@ -80,6 +80,11 @@ pub struct Claims {
 impl Claims {
     /// Whether these claims name `session_id`. A prefix token without a
     /// separator, or whose `sid` does not end with it, names nothing.
+    /// The all-sessions token: the empty prefix at a separator.
+    pub fn opens_every_session(&self) -> bool {
+        self.prefix && self.sid.is_empty() && self.sep.as_deref().is_some_and(|sep| !sep.is_empty())
+    }
+
     pub fn covers(&self, session_id: &str) -> bool {
         if !self.prefix {
             return session_id == self.sid;
@@ -296,15 +301,24 @@ impl Authenticator {
     }
 
     /// Decides whether `credential` may read every session (a listing of
-    /// them): an API key may, and anyone when no credential is required;
-    /// a session token names sessions, not all of them, so it may not.
+    /// them): an API key may, anyone when no credential is required, and
+    /// an all-sessions token (`sessionfold token --all-sessions`) that may
+    /// read, since it may read each session anyway. A token of one session
+    /// or of a prefix names some sessions, not all of them, so it may not.
     pub fn authorize_all(&self, credential: Option<&str>) -> Result<Grant, AuthError> {
         let credential = match self.without_token(credential) {
             Ok(credential) => credential,
             Err(decided) => return decided,
         };
-        self.verify(credential, now())?;
-        Err(AuthError::Forbidden)
+        let claims = self.verify(credential, now())?;
+        if claims.opens_every_session() && claims.scope.allows(Access::Read) {
+            Ok(Grant {
+                expires_at: Some(claims.exp),
+                prefix: Some(PrefixDigest::of(&claims)),
+            })
+        } else {
+            Err(AuthError::Forbidden)
+        }
     }
 
     /// Verifies a token's signature and expiry at `now` (Unix seconds).
@@ -437,16 +451,26 @@ mod tests {
     }
 
     #[test]
-    fn only_an_api_key_lists_every_session() {
+    fn an_api_key_or_an_all_sessions_reader_lists_every_session() {
         let auth = authenticator();
         assert_eq!(auth.authorize_all(Some("key-1")), Ok(Grant::UNLIMITED));
         assert_eq!(auth.authorize_all(None), Err(AuthError::Missing));
         assert_eq!(auth.authorize_all(Some("key-2")), Err(AuthError::Invalid));
-        let everything = token("", true, Scope::Read, now() + 60);
+        let exp = now() + 60;
+        let everything = token("", true, Scope::Read, exp);
         assert_eq!(
-            auth.authorize_all(Some(&everything)),
-            Err(AuthError::Forbidden)
+            auth.authorize_all(Some(&everything))
+                .map(|grant| grant.expires_at),
+            Ok(Some(exp))
         );
+        let writer = token("", true, Scope::Write, exp);
+        assert_eq!(auth.authorize_all(Some(&writer)), Err(AuthError::Forbidden));
+        for some in [
+            token("tenant-a/", true, Scope::Read, exp),
+            token("s1", false, Scope::Read, exp),
+        ] {
+            assert_eq!(auth.authorize_all(Some(&some)), Err(AuthError::Forbidden));
+        }
         let open = Authenticator::new(&AuthSettings::default());
         assert_eq!(open.authorize_all(None), Ok(Grant::UNLIMITED));
     }

@@ -26,7 +26,9 @@ pub struct NatsSettings {
     /// replay.
     #[arg(long, env = "STREAM_MAX_AGE_SECS", default_value_t = DEFAULT_STREAM_MAX_AGE_SECS)]
     pub stream_max_age_secs: u64,
-    /// Most bytes the stream keeps (10 GiB); -1 for no limit. A full stream
+    /// Most bytes the stream keeps; -1 for no limit (the default: JetStream
+    /// reserves a stream's byte limit out of its storage when it creates
+    /// the stream, so a default would fail on small disks). A full stream
     /// refuses new frames (ingest answers `unavailable`) and never drops
     /// stored ones to make room.
     #[arg(long, env = "STREAM_MAX_BYTES", default_value_t = DEFAULT_STREAM_MAX_BYTES, allow_negative_numbers = true)]
@@ -41,8 +43,8 @@ pub struct NatsSettings {
 
 /// The event stream keeps a week of frames by default.
 pub const DEFAULT_STREAM_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
-/// And at most 10 GiB of them.
-pub const DEFAULT_STREAM_MAX_BYTES: i64 = 10 << 30;
+/// Without a byte limit unless one is set.
+pub const DEFAULT_STREAM_MAX_BYTES: i64 = -1;
 
 impl NatsSettings {
     pub fn stream_max_age(&self) -> Duration {
@@ -286,7 +288,7 @@ mod tests {
             nats.subject_prefix,
             sessionfold_core::names::DEFAULT_EVENTS_PREFIX
         );
-        assert_eq!(nats.stream_max_bytes, 10 << 30);
+        assert_eq!(nats.stream_max_bytes, -1);
         assert_eq!(nats.stream_max_age_secs, 7 * 24 * 3600);
         assert_eq!(nats.stream_duplicate_window_secs, 120);
         assert_eq!(

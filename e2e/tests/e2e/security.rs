@@ -393,7 +393,8 @@ async fn an_event_over_the_size_limit_is_rejected_with_its_index() {
 }
 
 #[tokio::test]
-async fn listing_sessions_needs_an_api_key_and_pages_of_children_the_session() {
+async fn listing_sessions_needs_an_api_key_or_an_all_sessions_reader_and_pages_of_children_the_session()
+ {
     let app = spawn_secured_app().await;
     let mut producer = connect_with(
         app.websocket_url("s1"),
@@ -420,11 +421,15 @@ async fn listing_sessions_needs_an_api_key_and_pages_of_children_the_session() {
     };
     let later = now() + 600;
     let s1 = token("s1", false, Scope::Read, later);
+    let tenant = token("tenant/", true, Scope::Read, later);
     let everything = token("", true, Scope::Read, later);
+    let everything_write = token("", true, Scope::Write, later);
     for (credential, status, code) in [
         (None, StatusCode::UNAUTHORIZED, "unauthorized"),
         (Some(s1.clone()), StatusCode::FORBIDDEN, "forbidden"),
-        (Some(everything), StatusCode::FORBIDDEN, "forbidden"),
+        (Some(tenant), StatusCode::FORBIDDEN, "forbidden"),
+        (Some(everything_write), StatusCode::FORBIDDEN, "forbidden"),
+        (Some(everything), StatusCode::OK, ""),
         (Some(API_KEY.to_owned()), StatusCode::OK, ""),
     ] {
         assert_eq!(
