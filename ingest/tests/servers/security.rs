@@ -843,3 +843,60 @@ async fn a_full_event_stream_refuses_new_frames_and_keeps_every_acknowledged_one
     assert_eq!(stored, acknowledged.len() as u64);
     assert!(unavailable > 0, "the stream never filled");
 }
+
+/// Hardening II, decided: an acknowledgement's `seq` is the stream's own
+/// sequence (what read-your-writes waits for), so on a shared stream it
+/// tells a producer how many frames everyone sent. Tenants who must not
+/// learn each other's volume get a stream each (`STREAM_NAME`,
+/// `SUBJECT_PREFIX`): then one tenant's sequences do not move with the
+/// other's traffic.
+#[tokio::test]
+async fn a_stream_per_tenant_keeps_one_tenants_sequences_blind_to_anothers_traffic() {
+    let tenant_a = crate::helpers::spawn_ingest().await;
+    // Tenant B on the same nats-server, with its own stream and subjects.
+    let mut config_b = crate::helpers::test_config(&tenant_a.nats);
+    config_b.listen = "127.0.0.1:0".parse().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr_b = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(sessionfold_ingest::serve(
+        config_b.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    let url_b = format!("ws://{addr_b}/websocket?session_id=b");
+    let mut producer_b = sessionfold_testkit::eventually_ok("tenant B's ingest", DEADLINE, || {
+        let url = url_b.clone();
+        async move {
+            Ok::<_, anyhow::Error>(Producer {
+                socket: tokio_tungstenite::connect_async(url).await?.0,
+            })
+        }
+    })
+    .await;
+
+    let mut producer_a = tenant_a.connect("a").await;
+    let mut sequences_a = Vec::new();
+    let mut shared_sequences = Vec::new();
+    for round in 0..5 {
+        let reply = producer_a
+            .send_and_reply(&frame(&format!("a-{round}")))
+            .await;
+        sequences_a.push(reply.seq().unwrap());
+        // Tenant B sends 20 frames between two of A's.
+        for n in 0..20 {
+            let reply = producer_b
+                .send_and_reply(&frame(&format!("b-{round}-{n}")))
+                .await;
+            assert!(reply.is_ok(), "{reply:?}");
+            shared_sequences.push(reply.seq().unwrap());
+        }
+    }
+    println!(
+        "tenant A's sequences on its own stream: {sequences_a:?}, while tenant B sent 100 frames (B's last seq {})",
+        shared_sequences.last().unwrap()
+    );
+    assert_eq!(sequences_a, vec![1, 2, 3, 4, 5]);
+    shutdown.cancel();
+    let _ = task.await;
+}
