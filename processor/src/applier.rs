@@ -57,6 +57,11 @@ pub struct StoredSession {
     pub messages: Vec<usize>,
     /// Each stored invocation and what it did, in the order they ran.
     pub applies: Vec<(Invocation, Stored)>,
+    /// Its steps may have run more than once (the batch was retried after
+    /// an outage, or the session's frames applied again one by one): a
+    /// step that finds its work done does not say it armed the timer, so
+    /// the timer must be scheduled whatever `armed` says.
+    pub reapplied: bool,
 }
 
 impl StoredSession {
@@ -200,7 +205,7 @@ impl<S: Store> Applier<S> {
             outcomes,
             stored_sessions: Vec::new(),
         };
-        let Some(applied) = self
+        let Some((applied, attempts)) = self
             .apply_until_stored(&invocations, &mut keep_alive, shutdown)
             .await
         else {
@@ -253,6 +258,7 @@ impl<S: Store> Applier<S> {
                     session: session.clone(),
                     messages: part.messages.clone(),
                     applies,
+                    reapplied: attempts > 1,
                 });
             }
         }
@@ -265,15 +271,17 @@ impl<S: Store> Applier<S> {
         invocations: &[Invocation],
         keep_alive: &mut K,
         shutdown: &CancellationToken,
-    ) -> Option<Vec<Applied>>
+    ) -> Option<(Vec<Applied>, u32)>
     where
         K: FnMut() -> F,
         F: Future<Output = ()>,
     {
         let mut backoff = Backoff::default();
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             match self.store.apply(invocations).await {
-                Ok(applied) => return Some(applied),
+                Ok(applied) => return Some((applied, attempts)),
                 Err(outage) => {
                     count_outage(&outage);
                     tracing::warn!(error = %outage, sessions = invocations.len(), "batch not stored; retrying it");
@@ -352,6 +360,7 @@ impl<S: Store> Applier<S> {
                 session: session.clone(),
                 messages: stored_messages,
                 applies: stored_applies,
+                reapplied: true,
             });
         }
     }

@@ -172,7 +172,9 @@ impl Lifecycle {
     /// `NotStored`, so they are redelivered (they are stored; the
     /// redelivery schedules the timer again). A redelivered frame's session
     /// schedules its timer in any case: the replica that armed it may have
-    /// died before scheduling it. Counts sessions opened and reopened too.
+    /// died before scheduling it; so does a session whose steps ran more
+    /// than once ([`crate::applier::StoredSession::reapplied`]). Counts
+    /// sessions opened and reopened too.
     /// Returns how many timers could not be scheduled.
     pub async fn schedule_armed(&self, pulled: &[Pulled], outcome: &mut BatchOutcome) -> usize {
         let mut timers = Vec::new();
@@ -195,7 +197,7 @@ impl Lifecycle {
                 .messages
                 .iter()
                 .any(|&message| pulled[message].metadata.is_some_and(|m| m.delivered > 1));
-            if timer.armed || redelivered {
+            if timer.armed || redelivered || stored.reapplied {
                 let closed = stored
                     .applies
                     .last()

@@ -849,11 +849,19 @@ impl RedisStore {
         {
             // A restarted or new server: load the script and run again; the
             // step is idempotent, so what already ran runs harmlessly twice.
+            // What ran the first time keeps its first answer: the second
+            // finds its work done, and would not say that it armed a timer.
             self.script
                 .prepare_invoke()
                 .load_async(connection)
                 .await?;
+            let first = results;
             (results, wait) = self.run(connection, invocations).await?;
+            for (result, first) in results.iter_mut().zip(first) {
+                if first.is_ok() {
+                    *result = first;
+                }
+            }
         }
         if let Some(reply) = wait {
             self.durability
