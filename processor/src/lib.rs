@@ -24,6 +24,8 @@
 //! - [`backoff`]: the delays between retries.
 //! - [`consumer`]: creating (and re-creating) the durable pull consumer.
 //! - [`dead_letter`]: where messages that can never be applied go.
+//! - [`group_publish`]: publishes from many closes stored together by
+//!   atomic batches.
 //! - [`note`]: the update note published after each apply: its revision
 //!   and what changed, for the api's live deltas.
 //! - [`worker`]: the pull → apply → ack loop, a few batches in flight; [`serve`] adds health routes.
@@ -37,6 +39,7 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod durability;
+pub mod group_publish;
 pub mod lag;
 pub mod legacy;
 pub mod lifecycle;

@@ -27,6 +27,9 @@ use async_nats::jetstream::{
 };
 use bytes::Bytes;
 use futures::StreamExt;
+use sessionfold_common::batch_publish::{
+    self, BatchMessage, ERR_BATCH_NOT_ENABLED, MAX_BATCH_MESSAGES,
+};
 use sessionfold_common::jetstream::ensure_stream_config;
 use sessionfold_common::metrics as names;
 use sessionfold_core::{Keys, LifecycleSubjects, SessionId, Subjects};
@@ -35,6 +38,9 @@ use tokio_util::sync::CancellationToken;
 use crate::applier::{BatchOutcome, Pulled};
 use crate::backoff::Backoff;
 use crate::config::LifecycleSettings;
+use crate::group_publish::{
+    COMMIT_TIMEOUT, GroupPublisher, MIN_ATOMIC_MESSAGES, NOT_ENABLED_BACKOFF,
+};
 use crate::settle::Outcome;
 use crate::store::{CLOSE_SCRIPT, LifecycleSpec, Outage, RedisStore};
 
@@ -71,6 +77,13 @@ pub struct Lifecycle {
     pub spec: LifecycleSpec,
     settings: LifecycleSettings,
     closed_for_good: kv::Store,
+    /// When the timers stream last refused an atomic batch for not
+    /// allowing them.
+    atomic_refused_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// The closes' compaction and later schedules, grouped.
+    timers: GroupPublisher,
+    /// The finished messages, grouped.
+    finished: GroupPublisher,
 }
 
 impl Lifecycle {
@@ -97,6 +110,8 @@ impl Lifecycle {
                 retention: stream::RetentionPolicy::WorkQueue,
                 allow_message_schedules: true,
                 allow_rollup: true,
+                // The timers a pulled batch armed are stored together.
+                allow_atomic_publish: true,
                 max_bytes: -1,
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
@@ -138,17 +153,99 @@ impl Lifecycle {
                 .context("setting up the closed-sessions bucket")?,
         };
         Ok(Self {
-            js,
             subjects,
             spec,
             settings: settings.clone(),
             closed_for_good,
+            atomic_refused_at: Arc::default(),
+            timers: GroupPublisher::spawn(js.clone(), settings.timers_stream.clone()),
+            finished: GroupPublisher::spawn(js.clone(), settings.sessions_stream.clone()),
+            js,
         })
     }
 
     /// Schedules every timer and waits until each is stored: `false` for
     /// those that were not (their frames must not be acked yet).
+    ///
+    /// [`MIN_ATOMIC_MESSAGES`] timers or more go as atomic batches (see
+    /// [`Lifecycle::schedule_atomically`]): a few fsyncs a batch instead
+    /// of one or two a timer. A batch that does not commit is scheduled
+    /// again one timer at a time, so a timer is only ever counted stored
+    /// on a PubAck that covers it.
     pub async fn schedule_all(&self, timers: &[(SessionId, u64, TimerKind)]) -> Vec<bool> {
+        let mut stored = Vec::with_capacity(timers.len());
+        for chunk in timers.chunks(MAX_BATCH_MESSAGES) {
+            if chunk.len() >= MIN_ATOMIC_MESSAGES
+                && !self.atomic_refused_lately()
+                && self.schedule_atomically(chunk).await
+            {
+                stored.extend(std::iter::repeat_n(true, chunk.len()));
+            } else {
+                stored.extend(self.schedule_one_by_one(chunk).await);
+            }
+        }
+        stored
+    }
+
+    /// Stores `timers` (on distinct subjects, at most
+    /// [`MAX_BATCH_MESSAGES`]) as one atomic batch: `true` when JetStream
+    /// committed it whole.
+    pub async fn schedule_atomically(&self, timers: &[(SessionId, u64, TimerKind)]) -> bool {
+        let messages = timers
+            .iter()
+            .map(|(session, due_ms, kind)| {
+                let (subject, headers) = self.schedule_message(session, *due_ms, *kind);
+                BatchMessage {
+                    subject,
+                    headers,
+                    payload: Bytes::new(),
+                }
+            })
+            .collect();
+        let outcome =
+            batch_publish::publish_atomic(&self.js.client(), messages, COMMIT_TIMEOUT).await;
+        match outcome {
+            batch_publish::BatchOutcome::Committed { .. } => {
+                tracing::debug!(
+                    timers = timers.len(),
+                    "timers scheduled by one atomic batch"
+                );
+                true
+            }
+            other => {
+                if let batch_publish::BatchOutcome::Refused {
+                    code: Some(ERR_BATCH_NOT_ENABLED),
+                    ..
+                } = other
+                {
+                    *self
+                        .atomic_refused_at
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                        Some(std::time::Instant::now());
+                }
+                tracing::warn!(
+                    timers = timers.len(),
+                    outcome = other.label(),
+                    error = ?other,
+                    "the timers' atomic batch did not commit; scheduling them one by one"
+                );
+                false
+            }
+        }
+    }
+
+    /// Whether the timers stream answered lately that it takes no atomic
+    /// batch (it was set up by an older version, or changed by hand).
+    fn atomic_refused_lately(&self) -> bool {
+        self.atomic_refused_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some_and(|at| at.elapsed() < NOT_ENABLED_BACKOFF)
+    }
+
+    /// Schedules each timer with its own publish, all in flight at once.
+    async fn schedule_one_by_one(&self, timers: &[(SessionId, u64, TimerKind)]) -> Vec<bool> {
         let mut acks = Vec::with_capacity(timers.len());
         for (session, due_ms, kind) in timers {
             acks.push(self.send_schedule(session, *due_ms, *kind).await);
@@ -226,17 +323,24 @@ impl Lifecycle {
         failed
     }
 
+    /// Schedules one timer of a close (its compaction, or the close again
+    /// when it was not due yet), grouped with the other closes' schedules
+    /// into atomic batches.
     async fn schedule(
         &self,
         session: &SessionId,
         due_ms: u64,
         kind: TimerKind,
     ) -> Result<(), String> {
-        self.send_schedule(session, due_ms, kind)
-            .await?
+        let (subject, headers) = self.schedule_message(session, due_ms, kind);
+        self.timers
+            .publish(BatchMessage {
+                subject,
+                headers,
+                payload: Bytes::new(),
+            })
             .await
             .map(|_| ())
-            .map_err(|err| err.to_string())
     }
 
     async fn send_schedule(
@@ -245,6 +349,20 @@ impl Lifecycle {
         due_ms: u64,
         kind: TimerKind,
     ) -> Result<jetstream::context::PublishAckFuture, String> {
+        let (subject, headers) = self.schedule_message(session, due_ms, kind);
+        self.js
+            .publish_with_headers(subject, headers, Bytes::new())
+            .await
+            .map_err(|err| err.to_string())
+    }
+
+    /// The subject and headers of a session's schedule.
+    fn schedule_message(
+        &self,
+        session: &SessionId,
+        due_ms: u64,
+        kind: TimerKind,
+    ) -> (String, HeaderMap) {
         let subject = match kind {
             TimerKind::Open => self.subjects.open_timer(session),
             TimerKind::Closed => self.subjects.closed_timer(session),
@@ -255,10 +373,7 @@ impl Lifecycle {
             "Nats-Schedule-Target",
             self.subjects.timer_due(session).as_str(),
         );
-        self.js
-            .publish_with_headers(subject, headers, Bytes::new())
-            .await
-            .map_err(|err| err.to_string())
+        (subject, headers)
     }
 }
 
@@ -672,15 +787,16 @@ impl Closer {
         if omitted {
             headers.insert(OMITTED_HEADER, document.len().to_string().as_str());
         }
-        let ack = self
+        let duplicate = self
             .lifecycle
-            .js
-            .publish_with_headers(self.lifecycle.subjects.finished(session), headers, body)
-            .await
-            .map_err(|err| err.to_string())?
-            .await
-            .map_err(|err| err.to_string())?;
-        Ok(!ack.duplicate)
+            .finished
+            .publish(BatchMessage {
+                subject: self.lifecycle.subjects.finished(session),
+                headers,
+                payload: body,
+            })
+            .await?;
+        Ok(!duplicate)
     }
 
     /// Tells live views the session's state changed. Best effort.
