@@ -208,8 +208,16 @@ async fn raw_publish(
     let names = unique_names();
     let subjects = sessionfold_harness::run_subjects(&names);
     let js = servers.jetstream().await?;
-    sessionfold_common::jetstream::ensure_stream(&js, &nats_settings(&names, &servers.nats_url()))
-        .await?;
+    let settings = nats_settings(&names, &servers.nats_url());
+    // A server just started may not answer JetStream's API at once.
+    let mut attempts = 0;
+    while let Err(err) = sessionfold_common::jetstream::ensure_stream(&js, &settings).await {
+        attempts += 1;
+        if attempts == 10 {
+            return Err(err);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let client = async_nats::connect(servers.nats_url()).await?;
     let messages = messages(workload, &subjects);
     let frames = messages.len();
