@@ -14,7 +14,7 @@ use sessionfold_common::http::HttpLimits;
 use sessionfold_common::rate_limit::ClientIpSettings;
 use sessionfold_common::settings::{LimitSettings, NatsSettings, RedisSettings, ShutdownSettings};
 use sessionfold_ingest::Ingest;
-use sessionfold_ingest::config::{ConnectionSettings, GuardSettings};
+use sessionfold_ingest::config::{ConnectionSettings, GuardSettings, RedactionSettings};
 use sessionfold_processor::Processor;
 use sessionfold_processor::config::{LifecycleSettings, SinkSettings, WorkerSettings};
 use tokio::net::TcpListener;
@@ -51,6 +51,8 @@ pub struct DevConfig {
     pub api_limits: ApiLimitSettings,
     #[command(flatten)]
     pub http: HttpLimits,
+    #[command(flatten)]
+    pub redaction: RedactionSettings,
 }
 
 impl DevConfig {
@@ -66,6 +68,7 @@ impl DevConfig {
             guard: self.guard.clone(),
             http: self.http.clone(),
             late: self.lifecycle.late.clone(),
+            redaction: self.redaction.clone(),
         }
     }
 

@@ -41,6 +41,9 @@ pub const PUBLISH_ACK_SECONDS: &str = "sessionfold_ingest_publish_ack_seconds";
 /// Every outcome but `committed` and `singles` (too few frames to batch)
 /// publishes the batch's frames one by one.
 pub const PUBLISH_BATCHES_TOTAL: &str = "sessionfold_ingest_publish_batches_total";
+/// Counter, labels `rule` (the configured path) and `action` (`remove`,
+/// `hash`): fields redacted in events before they were published.
+pub const REDACTIONS_TOTAL: &str = "sessionfold_ingest_redactions_total";
 /// Histogram: frames per group commit.
 pub const PUBLISH_BATCH_FRAMES: &str = "sessionfold_ingest_publish_batch_frames";
 
@@ -191,6 +194,10 @@ fn describe() {
         "Time from publishing a frame to its JetStream PubAck"
     );
     describe_counter!(
+        REDACTIONS_TOTAL,
+        "Fields redacted before publishing, by rule and action"
+    );
+    describe_counter!(
         PUBLISH_BATCHES_TOTAL,
         "Group commits of accepted frames, by outcome"
     );
@@ -339,6 +346,12 @@ pub fn publish_acked(elapsed: Duration, stored: bool) {
     ::metrics::histogram!(PUBLISH_ACK_SECONDS, "outcome" => outcome).record(elapsed.as_secs_f64());
 }
 
+/// Counts `count` fields redacted by the rule on `path`.
+pub fn redacted(path: &str, action: &'static str, count: usize) {
+    ::metrics::counter!(REDACTIONS_TOTAL, "rule" => path.to_owned(), "action" => action)
+        .increment(count as u64);
+}
+
 /// Counts one group commit of `frames` frames and how it went.
 pub fn publish_batch(outcome: &'static str, frames: usize) {
     ::metrics::counter!(PUBLISH_BATCHES_TOTAL, "outcome" => outcome).increment(1);
@@ -376,6 +389,7 @@ mod tests {
             EVENTS_ACCEPTED_TOTAL,
             EVENTS_REJECTED_TOTAL,
             PUBLISH_BATCHES_TOTAL,
+            REDACTIONS_TOTAL,
             MESSAGES_TOTAL,
             REDELIVERIES_TOTAL,
             DEAD_LETTERS_TOTAL,

@@ -36,6 +36,22 @@ pub struct Config {
     pub http: HttpLimits,
     #[command(flatten)]
     pub late: LateEventSettings,
+    #[command(flatten)]
+    pub redaction: RedactionSettings,
+}
+
+/// Fields stripped from every event before it is stored (docs/design.md §1.6).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RedactionSettings {
+    /// Dotted paths removed from every event, comma-separated (`email,props.card`).
+    #[arg(long, env = "REDACT_FIELDS", value_delimiter = ',')]
+    pub redact_fields: Vec<String>,
+    /// Dotted paths whose value is replaced by `hmac-sha256:<hex>` under `REDACTION_KEY`.
+    #[arg(long, env = "HASH_FIELDS", value_delimiter = ',')]
+    pub hash_fields: Vec<String>,
+    /// Key of the hashed fields, at least 32 bytes; required with `HASH_FIELDS`.
+    #[arg(long, env = "REDACTION_KEY", hide_env_values = true)]
+    pub redaction_key: Option<String>,
 }
 
 /// Abuse limits; 0 turns a limit off.

@@ -211,7 +211,7 @@ impl Connection {
             );
             return Accepted::refused(ready_rejection(frame_number, error));
         }
-        let frame = match Frame::parse(text.as_str(), &self.session, &self.shared.limits) {
+        let mut frame = match Frame::parse(text.as_str(), &self.session, &self.shared.limits) {
             Ok(frame) => frame,
             Err(error) => return Accepted::refused(ready_rejection(frame_number, error)),
         };
@@ -238,6 +238,27 @@ impl Connection {
                 stores: false,
             };
         }
+        let payload = match self.shared.redaction.as_ref() {
+            Some(redaction) => match redaction.redact_frame(&mut frame.events) {
+                Some(redacted) if redacted.len() > self.shared.limits.max_frame_bytes => {
+                    // Hashes are longer than most values; sizes only, never
+                    // the values, go into the message.
+                    let error = FrameError::new(
+                        ErrorCode::FrameTooLarge,
+                        format!(
+                            "the frame is {} bytes once redacted, the limit is {}",
+                            redacted.len(),
+                            self.shared.limits.max_frame_bytes
+                        ),
+                    );
+                    metrics::events_rejected(error.code.as_str(), accepted);
+                    return Accepted::refused(ready_rejection(frame_number, error));
+                }
+                Some(redacted) => Bytes::from(redacted),
+                None => Bytes::from(text),
+            },
+            None => Bytes::from(text),
+        };
         let Ok(permit) = self.shared.in_flight_total.clone().try_acquire_owned() else {
             let error = FrameError::new(
                 ErrorCode::Unavailable,
@@ -248,7 +269,7 @@ impl Connection {
         };
         let publishing = self.shared.publisher.publish(OutgoingFrame {
             subject: self.subject.clone(),
-            payload: Bytes::from(text),
+            payload,
             message_id: self.id.message_id(frame_number),
             request_id: self.request_id.clone(),
         });

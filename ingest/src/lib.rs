@@ -15,6 +15,8 @@
 //! - [`group_commit`]: frames accepted together stored by one atomic
 //!   JetStream batch, in front of the publisher.
 //! - [`http_error`]: JSON errors for refused HTTP requests.
+//! - [`redact`]: fields removed or hashed in every event before a frame is
+//!   published.
 //! - [`readiness`]: what `/readyz` checks (NATS, the stream, shutdown).
 
 pub mod closed;
@@ -25,6 +27,7 @@ pub mod guard;
 pub mod http_error;
 pub mod publisher;
 pub mod readiness;
+pub mod redact;
 pub mod server;
 pub mod session_caps;
 

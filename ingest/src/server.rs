@@ -32,6 +32,7 @@ use crate::group_commit::{GroupCommit, GroupCommitSettings};
 use crate::guard::{ConnectionLimits, Crossed, FrameLimits, origin_allowed};
 use crate::http_error::HttpError;
 use crate::publisher::{JetStreamPublisher, Publish, PublishTiming, max_header_bytes};
+use crate::redact::Redaction;
 use crate::session_caps::{SessionCapCrossed, SessionCaps};
 
 /// Largest WebSocket message read at all. Frames between the configured
@@ -68,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) connection_limits: Arc<ConnectionLimits>,
     pub(crate) frame_limits: Arc<FrameLimits>,
     pub(crate) session_caps: SessionCaps,
+    /// `None` when no field is redacted.
+    pub(crate) redaction: Option<Redaction>,
     /// Set under `LATE_EVENTS=reject`.
     pub(crate) closed_sessions: Option<Arc<dyn crate::closed::ClosedSessions>>,
 }
@@ -107,6 +110,7 @@ impl Shared {
                 config.guard.max_sessions_per_prefix,
             ),
             closed_sessions: None,
+            redaction: None,
         }
     }
 }
@@ -143,6 +147,12 @@ impl Ingest {
     /// and close with 1001.
     pub async fn build(config: &Config, drain: CancellationToken) -> anyhow::Result<Self> {
         let authenticator = Authenticator::try_new(&config.auth)?;
+        let redaction = Redaction::new(
+            &config.redaction.redact_fields,
+            &config.redaction.hash_fields,
+            config.redaction.redaction_key.as_deref(),
+        )
+        .context("REDACT_FIELDS, HASH_FIELDS, REDACTION_KEY")?;
         let nats = js_setup::connect(&config.nats, "sessionfold-ingest").await?;
         let js = async_nats::jetstream::new(nats.clone());
         let mut stream = js_setup::ensure_stream(&js, &config.nats)
@@ -224,6 +234,15 @@ impl Ingest {
             Arc::new(publisher)
         };
         let mut shared = Shared::new(config, limits, publisher, authenticator, drain);
+        if !redaction.is_empty() {
+            let rules: Vec<&str> = redaction
+                .rules()
+                .iter()
+                .map(|rule| rule.path.as_str())
+                .collect();
+            tracing::info!(?rules, "redacting fields before they are published");
+            shared.redaction = Some(redaction);
+        }
         if config.late.late_events == sessionfold_common::settings::LatePolicy::Reject {
             shared.closed_sessions = Some(Arc::new(crate::closed::ClosedBucket::new(
                 js.clone(),

@@ -182,8 +182,9 @@ fn checked<'a>(subcommand: &str, settings: &[Setting<'a>]) -> Vec<(&'a str, Stri
     settings
         .iter()
         .map(|(name, value)| {
+            // RUST_LOG is the log filter, read by tracing, not a flag.
             assert!(
-                known.contains(*name),
+                known.contains(*name) || *name == "RUST_LOG",
                 "sessionfold {subcommand} reads no {name}; it reads {known:?}"
             );
             (*name, (*value).to_owned())
@@ -360,6 +361,26 @@ impl TestApp {
                 self.log_tails()
             );
         }
+    }
+
+    /// Waits until `GET /data` serves `children` children.
+    pub async fn wait_for_children(&self, session_id: &str, children: usize) {
+        eventually(
+            &format!("{session_id} has {children} children"),
+            DEADLINE,
+            || async move {
+                let (status, body) = self.get_data(session_id).await;
+                (status == StatusCode::OK
+                    && body["children"].as_array().map(Vec::len) == Some(children))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Everything a service of this app has logged so far.
+    pub fn service_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.launcher.log_path(name)).unwrap_or_default()
     }
 
     /// The `sessionfold` command with this app's NATS settings in its environment.

@@ -22,6 +22,7 @@ mod logs;
 mod observability;
 mod openapi;
 mod pipeline;
+mod privacy;
 mod processor_faults;
 mod read_your_writes;
 mod rebuild;
