@@ -460,9 +460,6 @@ async fn storage_rows(
     let current =
         storage::apply_cpu(servers, workload, args.apply_batch_frames, Layout::Current).await?;
     raw::settle().await;
-    let first =
-        storage::apply_cpu(servers, workload, args.apply_batch_frames, Layout::First).await?;
-    raw::settle().await;
     let unsummarized = storage::apply_cpu(
         servers,
         workload,
@@ -473,10 +470,10 @@ async fn storage_rows(
     raw::settle().await;
     step(
         &format!(
-            "Redis CPU per event: floor {:.2} µs, apply step {:.2} µs, first layout {:.2} µs",
+            "Redis CPU per event: floor {:.2} µs, apply step {:.2} µs, without summaries {:.2} µs",
             floor.cpu_us_per_event(),
             current.cpu_us_per_event(),
-            first.cpu_us_per_event()
+            unsummarized.cpu_us_per_event()
         ),
         clock,
     );
@@ -501,7 +498,6 @@ async fn storage_rows(
             "apply step without summaries (`SESSION_SUMMARIES=false`)",
             &unsummarized,
         ),
-        ("first layout's apply step (baseline)", &first),
     ] {
         let ratio = cost.cpu_us_per_event() / floor.cpu_us_per_event();
         rows.push(Row {
@@ -524,10 +520,6 @@ async fn storage_rows(
     }
     json.insert("floor".into(), serde_json::to_value(&floor)?);
     json.insert("apply_cpu".into(), serde_json::to_value(&current)?);
-    json.insert(
-        "apply_cpu_first_layout".into(),
-        serde_json::to_value(&first)?,
-    );
 
     let sizes = if args.quick {
         vec![10, 1000]

@@ -4,9 +4,8 @@
 //! - [`floor`]: the throughput workload's EVENTs appended with plain
 //!   pipelined `JSON.ARRAPPEND` (one call per frame, so about 50 events a
 //!   call), no de-duplication and no ordering: the floor.
-//! - [`apply_cpu`]: the same workload through the apply step, the current
-//!   layout or the first one (kept in `sessionfold_processor::legacy`),
-//!   batched as the raw apply run batches it.
+//! - [`apply_cpu`]: the same workload through the apply step, with and
+//!   without session summaries, batched as the raw apply run batches it.
 //! - [`storage`]: bytes per child of one session of 10, 10 000 or 100 000
 //!   children, split by key, next to the events' own bytes.
 //!
@@ -20,10 +19,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde_json::json;
 use sessionfold_client::loadgen::Workload;
-use sessionfold_common::redis_conn::{RedisConnection, RedisTimeouts};
 use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::{Delivery, EventKind, Frame, Limits, SessionId};
-use sessionfold_processor::legacy::{LegacyInvocation, apply_v1};
 use sessionfold_processor::store::{
     Applied, CLOSE_SCRIPT, Invocation, LifecycleSpec, RedisStore, Store,
 };
@@ -58,8 +55,6 @@ pub enum Layout {
     Current,
     /// The current step keeping no session summaries.
     CurrentWithoutSummaries,
-    /// The first layout's step (`apply_v1.lua`), the baseline.
-    First,
 }
 
 /// `used_cpu_user + used_cpu_sys` of the server, in seconds.
@@ -209,64 +204,35 @@ pub async fn apply_cpu(
         .arg("RESETSTAT")
         .query_async::<()>(&mut redis)
         .await?;
-    let (seconds, cpu_seconds) = match layout {
-        Layout::Current | Layout::CurrentWithoutSummaries => {
-            let store = RedisStore::connect(&settings).await?;
-            let invocations: Vec<Vec<Invocation>> = batches
+    let store = RedisStore::connect(&settings).await?;
+    let invocations: Vec<Vec<Invocation>> = batches
+        .iter()
+        .map(|batch| {
+            batch
                 .iter()
-                .map(|batch| {
-                    batch
-                        .iter()
-                        .map(|(session, deliveries)| {
-                            let invocation = Invocation::new(&run_keys, session, deliveries, 0);
-                            if layout == Layout::CurrentWithoutSummaries {
-                                invocation.without_summary()
-                            } else {
-                                invocation
-                            }
-                        })
-                        .collect()
-                })
-                .collect();
-            store.apply(&[]).await.context("warming up the store")?;
-            let cpu_before = redis_cpu(&mut redis).await?;
-            let started = Instant::now();
-            for batch in &invocations {
-                for applied in store.apply(batch).await? {
-                    if let Applied::Refused(reason) = applied {
-                        bail!("the apply step refused a batch: {reason}");
+                .map(|(session, deliveries)| {
+                    let invocation = Invocation::new(&run_keys, session, deliveries, 0);
+                    if layout == Layout::CurrentWithoutSummaries {
+                        invocation.without_summary()
+                    } else {
+                        invocation
                     }
-                }
-            }
-            let seconds = started.elapsed().as_secs_f64();
-            (seconds, redis_cpu(&mut redis).await? - cpu_before)
-        }
-        Layout::First => {
-            let mut connection =
-                RedisConnection::connect(&settings, RedisTimeouts::default()).await?;
-            let invocations: Vec<Vec<LegacyInvocation>> = batches
-                .iter()
-                .map(|batch| {
-                    batch
-                        .iter()
-                        .map(|(session, deliveries)| {
-                            LegacyInvocation::new(&run_keys, session, deliveries, 0)
-                        })
-                        .collect()
                 })
-                .collect();
-            apply_v1(&mut connection, &[]).await?;
-            let cpu_before = redis_cpu(&mut redis).await?;
-            let started = Instant::now();
-            for batch in &invocations {
-                for applied in apply_v1(&mut connection, batch).await? {
-                    applied.context("the first layout's step refused a batch")?;
-                }
+                .collect()
+        })
+        .collect();
+    store.apply(&[]).await.context("warming up the store")?;
+    let cpu_before = redis_cpu(&mut redis).await?;
+    let started = Instant::now();
+    for batch in &invocations {
+        for applied in store.apply(batch).await? {
+            if let Applied::Refused(reason) = applied {
+                bail!("the apply step refused a batch: {reason}");
             }
-            let seconds = started.elapsed().as_secs_f64();
-            (seconds, redis_cpu(&mut redis).await? - cpu_before)
         }
-    };
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = redis_cpu(&mut redis).await? - cpu_before;
     if std::env::var_os("BENCH_COMMANDSTATS").is_some() {
         // Where Redis's time goes, by command (for profiling).
         let info: String = redis::cmd("INFO")
@@ -400,110 +366,77 @@ async fn memory_usage(
 pub async fn storage(servers: &Servers, sizes: &[usize]) -> anyhow::Result<Vec<Storage>> {
     let mut results = Vec::new();
     for &children in sizes {
-        for layout in [Layout::First, Layout::Current] {
-            let names = unique_names();
-            let run_keys = sessionfold_harness::run_keys(&names);
-            let settings = RedisSettings {
-                key_prefix: names.key_prefix.clone(),
-                ..RedisSettings::local(servers.redis_url())
+        let names = unique_names();
+        let run_keys = sessionfold_harness::run_keys(&names);
+        let settings = RedisSettings {
+            key_prefix: names.key_prefix.clone(),
+            ..RedisSettings::local(servers.redis_url())
+        };
+        let session = SessionId::parse(&format!("storage-{children}"))?;
+        let mut event_bytes = 0usize;
+        let mut deliveries = Vec::new();
+        for (frame, start) in (0..children).step_by(1000).enumerate() {
+            let events: Vec<serde_json::Value> = (start..(start + 1000).min(children))
+                .map(|t| event(t as u64))
+                .collect();
+            event_bytes += events.iter().map(|e| e.to_string().len()).sum::<usize>();
+            let text = serde_json::Value::Array(events).to_string();
+            let limits = Limits {
+                max_frame_bytes: usize::MAX,
+                max_events_per_frame: usize::MAX,
+                max_event_bytes: usize::MAX,
             };
-            let session = SessionId::parse(&format!("storage-{children}"))?;
-            let mut event_bytes = 0usize;
-            let mut deliveries = Vec::new();
-            for (frame, start) in (0..children).step_by(1000).enumerate() {
-                let events: Vec<serde_json::Value> = (start..(start + 1000).min(children))
-                    .map(|t| event(t as u64))
-                    .collect();
-                event_bytes += events.iter().map(|e| e.to_string().len()).sum::<usize>();
-                let text = serde_json::Value::Array(events).to_string();
-                let limits = Limits {
-                    max_frame_bytes: usize::MAX,
-                    max_events_per_frame: usize::MAX,
-                    max_event_bytes: usize::MAX,
-                };
-                deliveries.push(Delivery {
-                    stream_sequence: frame as u64 + 1,
-                    events: Frame::parse(&text, &session, &limits)
-                        .map_err(|err| anyhow::anyhow!("{err:?}"))?
-                        .events,
-                });
-            }
-            let keys = run_keys.session(&session);
-            let bookkeeping_keys: Vec<(&str, String)> = match layout {
-                Layout::Current | Layout::CurrentWithoutSummaries => {
-                    let store = RedisStore::connect(&settings).await?;
-                    for delivery in &deliveries {
-                        store
-                            .apply(&[Invocation::new(
-                                &run_keys,
-                                &session,
-                                std::slice::from_ref(delivery),
-                                0,
-                            )
-                            .with_arrivals(ARRIVED_MS, ARRIVED_MS, None)
-                            .with_lifecycle(Some(&BENCH_LIFECYCLE))])
-                            .await?;
-                    }
-                    vec![
-                        ("state", keys.state.clone()),
-                        ("summary", keys.summary.clone()),
-                        ("names", keys.names.clone()),
-                    ]
-                }
-                Layout::First => {
-                    let mut connection =
-                        RedisConnection::connect(&settings, RedisTimeouts::default()).await?;
-                    for delivery in &deliveries {
-                        apply_v1(
-                            &mut connection,
-                            &[LegacyInvocation::new(
-                                &run_keys,
-                                &session,
-                                std::slice::from_ref(delivery),
-                                0,
-                            )],
-                        )
-                        .await?;
-                    }
-                    vec![("ids", keys.ids.clone()), ("order", keys.order.clone())]
-                }
-            };
-            let mut redis = servers.redis_connection().await?;
-            let per_child = |bytes: f64| bytes / children.max(1) as f64;
-            let document_bytes = per_child(memory_usage(&mut redis, &keys.doc).await?);
-            let mut bookkeeping = Vec::new();
-            for (name, key) in &bookkeeping_keys {
-                bookkeeping.push((
-                    (*name).to_owned(),
-                    per_child(memory_usage(&mut redis, key).await?),
-                ));
-            }
-            let finished_bookkeeping = if layout == Layout::Current {
-                close_and_compact(&mut redis, &keys, ARRIVED_MS + 1_000).await?;
-                let mut finished = Vec::new();
-                for (name, key) in &bookkeeping_keys {
-                    finished.push((
-                        (*name).to_owned(),
-                        per_child(memory_usage(&mut redis, key).await?),
-                    ));
-                }
-                Some(finished)
-            } else {
-                None
-            };
-            results.push(Storage {
-                layout: match layout {
-                    Layout::Current | Layout::CurrentWithoutSummaries => "current",
-                    Layout::First => "first",
-                },
-                children,
-                event_bytes: per_child(event_bytes as f64),
-                document_bytes,
-                bookkeeping,
-                finished_bookkeeping,
+            deliveries.push(Delivery {
+                stream_sequence: frame as u64 + 1,
+                events: Frame::parse(&text, &session, &limits)
+                    .map_err(|err| anyhow::anyhow!("{err:?}"))?
+                    .events,
             });
-            servers.clean(&names).await?;
         }
+        let keys = run_keys.session(&session);
+        let store = RedisStore::connect(&settings).await?;
+        for delivery in &deliveries {
+            store
+                .apply(&[
+                    Invocation::new(&run_keys, &session, std::slice::from_ref(delivery), 0)
+                        .with_arrivals(ARRIVED_MS, ARRIVED_MS, None)
+                        .with_lifecycle(Some(&BENCH_LIFECYCLE)),
+                ])
+                .await?;
+        }
+        let bookkeeping_keys = [
+            ("state", keys.state.clone()),
+            ("summary", keys.summary.clone()),
+            ("names", keys.names.clone()),
+        ];
+        let mut redis = servers.redis_connection().await?;
+        let per_child = |bytes: f64| bytes / children.max(1) as f64;
+        let document_bytes = per_child(memory_usage(&mut redis, &keys.doc).await?);
+        let mut bookkeeping = Vec::new();
+        for (name, key) in &bookkeeping_keys {
+            bookkeeping.push((
+                (*name).to_owned(),
+                per_child(memory_usage(&mut redis, key).await?),
+            ));
+        }
+        close_and_compact(&mut redis, &keys, ARRIVED_MS + 1_000).await?;
+        let mut finished = Vec::new();
+        for (name, key) in &bookkeeping_keys {
+            finished.push((
+                (*name).to_owned(),
+                per_child(memory_usage(&mut redis, key).await?),
+            ));
+        }
+        let finished_bookkeeping = Some(finished);
+        results.push(Storage {
+            layout: "current",
+            children,
+            event_bytes: per_child(event_bytes as f64),
+            document_bytes,
+            bookkeeping,
+            finished_bookkeeping,
+        });
+        servers.clean(&names).await?;
     }
     Ok(results)
 }

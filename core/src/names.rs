@@ -203,8 +203,6 @@ impl Keys {
         SessionKeys {
             doc: format!("{prefix}doc:{{{token}}}"),
             state: format!("{prefix}st:{{{token}}}"),
-            ids: format!("{prefix}ids:{{{token}}}"),
-            order: format!("{prefix}order:{{{token}}}"),
             summary: format!("{prefix}sum:{{{token}}}"),
             names: format!("{prefix}nm:{{{token}}}"),
         }
@@ -253,11 +251,6 @@ pub struct SessionKeys {
     /// de-duplication, the order of the children, counters); see the apply
     /// step's layout in docs/design.md §4.
     pub state: String,
-    /// Layout 1 (migrated on first touch): hash event identity → position
-    /// member of its first arrival.
-    pub ids: String,
-    /// Layout 1: sorted set of position members scored by timestamp.
-    pub order: String,
     /// RedisJSON: the session's summary (bounds, state, counts, arrivals,
     /// event names), which the apply step rewrites whole and the query
     /// engine indexes for `GET /sessions`.
@@ -334,8 +327,6 @@ mod tests {
         let keys = Keys::default().session(&session("s}{1"));
         assert_eq!(keys.doc, "sf:doc:{s_7d_7b1}");
         assert_eq!(keys.state, "sf:st:{s_7d_7b1}");
-        assert_eq!(keys.ids, "sf:ids:{s_7d_7b1}");
-        assert_eq!(keys.order, "sf:order:{s_7d_7b1}");
         assert_eq!(keys.summary, "sf:sum:{s_7d_7b1}");
         assert_eq!(keys.names, "sf:nm:{s_7d_7b1}");
         assert!(keys.summary.starts_with(&Keys::default().summary_prefix()));

@@ -522,15 +522,18 @@ mod tests {
         ) {
             let keys = Keys::new(key_prefix.clone()).session(&id);
             let token = id.token();
-            for key in [&keys.doc, &keys.ids, &keys.order] {
+            let all = [&keys.doc, &keys.state, &keys.summary, &keys.names];
+            for key in all {
                 prop_assert_eq!(hash_tag(key), token.as_str(), "{}", key);
                 prop_assert!(key.starts_with(&key_prefix));
                 prop_assert!(key.ends_with('}'), "{}", key);
                 prop_assert!(key.bytes().all(|b| b.is_ascii_graphic()), "{}", key);
             }
-            prop_assert_ne!(&keys.doc, &keys.ids);
-            prop_assert_ne!(&keys.doc, &keys.order);
-            prop_assert_ne!(&keys.ids, &keys.order);
+            for (i, a) in all.iter().enumerate() {
+                for b in &all[i + 1..] {
+                    prop_assert_ne!(a, b);
+                }
+            }
         }
 
         #[test]
@@ -546,8 +549,8 @@ mod tests {
             prop_assert_eq!(a == b, a.token() == b.token());
             prop_assert_eq!(a == b, subjects.event(&a) == subjects.event(&b));
             prop_assert_eq!(a == b, keys.session(&a).doc == keys.session(&b).doc);
-            prop_assert_eq!(a == b, keys.session(&a).ids == keys.session(&b).ids);
-            prop_assert_eq!(a == b, keys.session(&a).order == keys.session(&b).order);
+            prop_assert_eq!(a == b, keys.session(&a).state == keys.session(&b).state);
+            prop_assert_eq!(a == b, keys.session(&a).summary == keys.session(&b).summary);
         }
 
         /// The collision a naive escape has: `a.b` and `a_2eb`. Writing any

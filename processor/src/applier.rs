@@ -488,7 +488,7 @@ mod tests {
         let calls = store.calls();
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].len(), 1);
-        let positions = &calls[0][0].args[7];
+        let positions = &calls[0][0].args[6];
         assert_eq!(&positions[..8], &crate::store::position_bytes(4, 0));
     }
 

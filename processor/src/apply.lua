@@ -2,35 +2,32 @@
 -- (layout 2; docs/design.md "The apply step").
 --
 -- KEYS[1] the document (RedisJSON, exactly what the api serves);
--- KEYS[2] the session's state hash; KEYS[3], KEYS[4] the identity hash and
--- order set of layout 1 (only looked at, to ask for a migration); KEYS[5]
--- the session's summary (RedisJSON, rewritten whole by every step that
--- changes the session; the query engine indexes it for `GET /sessions`),
--- KEYS[6] the session's event names (a sorted set, for the summary).
+-- KEYS[2] the session's state hash; KEYS[3] the session's summary
+-- (RedisJSON, rewritten whole by every step that changes the session; the
+-- query engine indexes it for `GET /sessions`), KEYS[4] the session's event
+-- names (a sorted set, for the summary).
 --
 -- ARGV[1] the empty document (JSON text); ARGV[2] the batch's smallest
 -- SESSION_START timestamp or ''; ARGV[3] its largest SESSION_END timestamp
 -- or ''; ARGV[4] the most children a session may hold (0: no limit);
--- ARGV[5] the document TTL in seconds (0: none); ARGV[6] the mode: '' or
--- 'migrate' (a layout-1 session: its old keys are dropped and the events,
--- which then are every child it had, are applied to an empty `children`);
--- then three columns over the batch's EVENTs, sorted by (timestamp,
--- position): ARGV[7] their identities (16 bytes each), ARGV[8] their
--- positions (8 bytes: the stream sequence in 6 and the index in the frame
--- in 2, big-endian), ARGV[9] their order records (16 bytes: the timestamp
+-- ARGV[5] the document TTL in seconds (0: none); then three columns over
+-- the batch's EVENTs, sorted by (timestamp, position): ARGV[6] their
+-- identities (16 bytes each), ARGV[7] their positions (8 bytes: the stream
+-- sequence in 6 and the index in the frame in 2, big-endian), ARGV[8] their
+-- order records (16 bytes: the timestamp
 -- as a big-endian IEEE double, then the position); then the lifecycle
 -- (docs/design.md "Session lifecycle"), times in milliseconds of the
--- JetStream clock: ARGV[10] the earliest arrival of the batch's frames,
--- ARGV[11] the latest, ARGV[12] the latest arrival of a frame holding a
--- SESSION_END ('' for none), ARGV[13] the lifecycle settings (see
+-- JetStream clock: ARGV[9] the earliest arrival of the batch's frames,
+-- ARGV[10] the latest, ARGV[11] the latest arrival of a frame holding a
+-- SESSION_END ('' for none), ARGV[12] the lifecycle settings (see
 -- `parse_lifecycle`; '' when sessions never close by themselves, and a
--- closed one then always takes frames); ARGV[14] what the session's summary
+-- closed one then always takes frames); ARGV[13] what the session's summary
 -- needs of the batch (docs/design.md §4.2; '' keeps no summary), binary:
 -- the session_id and its token (each a u16 length, then the bytes), the
 -- batch's distinct event names as tokens (a u16 count, then each a u16
 -- length and the bytes), the most names a summary lists (u16), then one u16
 -- per EVENT in ARGV order: the index of its name in that list, 0xFFFF for
--- no name, 0xFFFE for a name too long to keep; ARGV[15..] the EVENTs' JSON.
+-- no name, 0xFFFE for a name too long to keep; ARGV[14..] the EVENTs' JSON.
 --
 -- The state hash holds, beside a few scalars:
 -- * identities, for de-duplication: buckets `b<k>` of 24-byte records
@@ -56,8 +53,7 @@
 -- order, give the same document.
 --
 -- Every check that refuses the batch (a full session, a state that does
--- not match the document, a layout-1 session to migrate) runs before the
--- first write.
+-- not match the document) runs before the first write.
 --
 -- Answers {written, revision, ops, skipped, first, last, end, state, timer,
 -- armed}: the children written, the session's revision after the step, what changed in `children` in order
@@ -80,19 +76,18 @@
 -- pending schedule fires, finds the session not due yet and schedules it
 -- again.
 
-local doc, state, old_ids, old_order = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local summary, names_key = KEYS[5], KEYS[6]
+local doc, state = KEYS[1], KEYS[2]
+local summary, names_key = KEYS[3], KEYS[4]
 local empty, start_candidate, end_candidate = ARGV[1], ARGV[2], ARGV[3]
 local max_children = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
-local mode = ARGV[6]
-local identities, positions, order_records = ARGV[7], ARGV[8], ARGV[9]
-local first_arrival, last_arrival = tonumber(ARGV[10]), tonumber(ARGV[11])
-local end_arrival = tonumber(ARGV[12])
-local lifecycle = parse_lifecycle(ARGV[13])
+local identities, positions, order_records = ARGV[6], ARGV[7], ARGV[8]
+local first_arrival, last_arrival = tonumber(ARGV[9]), tonumber(ARGV[10])
+local end_arrival = tonumber(ARGV[11])
+local lifecycle = parse_lifecycle(ARGV[12])
 local lateness = lifecycle and lifecycle.lateness
-local summary_input = ARGV[14]
-local FIRST_CHILD = 15
+local summary_input = ARGV[13]
+local FIRST_CHILD = 14
 local events = #identities / 16
 
 -- Records per bucket before the next bucket splits.
@@ -172,20 +167,13 @@ if not fresh or redis.call('EXISTS', doc) == 1 then
   end
 end
 if fresh then
-  if redis.call('EXISTS', old_order) == 1 or redis.call('EXISTS', old_ids) == 1 then
-    if mode ~= 'migrate' then
-      return fail('MIGRATE', doc .. ' is in layout 1; migrate it first')
-    end
-    redis.call('DEL', old_ids, old_order)
-    redis.call('JSON.SET', doc, '$.children', '[]')
-    doc_length = 0
-  end
   if doc_length and doc_length > 0 then
+    -- Also a session of the first layout, which kept no state hash:
+    -- `sessionfold rebuild` rebuilds it from the stream.
     return fail('CORRUPT', doc .. ' has children but ' .. state .. ' is missing')
   end
   if doc_length then
-    -- A document without children (layout 1 kept no state for it): keep
-    -- its bounds.
+    -- A document without children and without state: keep its bounds.
     local bounds = cjson.decode(redis.call('JSON.GET', doc, '$.start', '$.end'))
     local s, e = bounds['$.start'][1], bounds['$.end'][1]
     if s ~= nil and s ~= cjson.null then current_start = tostring(s) end
@@ -345,7 +333,7 @@ local end_moves = bound_moves(end_candidate, current_end, function(a, b) return 
 -- state hash counts the children carrying each name (`m:<token>`), names too
 -- long to keep (`ml`), and says when the names of children written before
 -- summaries existed are unknown (`mu`) and when some names are not counted
--- (`mo`, past MAX_COUNTED_NAMES; see below); KEYS[6] holds the names in byte
+-- (`mo`, past MAX_COUNTED_NAMES; see below); KEYS[4] holds the names in byte
 -- order (a sorted set, all scores 0). The summary lists the first
 -- `max_names` of them and says `names_capped` when there are more (or long
 -- or unknown ones), so it depends on the children alone, not on the order
@@ -358,7 +346,7 @@ local function hex_double(x)
   if x == 0 then x = 0 end  -- no -0, whose sign bit would sort it last
   return string.format('%02x%02x%02x%02x%02x%02x%02x%02x', string.byte(pack('>d', x), 1, 8))
 end
--- The batch's names, from ARGV[14].
+-- The batch's names, from ARGV[13].
 local summary_session, summary_token, batch_names, max_names, name_column
 if summary_input ~= '' then
   local at = 1

@@ -14,9 +14,6 @@
 //! - [`applier`]: applying one batch through a store, outages waited out,
 //!   refusals isolated: an outcome per message.
 //! - [`settle`]: ack, nak or dead letter, a pure function of the outcome.
-//! - [`migrate`]: moving a session of the first layout to the current one
-//!   on its first touch; [`legacy`]: that first layout's step, kept for the
-//!   bench and the migration tests.
 //! - [`lifecycle`]: sessions that close by themselves: their timers, the
 //!   close when one fires, the finished-sessions stream.
 //! - [`repair`]: noticing that Redis lost applied writes and re-applying
@@ -41,9 +38,7 @@ pub mod dead_letter;
 pub mod durability;
 pub mod group_publish;
 pub mod lag;
-pub mod legacy;
 pub mod lifecycle;
-pub mod migrate;
 pub mod note;
 pub mod readiness;
 pub mod repair;

@@ -28,16 +28,14 @@ use crate::durability::Durability;
 pub const APPLY_SCRIPT: &str = concat!(include_str!("lifecycle.lua"), include_str!("apply.lua"));
 
 /// Script arguments before the children (see the top of `apply.lua`).
-const FIXED_ARGS: usize = 14;
+const FIXED_ARGS: usize = 13;
 /// Index of the batch's earliest arrival among the arguments; the latest
 /// arrival, the latest SESSION_END arrival and the lifecycle settings follow.
-const ARRIVALS_ARG: usize = 9;
+const ARRIVALS_ARG: usize = 8;
 /// Index of what the session's summary needs of the batch.
-pub const SUMMARY_ARG: usize = 13;
+pub const SUMMARY_ARG: usize = 12;
 /// Index of the document TTL among the arguments.
 const TTL_ARG: usize = 4;
-/// Index of the mode among the arguments.
-const MODE_ARG: usize = 5;
 /// The largest index of an event in a frame that a position can hold.
 pub const MAX_FRAME_INDEX: usize = u16::MAX as usize;
 /// The largest stream sequence a position can hold (6 bytes).
@@ -383,7 +381,6 @@ impl Invocation {
         args.push(bound(end));
         args.push(max_children.to_string().into_bytes());
         args.push(b"0".to_vec());
-        args.push(Vec::new());
         args.push(columns.identities);
         args.push(columns.positions);
         args.push(columns.order);
@@ -454,12 +451,6 @@ impl Invocation {
         self
     }
 
-    /// Marks the invocation as the migration of a layout-1 session.
-    pub fn migrating(mut self) -> Self {
-        self.args[MODE_ARG] = b"migrate".to_vec();
-        self
-    }
-
     /// The children in it.
     pub fn children(&self) -> usize {
         self.args.len() - FIXED_ARGS
@@ -485,11 +476,9 @@ impl Invocation {
     fn call(&self, command: &str, script: &str) -> redis::Cmd {
         let mut cmd = redis::cmd(command);
         cmd.arg(script)
-            .arg(6)
+            .arg(4)
             .arg(&self.keys.doc)
             .arg(&self.keys.state)
-            .arg(&self.keys.ids)
-            .arg(&self.keys.order)
             .arg(&self.keys.summary)
             .arg(&self.keys.names)
             .arg(&self.args);
@@ -1027,9 +1016,7 @@ async fn check_durability_support(
 
 impl Store for RedisStore {
     /// Applies every invocation: in one round trip on a single server, per
-    /// session on a cluster; then waits for the durability guarantee. A
-    /// session still in layout 1 is migrated on this first touch (see
-    /// [`crate::migrate`]) and its invocation applied after.
+    /// session on a cluster; then waits for the durability guarantee.
     async fn apply(&self, invocations: &[Invocation]) -> Result<Vec<Applied>, Outage> {
         // A batch of poison only has nothing to apply; Redis refuses an
         // empty pipeline ("empty command"), which would read as an outage.
@@ -1038,36 +1025,7 @@ impl Store for RedisStore {
         }
         let mut lease = self.lease().await;
         let connection = lease.connection();
-        let mut results = self.run_any(connection, invocations).await?;
-        let to_migrate: Vec<usize> = results
-            .iter()
-            .enumerate()
-            .filter(|(_, result)| {
-                matches!(result, Err(err) if err.code() == Some("SESSIONFOLD_MIGRATE"))
-            })
-            .map(|(index, _)| index)
-            .collect();
-        if !to_migrate.is_empty() {
-            let mut migrations = Vec::with_capacity(to_migrate.len());
-            for &index in &to_migrate {
-                migrations.push(
-                    crate::migrate::migration(connection, &invocations[index])
-                        .await
-                        .map_err(Outage::from)?,
-                );
-            }
-            self.run_any(connection, &migrations).await?;
-            let again: Vec<Invocation> = to_migrate
-                .iter()
-                .map(|&index| invocations[index].clone())
-                .collect();
-            for (index, result) in to_migrate
-                .into_iter()
-                .zip(self.run_any(connection, &again).await?)
-            {
-                results[index] = result;
-            }
-        }
+        let results = self.run_any(connection, invocations).await?;
         results
             .into_iter()
             .map(|result| match result {
@@ -1158,6 +1116,30 @@ mod tests {
         );
         assert!(APPLY_SCRIPT.contains(&line), "apply.lua lacks {line:?}");
     }
+
+    /// The script reads its arguments by position (Lua counts from 1):
+    /// the indices here must be the ones it reads.
+    #[test]
+    fn the_argument_indices_are_those_apply_lua_reads() {
+        for line in [
+            format!("local ttl = tonumber(ARGV[{}])", TTL_ARG + 1),
+            format!(
+                "local first_arrival, last_arrival = tonumber(ARGV[{}]), tonumber(ARGV[{}])",
+                ARRIVALS_ARG + 1,
+                ARRIVALS_ARG + 2
+            ),
+            format!("local end_arrival = tonumber(ARGV[{}])", ARRIVALS_ARG + 3),
+            format!(
+                "local lifecycle = parse_lifecycle(ARGV[{}])",
+                ARRIVALS_ARG + 4
+            ),
+            format!("local summary_input = ARGV[{}]", SUMMARY_ARG + 1),
+            format!("local FIRST_CHILD = {}", FIXED_ARGS + 1),
+            "local summary, names_key = KEYS[3], KEYS[4]".to_owned(),
+        ] {
+            assert!(APPLY_SCRIPT.contains(&line), "apply.lua lacks {line:?}");
+        }
+    }
     use sessionfold_core::{Frame, Limits};
 
     #[test]
@@ -1192,13 +1174,13 @@ mod tests {
             r#"{"session_id":"s","type":"SESSION","start":null,"end":null,"children":[]}"#
         );
         assert_eq!(
-            [&args[1], &args[2], &args[3], &args[4], &args[5]].map(text),
-            ["1", "9.5", "0", "0", ""]
+            [&args[1], &args[2], &args[3], &args[4]].map(text),
+            ["1", "9.5", "0", "0"]
         );
         assert_eq!(args.len(), FIXED_ARGS + 2);
         assert_eq!(invocation.children(), 2);
         // The columns: sequence 2 before 7 at the same timestamp.
-        let (identities, positions, order) = (&args[6], &args[7], &args[8]);
+        let (identities, positions, order) = (&args[5], &args[6], &args[7]);
         assert_eq!(identities.len(), 2 * 16);
         assert_eq!(&positions[..8], &position_bytes(2, 0));
         assert_eq!(&positions[8..], &position_bytes(7, 0));
@@ -1213,9 +1195,8 @@ mod tests {
             invocation.child_json(1),
             br#"{"type":"EVENT","timestamp":5,"name":"b"}"#
         );
-        let with_ttl = invocation.migrating().with_document_ttl(60);
+        let with_ttl = invocation.with_document_ttl(60);
         assert_eq!(text(&with_ttl.args[TTL_ARG]), "60");
-        assert_eq!(text(&with_ttl.args[MODE_ARG]), "migrate");
     }
 
     #[test]

@@ -202,7 +202,7 @@ async fn hostile_session_ids_get_exactly_one_subject_and_their_own_keys() {
     for session in &sessions {
         let token = session.token();
         let keys = run_keys.session(session);
-        for key in [&keys.doc, &keys.state, &keys.ids, &keys.order] {
+        for key in [&keys.doc, &keys.state, &keys.summary, &keys.names] {
             let open = key.find('{').unwrap();
             let close = open + 1 + key[open + 1..].find('}').unwrap();
             assert_eq!(&key[open + 1..close], token, "hash tag of {key}");
