@@ -142,7 +142,10 @@ async fn redacted_and_hashed_fields_are_stored_nowhere_and_resends_still_dedupli
     assert_eq!(child["props"], serde_json::json!({"plan": "pro"}));
     assert_eq!(child["items"], serde_json::json!([{"sku": 1}]));
     let hashed = child["user_id"].as_str().unwrap();
-    assert!(hashed.starts_with("hmac-sha256:") && hashed.len() == 12 + 64, "{hashed}");
+    assert!(
+        hashed.starts_with("hmac-sha256:") && hashed.len() == 12 + 64,
+        "{hashed}"
+    );
 
     let metrics = app
         .http
