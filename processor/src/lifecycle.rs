@@ -129,6 +129,8 @@ impl Lifecycle {
                 max_age: Duration::from_secs(settings.sessions_max_age_secs),
                 max_bytes: -1,
                 duplicate_window: FINISHED_DUPLICATE_WINDOW,
+                // Closes publish their finished messages together.
+                allow_atomic_publish: true,
                 ..Default::default()
             },
         )

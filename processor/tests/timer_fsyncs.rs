@@ -184,6 +184,7 @@ async fn fsyncs_per_frame_of_the_processor_on_the_web_mix() {
     let mut base_settings = NatsSettings::local(nats.url());
     base_settings.stream_name = base_names.stream.clone();
     base_settings.subject_prefix = base_names.subject_prefix.clone();
+    base_settings.stream_max_bytes = 256 << 20;
     sessionfold_common::jetstream::ensure_stream(&js, &base_settings)
         .await
         .unwrap();
@@ -197,6 +198,7 @@ async fn fsyncs_per_frame_of_the_processor_on_the_web_mix() {
     let mut config = sessionfold_processor::Config::local(nats.url(), redis.url());
     config.nats.stream_name = names.stream.clone();
     config.nats.subject_prefix = names.subject_prefix.clone();
+    config.nats.stream_max_bytes = 256 << 20;
     config.redis = RedisSettings {
         key_prefix: names.key_prefix.clone(),
         ..RedisSettings::local(redis.url())
