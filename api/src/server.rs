@@ -254,9 +254,14 @@ pub async fn serve(
     let api = Api::build(&config).await?;
     let app = sessionfold_common::http::instrument(
         api.routes()
-            .merge(sessionfold_common::health::routes(api.readiness()))
-            .merge(sessionfold_common::metrics::routes())
-            .merge(crate::openapi::routes()),
+            .merge(sessionfold_common::health::liveness_routes())
+            .merge(
+                Authenticator::new(&config.auth).guard_ops(
+                    sessionfold_common::health::readiness_routes(api.readiness())
+                        .merge(sessionfold_common::metrics::routes())
+                        .merge(crate::openapi::routes()),
+                ),
+            ),
     );
     tracing::info!(addr = %listener.local_addr()?, "api listening");
     let mut off = config.http.off();

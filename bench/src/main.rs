@@ -1068,8 +1068,8 @@ async fn main() -> anyhow::Result<()> {
                 ms(read.raw.latency.p99())
             ),
             ratio: percent(read.api.per_sec(), read.raw.per_sec()),
-            target: "≥ 50 %".to_owned(),
-            status: Status::of(read.api.per_sec() >= 0.5 * read.raw.per_sec()),
+            target: "≥ 70 %".to_owned(),
+            status: Status::of(read.api.per_sec() >= 0.7 * read.raw.per_sec()),
         });
         for (what, load) in [("`GET /data`", &read.api), ("raw `JSON.GET`", &read.raw)] {
             let cpu: Vec<String> = load

@@ -127,9 +127,14 @@ pub async fn serve(
         Router::new()
             .merge(ingest.routes())
             .merge(api.routes())
-            .merge(sessionfold_common::health::routes(readiness))
-            .merge(sessionfold_common::metrics::routes())
-            .merge(sessionfold_api::openapi::routes()),
+            .merge(sessionfold_common::health::liveness_routes())
+            .merge(
+                sessionfold_common::auth::Authenticator::new(&config.auth).guard_ops(
+                    sessionfold_common::health::readiness_routes(readiness)
+                        .merge(sessionfold_common::metrics::routes())
+                        .merge(sessionfold_api::openapi::routes()),
+                ),
+            ),
     );
 
     let processing = tokio::spawn(processor.run(drain.clone()));

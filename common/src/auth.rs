@@ -176,6 +176,10 @@ pub struct AuthSettings {
     /// Secret that signs session tokens (HMAC-SHA256), at least 32 bytes.
     #[arg(long, env = "AUTH_TOKEN_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub auth_token_secret: Option<String>,
+    /// Answer `/metrics`, `/readyz` and `/openapi.json` only with an API key
+    /// (`Authorization: Bearer`); `/healthz` stays open for liveness probes.
+    #[arg(long, env = "OPS_REQUIRE_API_KEY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ops_require_api_key: bool,
 }
 
 crate::defaults_from_flags!(AuthSettings);
@@ -217,6 +221,8 @@ impl AuthError {
 #[derive(Clone)]
 pub struct Authenticator {
     required: bool,
+    /// The operators' routes need an API key.
+    ops_protected: bool,
     /// SHA-256 of each API key, so that comparisons leak nothing useful.
     api_key_digests: Vec<[u8; 32]>,
     secret: Option<Vec<u8>>,
@@ -239,6 +245,7 @@ impl Authenticator {
     pub fn new(settings: &AuthSettings) -> Self {
         Self {
             required: settings.auth_required,
+            ops_protected: settings.ops_require_api_key,
             api_key_digests: settings
                 .auth_api_keys
                 .iter()
@@ -255,6 +262,26 @@ impl Authenticator {
 
     pub fn is_required(&self) -> bool {
         self.required
+    }
+
+    /// Whether `credential` is one of the API keys.
+    pub fn is_api_key(&self, credential: Option<&str>) -> bool {
+        credential.is_some_and(|credential| {
+            let digest: [u8; 32] = Sha256::digest(credential.as_bytes()).into();
+            self.api_key_digests.contains(&digest)
+        })
+    }
+
+    /// `router` (the operators' routes: metrics, readiness, the API
+    /// description) behind an API key when `OPS_REQUIRE_API_KEY` is set.
+    pub fn guard_ops(&self, router: axum::Router) -> axum::Router {
+        if !self.ops_protected {
+            return router;
+        }
+        router.layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            require_api_key,
+        ))
     }
 
     /// Decides whether `credential` (the bearer value, if any) may `access`
@@ -376,6 +403,21 @@ pub fn now() -> u64 {
 /// The bearer credential of a request: the `Authorization: Bearer …` header,
 /// else (for browsers, which cannot set headers on a WebSocket) the `token`
 /// query parameter.
+async fn require_api_key(
+    axum::extract::State(authenticator): axum::extract::State<Authenticator>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if authenticator.is_api_key(bearer(request.headers(), None)) {
+        return next.run(request).await;
+    }
+    let body = serde_json::json!({
+        "error": {"code": "unauthorized", "message": "this route needs an API key"}
+    });
+    (axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+}
+
 pub fn bearer<'a>(
     headers: &'a axum::http::HeaderMap,
     query_token: Option<&'a str>,
@@ -401,6 +443,7 @@ mod tests {
             auth_required: true,
             auth_api_keys: vec!["key-1".into()],
             auth_token_secret: Some(SECRET.into()),
+            ops_require_api_key: false,
         })
     }
 

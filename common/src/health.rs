@@ -187,27 +187,35 @@ impl Readiness {
 
 /// `GET /healthz` and `GET /readyz` for `readiness`.
 pub fn routes(readiness: Readiness) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let readiness = readiness.clone();
-                async move {
-                    let report = readiness.report().await;
-                    let (status, word) = if report.ready {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
-                    };
-                    (
-                        status,
-                        Json(json!({"status": word, "checks": report.checks})),
-                    )
-                        .into_response()
-                }
-            }),
-        )
+    liveness_routes().merge(readiness_routes(readiness))
+}
+
+/// `GET /healthz`: the process answers. Always open, for liveness probes.
+pub fn liveness_routes() -> Router {
+    Router::new().route("/healthz", get(|| async { "ok" }))
+}
+
+/// `GET /readyz`: what `readiness` finds of the service's dependencies.
+pub fn readiness_routes(readiness: Readiness) -> Router {
+    Router::new().route(
+        "/readyz",
+        get(move || {
+            let readiness = readiness.clone();
+            async move {
+                let report = readiness.report().await;
+                let (status, word) = if report.ready {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+                };
+                (
+                    status,
+                    Json(json!({"status": word, "checks": report.checks})),
+                )
+                    .into_response()
+            }
+        }),
+    )
 }
 
 #[cfg(test)]

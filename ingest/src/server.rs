@@ -293,10 +293,11 @@ pub async fn serve(
     let drain = CancellationToken::new();
     let ingest = Ingest::build(&config, drain.clone()).await?;
     let app = sessionfold_common::http::instrument(
-        ingest
-            .routes()
-            .merge(health::routes(ingest.readiness(&config.nats)))
-            .merge(metrics::routes()),
+        ingest.routes().merge(health::liveness_routes()).merge(
+            ingest.shared.authenticator.guard_ops(
+                health::readiness_routes(ingest.readiness(&config.nats)).merge(metrics::routes()),
+            ),
+        ),
     );
     tracing::info!(addr = %listener.local_addr()?, "ingest listening");
     let stopping = ingest.clone();

@@ -360,6 +360,15 @@ impl ServiceProcess {
             }
             let last = match http.get(&url).send().await {
                 Ok(response) if response.status().is_success() => return Ok(()),
+                // `/readyz` behind an API key (OPS_REQUIRE_API_KEY): the
+                // service answers; the test checks readiness itself.
+                Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                    let alive = format!("http://{}/healthz", self.addr);
+                    match http.get(&alive).send().await {
+                        Ok(response) if response.status().is_success() => return Ok(()),
+                        _ => "protected /readyz; /healthz not answering yet".to_owned(),
+                    }
+                }
                 Ok(response) => response.text().await.unwrap_or_default(),
                 Err(err) => err.to_string(),
             };

@@ -9,7 +9,7 @@ use sessionfold_core::ErrorCode;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::helpers::{Producer, Setting, TestApp, expected_document, spawn_app_with};
+use crate::helpers::{DEADLINE, Producer, Setting, TestApp, expected_document, spawn_app_with};
 
 const SECRET: &str = "test-secret-of-at-least-32-bytes";
 const API_KEY: &str = "test-api-key";
@@ -459,4 +459,57 @@ async fn listing_sessions_needs_an_api_key_or_an_all_sessions_reader_and_pages_o
         },
     )
     .await;
+}
+
+/// Hardening II: under `OPS_REQUIRE_API_KEY=true`, the operators' routes
+/// (metrics, readiness with its dependency checks, the API description)
+/// answer only an API key; `/healthz` stays open for liveness probes. By
+/// default they stay open, as scrapers and probes expect.
+#[tokio::test]
+async fn operators_routes_need_an_api_key_when_asked_and_healthz_never_does() {
+    let app = spawn_app_with(&[
+        ("AUTH_REQUIRED", "true"),
+        ("AUTH_API_KEYS", API_KEY),
+        ("AUTH_TOKEN_SECRET", SECRET),
+        ("OPS_REQUIRE_API_KEY", "true"),
+    ])
+    .await;
+    let status = |path: &'static str, credential: Option<String>| {
+        let app = &app;
+        async move {
+            let mut request = app.http.get(format!("http://{}{path}", app.api_addr));
+            if let Some(credential) = credential {
+                request = request.bearer_auth(credential);
+            }
+            request.send().await.unwrap().status()
+        }
+    };
+    sessionfold_testkit::eventually("/readyz with the API key", DEADLINE, || async {
+        (status("/readyz", Some(API_KEY.to_owned())).await == StatusCode::OK).then_some(())
+    })
+    .await;
+    let reader = token("", true, Scope::Read, now() + 600);
+    for path in ["/metrics", "/readyz", "/openapi.json"] {
+        assert_eq!(status(path, None).await, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            status(path, Some(reader.clone())).await,
+            StatusCode::UNAUTHORIZED,
+            "{path} with a session token"
+        );
+        assert_eq!(
+            status(path, Some(API_KEY.to_owned())).await,
+            StatusCode::OK,
+            "{path} with the API key"
+        );
+    }
+    assert_eq!(status("/healthz", None).await, StatusCode::OK);
+
+    let open = spawn_secured_app().await;
+    let metrics = open
+        .http
+        .get(format!("http://{}/metrics", open.api_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK, "open by default");
 }
