@@ -34,8 +34,12 @@
 //!
 //! ## Repairing
 //!
-//! The repairer notes the node's run id and the stream's last sequence `L`,
-//! replays the stream from the start sequence to `L` through an ordered
+//! The repairer notes the node's run id and `L`, the stream's last sequence
+//! or, if lower, the last sequence the durable consumer had delivered when
+//! the round began (a frame never delivered was never applied, and the
+//! consumer still delivers it as usual, so a new deployment with a backlog
+//! replays only what was applied), and replays the stream from the start
+//! sequence to `L` through an ordered
 //! consumer (no acks, nothing changes in JetStream) with the same apply
 //! step, skipping sessions that live on other nodes, and then adopts the
 //! node: the marker gets the run id it noted and `floor = L`, but only if
@@ -217,6 +221,10 @@ struct Progress {
     ack_floor: u64,
     /// It never delivered a frame, so none can have been applied.
     nothing_delivered: bool,
+    /// The last stream sequence it delivered: no frame after it was ever
+    /// applied, so a repair need not replay past it (the consumer delivers
+    /// those frames as usual).
+    delivered: u64,
 }
 
 /// Runs the checks and repairs of one processor.
@@ -290,8 +298,15 @@ impl Repairer {
                     metrics::gauge!(names::APPLIED_FLOOR).set(mark.floor as f64);
                 }
                 Some((reason, from)) => {
-                    self.repair(&node, reason, from, &mark.run_id, shutdown)
-                        .await?;
+                    self.repair(
+                        &node,
+                        reason,
+                        from,
+                        progress.delivered,
+                        &mark.run_id,
+                        shutdown,
+                    )
+                    .await?;
                 }
             }
         }
@@ -305,6 +320,7 @@ impl Repairer {
         Ok(Progress {
             ack_floor: info.ack_floor.stream_sequence,
             nothing_delivered: info.delivered.stream_sequence == 0,
+            delivered: info.delivered.stream_sequence,
         })
     }
 
@@ -336,20 +352,22 @@ impl Repairer {
         Ok(masters_of(&slots, &self.key_prefix))
     }
 
-    /// Re-applies the stream from `from` to its current end for the
-    /// sessions `node` serves, then adopts the node as `run_id`.
+    /// Re-applies the stream from `from` to the last frame the consumer
+    /// had delivered (`delivered`; nothing after it can have been applied)
+    /// for the sessions `node` serves, then adopts the node as `run_id`.
     async fn repair(
         &mut self,
         node: &Node,
         reason: Reason,
         from: u64,
+        delivered: u64,
         run_id: &str,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut stream = self.js.get_stream(&self.stream_name).await?;
         let state = stream.info().await?.state.clone();
-        let until = state.last_sequence;
+        let until = state.last_sequence.min(delivered);
         let start = from.max(state.first_sequence);
         metrics::counter!(names::REPAIRS_TOTAL, "reason" => reason.as_str()).increment(1);
         tracing::warn!(
