@@ -77,7 +77,7 @@ cluster-test: deps ## The cluster test: 3-node NATS (R3 stream) + 3-master Redis
 	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
 		$(CARGO) test -p sessionfold-cluster $(PROFILE_FLAGS) -- --nocapture
 
-security: deps ## Replay the hardening attacks (slowloris, label explosion, ping flood, half-sent messages, tokens, session ids, IPv6 rotation; read amplification, unread streams) against a real ingest, api, nats-server and Redis, one at a time, printing what the attacker got; SECURITY_SCALE=N multiplies their size (make test runs them at 1)
+security: deps ## Replay the hardening attacks (slowloris, label explosion, ping flood, half-sent messages, tokens, session ids, IPv6 rotation, sessions per address and prefix, refused frames holding a socket, a full stream, one stream per tenant; read amplification, unread streams) against a real ingest, api, nats-server and Redis, one at a time, printing what the attacker got; SECURITY_SCALE=N multiplies their size (make test runs them at 1)
 	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
 		$(CARGO) test -p sessionfold-ingest --test servers security:: -- --nocapture --test-threads=1
 	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
