@@ -7,9 +7,9 @@
 //! schedule replacing a pending one), an atomic batch a fixed handful.
 //! [`GroupPublisher::publish`] hands the message to one committer task,
 //! which takes every message waiting or arriving within [`MAX_DELAY`] (up
-//! to [`MAX_BATCH_MESSAGES`]) and commits them together while at most
-//! [`BATCHES_IN_FLIGHT`] batches are under way; messages arriving
-//! meanwhile wait for the next batch.
+//! to [`MAX_BATCH_MESSAGES`] and [`MAX_BATCH_BYTES`]) and commits them
+//! together while at most [`BATCHES_IN_FLIGHT`] batches are under way;
+//! messages arriving meanwhile wait for the next batch.
 //!
 //! A message's answer only ever comes from a commit JetStream confirmed:
 //! the batch's whole, or its own single publish. A batch that is refused
@@ -38,6 +38,9 @@ pub const BATCHES_IN_FLIGHT: usize = 2;
 /// timers of sessions due at about the same time fire a few milliseconds
 /// apart: waiting this long lets them share a commit.
 pub const MAX_DELAY: Duration = Duration::from_millis(20);
+/// Most payload bytes in one batch: finished messages hold whole
+/// documents, and the server keeps a batch in memory until its commit.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
 /// How long a batch waits for its commit's answer before its messages are
 /// published one by one.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,17 +99,36 @@ struct Committer {
 
 impl Committer {
     async fn run(self: Arc<Self>, mut waiting: mpsc::UnboundedReceiver<Pending>) {
-        while let Some(first) = waiting.recv().await {
+        // A message that did not fit in the previous batch starts the next.
+        let mut carried = None;
+        loop {
+            let first = match carried.take() {
+                Some(first) => first,
+                None => match waiting.recv().await {
+                    Some(first) => first,
+                    None => return,
+                },
+            };
             // A commit slot first: messages keep gathering while every
             // slot is taken.
             let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
                 return;
             };
+            let mut bytes = first.message.payload.len();
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + MAX_DELAY;
             while batch.len() < MAX_BATCH_MESSAGES {
                 match tokio::time::timeout_at(deadline, waiting.recv()).await {
-                    Ok(Some(pending)) => batch.push(pending),
+                    Ok(Some(pending))
+                        if bytes + pending.message.payload.len() > MAX_BATCH_BYTES =>
+                    {
+                        carried = Some(pending);
+                        break;
+                    }
+                    Ok(Some(pending)) => {
+                        bytes += pending.message.payload.len();
+                        batch.push(pending);
+                    }
                     Ok(None) | Err(_) => break,
                 }
             }
