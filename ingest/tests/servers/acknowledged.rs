@@ -65,17 +65,12 @@ async fn a_request_id_reused_by_concurrent_connections_stores_every_frame() {
         .into_iter()
         .enumerate()
         .map(|(c, mut producer)| async move {
-            let mut acknowledged = Vec::new();
-            for n in 0..FRAMES {
-                let sent = frame(&format!("c{c}-f{n}"));
-                producer.send(&sent).await;
-                acknowledged.push(sent);
-            }
-            let mut replies = Vec::new();
-            for sent in acknowledged {
-                replies.push((producer.reply().await, sent));
-            }
+            let frames = (0..FRAMES).map(|n| frame(&format!("c{c}-f{n}"))).collect();
+            let replies = producer.send_all_then_replies(frames).await;
             replies
+                .into_iter()
+                .map(|(sent, reply)| (reply, sent))
+                .collect::<Vec<_>>()
         });
     let all: Vec<_> = futures::future::join_all(sends)
         .await

@@ -85,17 +85,14 @@ async fn frames_from_many_connections_are_committed_together_each_at_its_own_seq
     let sends = producers
         .into_iter()
         .map(|(session, mut producer)| async move {
-            let mut sent = Vec::new();
-            for n in 0..FRAMES {
-                let text = frame(&format!("{session}-f{n}"));
-                producer.send(&text).await;
-                sent.push(text);
-            }
-            let mut replies = Vec::new();
-            for text in sent {
-                replies.push((session.clone(), text, producer.reply().await));
-            }
+            let frames = (0..FRAMES)
+                .map(|n| frame(&format!("{session}-f{n}")))
+                .collect();
+            let replies = producer.send_all_then_replies(frames).await;
             replies
+                .into_iter()
+                .map(|(text, reply)| (session.clone(), text, reply))
+                .collect::<Vec<_>>()
         });
     let all: Vec<_> = futures::future::join_all(sends)
         .await

@@ -190,6 +190,19 @@ impl Producer {
         }
     }
 
+    /// Sends every frame at once, then reads their replies (in order).
+    pub async fn send_all_then_replies(&mut self, frames: Vec<String>) -> Vec<(String, Reply)> {
+        for frame in &frames {
+            self.send(frame).await;
+        }
+        let mut replies = Vec::with_capacity(frames.len());
+        for frame in frames {
+            let reply = self.reply().await;
+            replies.push((frame, reply));
+        }
+        replies
+    }
+
     pub async fn send_and_reply(&mut self, frame: &str) -> Reply {
         self.send(frame).await;
         self.reply().await

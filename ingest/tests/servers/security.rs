@@ -712,6 +712,23 @@ async fn upgrade_refusal(url: String) -> Option<(u16, String, Option<u64>)> {
     }
 }
 
+/// Tries `attempts` sessions `tenant/<n>` with one prefix token of
+/// `tenant/`; how many opened (every refusal must be `too_many_sessions`).
+async fn open_tenant_sessions(ingest: &TestIngest, attempts: usize) -> usize {
+    let prefix = token("tenant/", true, now() + 600);
+    let mut opened = 0;
+    for n in 0..attempts {
+        let session = format!("tenant/{n}");
+        match upgrade_refusal(format!("{}&token={prefix}", ingest.websocket_url(&session))).await {
+            None => opened += 1,
+            Some((status, code, _)) => {
+                assert_eq!((status, code.as_str()), (429, "too_many_sessions"))
+            }
+        }
+    }
+    opened
+}
+
 /// Hardening II, attack 5: one address, or one prefix token from many
 /// sessions, opened sessions without end (2.4 KB of Redis each, up to
 /// 70 KB). Now each may open a capped number within the window and gets
@@ -752,20 +769,7 @@ async fn one_address_or_one_prefix_opens_a_capped_number_of_sessions() {
 
     // A prefix token is counted across addresses: its own cap, from
     // 127.0.0.1 as well as from any other.
-    let prefix = token("tenant/", true, now() + 600);
-    let mut opened = 0;
-    for n in 0..attempts {
-        let url = format!(
-            "{}&token={prefix}",
-            ingest.websocket_url(&format!("tenant/{n}"))
-        );
-        match upgrade_refusal(url).await {
-            None => opened += 1,
-            Some((status, code, _)) => {
-                assert_eq!((status, code.as_str()), (429, "too_many_sessions"))
-            }
-        }
-    }
+    let opened = open_tenant_sessions(&ingest, attempts).await;
     println!(
         "sessions of one prefix token: before, {attempts} of {attempts}; now {opened} (MAX_SESSIONS_PER_PREFIX={PER_PREFIX}, the address's cap already reached)"
     );
@@ -782,20 +786,7 @@ async fn a_prefix_token_is_capped_on_its_own_from_an_uncapped_address() {
         config.auth.auth_token_secret = Some(SECRET.into());
     })
     .await;
-    let prefix = token("tenant/", true, now() + 600);
-    let mut opened = 0;
-    for n in 0..20 {
-        let url = format!(
-            "{}&token={prefix}",
-            ingest.websocket_url(&format!("tenant/{n}"))
-        );
-        match upgrade_refusal(url).await {
-            None => opened += 1,
-            Some((status, code, _)) => {
-                assert_eq!((status, code.as_str()), (429, "too_many_sessions"))
-            }
-        }
-    }
+    let opened = open_tenant_sessions(&ingest, 20).await;
     assert_eq!(opened, PER_PREFIX);
     // Another prefix has its own count; a token of one session is not
     // counted per token.
