@@ -32,17 +32,27 @@ pub struct ChildrenSettings {
     #[arg(long, env = "API_CHILDREN_MAX_PAGE", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub children_max_page: u32,
+    /// Most bytes of children one page holds: Redis stops building a page
+    /// once it passes this (with at least one child), and `next` says
+    /// where the rest begins. So a page costs Redis and the api no more
+    /// than a small document does, whatever `limit` asks.
+    #[arg(long, env = "API_CHILDREN_PAGE_BYTES", default_value_t = 262_144,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub children_page_bytes: u64,
 }
 
 sessionfold_common::defaults_from_flags!(ChildrenSettings);
 
 /// The page read, atomically. `KEYS[1]`: the document. `ARGV`: `pos`,
-/// from, limit; or `time`, since (or empty), until (or empty), from,
-/// limit (the page starts at `from` or where the range starts, whichever
-/// is later).
+/// from, limit, max bytes, step; or `time`, since (or empty), until (or
+/// empty), from, limit, max bytes, step (the page starts at `from` or where
+/// the range starts, whichever is later).
 /// Answers nil for no document, else `{total, from, to, range_end, slice}`:
 /// the children at positions `from..to`, of the `from..range_end` the
-/// request covers.
+/// request covers. The slice is read [`PAGE_STEP`] children at a time and
+/// ends where it passes max bytes (then one child at a time, to find
+/// where): Redis never builds more than max bytes and one step of children,
+/// however large they are.
 pub const PAGE_SCRIPT: &str = r"
 local key = KEYS[1]
 local n = redis.call('JSON.ARRLEN', key, '.children')
@@ -61,11 +71,12 @@ local function first(test)
   end
   return lo
 end
-local from, range_end, limit
+local from, range_end, limit, max_bytes
 if ARGV[1] == 'pos' then
   from = math.min(tonumber(ARGV[2]), n)
   range_end = n
   limit = tonumber(ARGV[3])
+  max_bytes = tonumber(ARGV[4])
 else
   local since, till = tonumber(ARGV[2]), tonumber(ARGV[3])
   from = since and first(function(t) return t >= since end) or 0
@@ -73,14 +84,27 @@ else
   from = math.max(from, math.min(tonumber(ARGV[4]), range_end))
   if range_end < from then range_end = from end
   limit = tonumber(ARGV[5])
+  max_bytes = tonumber(ARGV[6])
 end
 local to = math.min(range_end, from + limit)
-local slice = '[]'
-if to > from then
-  slice = redis.call('JSON.GET', key, '$.children[' .. from .. ':' .. to .. ']')
+local parts, size, at, step = {}, 0, from, tonumber(ARGV[#ARGV])
+while at < to do
+  local j = math.min(to, at + step)
+  local s = redis.call('JSON.GET', key, '$.children[' .. at .. ':' .. j .. ']')
+  if size + #s > max_bytes and (j - at > 1 or #parts > 0) then
+    if j - at == 1 then break end
+    step = 1
+  else
+    parts[#parts + 1] = string.sub(s, 2, -2)
+    size = size + #s - 1
+    at = j
+  end
 end
-return {n, from, to, range_end, slice}
+return {n, from, at, range_end, '[' .. table.concat(parts, ',') .. ']'}
 ";
+
+/// Children read at once while a page is built.
+pub const PAGE_STEP: u32 = 32;
 
 /// Which children a request asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,8 +164,9 @@ impl PageQuery {
         Ok(Self { range, limit })
     }
 
-    /// The script's call on the document at `key`.
-    pub fn command(&self, key: &str) -> redis::Cmd {
+    /// The script's call on the document at `key`, for a page of at most
+    /// `max_bytes` of children (and at least one child).
+    pub fn command(&self, key: &str, max_bytes: u64) -> redis::Cmd {
         let mut cmd = redis::cmd("EVAL_RO");
         cmd.arg(PAGE_SCRIPT).arg(1).arg(key);
         match &self.range {
@@ -156,7 +181,7 @@ impl PageQuery {
                     .arg(from.to_string());
             }
         }
-        cmd.arg(self.limit);
+        cmd.arg(self.limit).arg(max_bytes).arg(PAGE_STEP);
         cmd
     }
 }
@@ -192,7 +217,7 @@ pub(crate) async fn page(
     let keys = shared.keys.session(&admitted.session);
     let reply: Option<(u64, u64, u64, u64, Vec<u8>)> = shared
         .reads
-        .query_small(&parsed.command(&keys.doc))
+        .query_small(&parsed.command(&keys.doc, shared.children.children_page_bytes))
         .await
         .map_err(ApiError::Unavailable)?;
     let Some((total, from, to, range_end, slice)) = reply else {
@@ -205,7 +230,8 @@ pub(crate) async fn page(
             limit,
         });
     }
-    // The range goes on past this page where `limit` cut it.
+    // The range goes on past this page where `limit` or the page's bytes
+    // cut it.
     let next = (to < range_end).then_some(to);
     tracing::debug!(
         session_id = %admitted.session.as_str(),

@@ -255,7 +255,9 @@ pub struct ChildrenQuery {
     /// `since`, the range is empty).
     until: Option<f64>,
     /// Most children in the page: 1 to `API_CHILDREN_MAX_PAGE` (1000 by
-    /// default), which is also the default.
+    /// default), which is also the default. A page stops early once its
+    /// children pass `API_CHILDREN_PAGE_BYTES` (256 KiB); `next` says where
+    /// the rest begins.
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }

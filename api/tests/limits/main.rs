@@ -9,6 +9,7 @@
 )]
 
 mod deltas;
+mod hardening;
 mod harness;
 mod reads;
 mod redis_config;
