@@ -513,6 +513,23 @@ mod tests {
         assert_eq!(outcome.outcomes, vec![Outcome::Stored]);
         assert_eq!(store.calls().len(), 3, "the same batch, three times");
         assert_eq!(*keep_alives.lock().unwrap(), 2);
+        // The steps may have run before: the timer is scheduled whatever
+        // the last run says it armed.
+        assert!(outcome.stored_sessions[0].reapplied);
+    }
+
+    #[tokio::test]
+    async fn a_batch_stored_at_the_first_attempt_is_not_reapplied() {
+        let store = ScriptedStore::answering(vec![Ok(vec![Applied::Stored(Stored::default())])]);
+        let outcome = applier(store)
+            .apply(
+                &[pulled("a", 1, EVENT)],
+                || async {},
+                &CancellationToken::new(),
+            )
+            .await;
+        assert_eq!(outcome.outcomes, vec![Outcome::Stored]);
+        assert!(!outcome.stored_sessions[0].reapplied);
     }
 
     #[tokio::test]
