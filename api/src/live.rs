@@ -142,6 +142,10 @@ struct Known {
     state_revision: u64,
     /// Events published so far.
     n: u64,
+    /// The `document` frame of `document` at event `n`, framed once for
+    /// every watcher joining before the next event: joiners share its
+    /// bytes instead of each holding a copy of the whole document.
+    joined: Option<(u64, Arc<tokio::sync::OnceCell<Bytes>>)>,
 }
 
 impl FeedState {
@@ -153,39 +157,59 @@ impl FeedState {
                 state: OPEN.to_owned(),
                 state_revision: 0,
                 n: 0,
+                joined: None,
             }),
         })
     }
 
     /// The stream's beginning for a watcher joining now: the document, the
-    /// state when it is not `open`, and the `n` they stand for.
-    async fn snapshot(&self) -> Option<(Bytes, u64)> {
-        let (document, framed, state, revision, n) = {
-            let known = self.known.lock().expect("feed lock");
+    /// state when it is not `open`, and the `n` they stand for. Watchers
+    /// joining at the same `n` get the same document frame.
+    async fn snapshot(&self) -> Option<(Bytes, Option<Bytes>, u64)> {
+        let (document, cell, framed, state, revision, n) = {
+            let mut known = self.known.lock().expect("feed lock");
+            let n = known.n;
+            let cell = match (&known.document, &known.joined) {
+                (None, _) => None,
+                (Some(_), Some((at, cell))) if *at == n => Some(cell.clone()),
+                (Some(_), _) => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    known.joined = Some((n, cell.clone()));
+                    Some(cell)
+                }
+            };
+            // Only the first joiner at `n` frames the document; the rest
+            // wait for its frame.
+            let to_frame = cell
+                .as_ref()
+                .filter(|cell| !cell.initialized())
+                .and(known.document.clone());
             (
-                known.document.clone(),
+                to_frame,
+                cell,
                 known.framed.clone(),
                 known.state.clone(),
                 known.state_revision,
-                known.n,
+                n,
             )
         };
-        let mut frame = match (document, framed) {
-            (Some(document), _) => {
-                // Assembling a large document takes a while; off the
-                // worker threads that serve requests.
-                let frame = tokio::task::spawn_blocking(move || document.frame())
-                    .await
-                    .expect("framing does not panic");
-                BytesMut::from(&frame[..])
-            }
-            (None, Some(framed)) => BytesMut::from(&framed[..]),
+        let frame = match (cell, framed) {
+            (Some(cell), _) => cell
+                .get_or_init(|| async move {
+                    let document = document.expect("a feed's document is framed once");
+                    // Assembling a large document takes a while; off the
+                    // worker threads that serve requests.
+                    tokio::task::spawn_blocking(move || document.frame())
+                        .await
+                        .expect("framing does not panic")
+                })
+                .await
+                .clone(),
+            (None, Some(framed)) => framed,
             (None, None) => return None,
         };
-        if state != OPEN {
-            frame.extend_from_slice(&state_event(revision, &state));
-        }
-        Some((frame.freeze(), n))
+        let state = (state != OPEN).then(|| state_event(revision, &state));
+        Some((frame, state, n))
     }
 }
 
@@ -351,6 +375,7 @@ impl Live {
             end_reason,
             closing,
             floor: None,
+            queued: None,
             _slot: slot,
         };
         let events = futures::stream::unfold(Some(state), |state| async move {
@@ -400,6 +425,9 @@ struct WatcherState {
     /// The `n` of the last feed event this watcher's stream holds; `None`
     /// before its first.
     floor: Option<u64>,
+    /// A frame to send before the next event (a joiner's state, after its
+    /// shared document frame).
+    queued: Option<Bytes>,
     _slot: StreamSlot,
 }
 
@@ -410,6 +438,9 @@ impl WatcherState {
             ::metrics::counter!(API_STREAMS_ENDED_TOTAL, "reason" => reason.as_str()).increment(1);
             (end_event(reason), false)
         };
+        if let Some(frame) = self.queued.take() {
+            return (frame, true);
+        }
         loop {
             let event = tokio::select! {
                 biased;
@@ -432,9 +463,10 @@ impl WatcherState {
                 None => {
                     if event.kind != EventKind::Document
                         && let Some(feed) = &event.feed
-                        && let Some((frame, n)) = feed.snapshot().await
+                        && let Some((frame, state, n)) = feed.snapshot().await
                     {
                         self.floor = Some(n.max(event.n));
+                        self.queued = state;
                         return (frame, true);
                     }
                     self.floor = Some(event.n);

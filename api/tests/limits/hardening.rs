@@ -144,3 +144,135 @@ async fn redis_used_memory(url: &str) -> u64 {
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Attack 3: a large document changed by a delta, then 64 watchers that
+/// join and never read. Before, each joiner after a delta framed its own
+/// copy of the whole document: a 7.7 MB session and 64 streams cost
+/// +315 to +592 MiB. Now the joiners at one event share one frame: the
+/// api holds about one copy, whatever their number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_joiners_after_a_delta_share_one_copy_of_the_document() {
+    let api = start_api_alone(|_| {}).await;
+    const SESSION: &str = "shared-joiners";
+    const CHILDREN: usize = 90_000;
+    let document = document(SESSION, CHILDREN);
+    {
+        let session = sessionfold_core::SessionId::parse(SESSION).unwrap();
+        let keys = sessionfold_core::Keys::default().session(&session);
+        let mut redis = api.redis().await;
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("JSON.SET")
+            .arg(&keys.doc)
+            .arg("$")
+            .arg(&document)
+            .ignore()
+            .cmd("HSET")
+            .arg(&keys.state)
+            .arg("rev")
+            .arg(1)
+            .ignore()
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    // A watcher that reads makes the feed and sees the delta.
+    let response = api
+        .http
+        .get(api.url(&format!("/data/stream?session_id={SESSION}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    tokio::spawn(async move {
+        let mut body = futures::StreamExt::boxed(response.bytes_stream());
+        let mut tail: Vec<u8> = Vec::new();
+        while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+            tail.extend_from_slice(&chunk);
+            for name in ["event: document", "event: delta"] {
+                if count(&tail, name.as_bytes()) > 0 {
+                    let _ = seen_tx.send(name);
+                }
+            }
+            let keep = tail.len().saturating_sub(64);
+            tail.drain(..keep);
+        }
+    });
+    wait_for(&mut seen, "event: document").await;
+    let client = async_nats::connect(api.nats.url()).await.unwrap();
+    let subject = sessionfold_core::Subjects {
+        updates_prefix: UPDATES_PREFIX.to_owned(),
+        ..sessionfold_core::Subjects::default()
+    }
+    .update(&sessionfold_core::SessionId::parse(SESSION).unwrap());
+    let note = format!(
+        r#"{{"session_id":"{SESSION}","written":1,"revision":2,"changes":[{{"insert":{CHILDREN},"children":[{{"type":"EVENT","timestamp":1600000000,"name":"late"}}]}}]}}"#
+    );
+    client.publish(subject, note.into()).await.unwrap();
+    client.flush().await.unwrap();
+    wait_for(&mut seen, "event: delta").await;
+
+    let baseline_rss = rss_bytes();
+    let stop = CancellationToken::new();
+    let rss_peak = sample_peak(stop.clone(), || async { rss_bytes() });
+    let mut joiners = Vec::new();
+    for i in 0..64 {
+        // Four addresses: 16 streams each, the per-address cap.
+        let source = format!("127.0.0.{}", 2 + i / 16);
+        let mut connection = raw_connection(&source, api.addr, Some(4096)).await;
+        send_get(
+            &mut connection,
+            &format!("/data/stream?session_id={SESSION}"),
+            "",
+        )
+        .await;
+        assert!(read_head(&mut connection).await.contains("200"));
+        joiners.push(connection);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let grown = rss_peak.await.unwrap().saturating_sub(baseline_rss);
+    let copy = document.len() as u64;
+    println!(
+        "attack 3, 64 joiners after a delta of a {:.1} MB document, never reading: api RSS +{:.1} MiB \
+         ({:.1} copies; before the fix +315 to +592 MiB, one copy each); bound: about one copy",
+        copy as f64 / 1e6,
+        mib(grown),
+        grown as f64 / copy as f64
+    );
+    assert!(
+        grown < 4 * copy,
+        "64 joiners grew RSS by {:.1} MiB, {:.1} copies of the document",
+        mib(grown),
+        grown as f64 / copy as f64
+    );
+    drop(joiners);
+}
+
+/// Reads a response head (status and headers) from `connection`, and
+/// nothing more; its status line.
+async fn read_head(connection: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(20), connection.read(&mut byte))
+            .await
+            .expect("a response head")
+            .unwrap();
+        assert_eq!(n, 1, "the server closed before its response head");
+        head.push(byte[0]);
+    }
+    status_line(&head)
+}
+
+async fn wait_for(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+    name: &'static str,
+) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while seen.recv().await != Some(name) {}
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {name}"));
+}
