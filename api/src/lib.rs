@@ -18,6 +18,8 @@
 //! - [`error`]: JSON errors with their HTTP status.
 //! - [`conditional`]: `ETag` and `304` on a matching `If-None-Match`.
 //! - [`openapi`]: the OpenAPI document at `/openapi.json`.
+//! - [`pages`]: the HTML pages, their scripts and styles, with their
+//!   security headers.
 //! - [`readiness`]: what `/readyz` checks (Redis, shutdown).
 
 pub mod applied;
@@ -29,6 +31,7 @@ pub mod error;
 pub mod fanout;
 pub mod live;
 pub mod openapi;
+pub mod pages;
 pub mod read;
 pub mod readiness;
 pub mod server;

@@ -905,14 +905,9 @@ impl Drop for StreamSlot {
 }
 
 /// The session timeline page: start, end and the children on a time axis,
-/// live from `/data/stream`. Plain HTML and JavaScript, no external assets.
+/// live from `/data/stream`. Plain HTML and JavaScript, no external assets
+/// ([`crate::pages`] serves it).
 pub const TIMELINE_PAGE: &str = include_str!("../assets/timeline.html");
-
-/// `GET /timeline/{session_id}`: the timeline page (it reads
-/// the session from its own path).
-pub async fn timeline() -> axum::response::Html<&'static str> {
-    axum::response::Html(TIMELINE_PAGE)
-}
 
 #[cfg(test)]
 mod tests {

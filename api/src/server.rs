@@ -102,8 +102,9 @@ impl Api {
             .route("/data/stream", get(data_stream))
             .route("/data/children", get(crate::children::page))
             .route("/sessions", get(crate::sessions::list))
-            .route("/timeline", get(crate::sessions::list_page))
-            .route("/timeline/{session_id}", get(crate::live::timeline))
+            .route("/timeline", get(crate::pages::list))
+            .route("/timeline/{session_id}", get(crate::pages::timeline))
+            .route("/assets/{name}", get(crate::pages::asset))
             .with_state(self.shared.clone())
     }
 

@@ -563,13 +563,8 @@ impl SessionSearch {
 
 /// The session list page: the filters of `GET /sessions`, its pages, and a
 /// link from each session to its timeline (`/timeline/{session_id}`). Plain
-/// HTML and JavaScript, nothing loaded from elsewhere.
+/// HTML and JavaScript, nothing loaded from elsewhere ([`crate::pages`]).
 pub const LIST_PAGE: &str = include_str!("../assets/sessions.html");
-
-/// `GET /timeline`: the session list page.
-pub(crate) async fn list_page() -> axum::response::Html<&'static str> {
-    axum::response::Html(LIST_PAGE)
-}
 
 #[utoipa::path(
     get,

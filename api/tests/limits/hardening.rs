@@ -276,3 +276,82 @@ async fn wait_for(
     .await
     .unwrap_or_else(|_| panic!("no {name}"));
 }
+
+/// Weaknesses: the HTML pages had no CSP, X-Frame-Options or nosniff, the
+/// list page wrote the API key into the address bar and every link, and a
+/// malformed percent-escape in `/timeline/…` left the page stuck. Now the
+/// pages, their scripts and styles carry those headers, no script is
+/// inline, the key stays in the tab's sessionStorage and in request
+/// headers, and a malformed escape gets 400 saying so.
+#[tokio::test]
+async fn html_pages_carry_security_headers_keep_the_key_out_of_links_and_refuse_bad_escapes() {
+    let api = start_api(|_| {}).await;
+    for path in [
+        "/timeline",
+        "/timeline/some%20session",
+        "/assets/sessions.js",
+        "/assets/timeline.js",
+        "/assets/sessions.css",
+        "/assets/timeline.css",
+    ] {
+        let response = api.http.get(api.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let headers = response.headers().clone();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .map(|value| value.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        let csp = header("content-security-policy");
+        println!(
+            "{path}: content-security-policy {csp:?}, x-frame-options {:?}, x-content-type-options {:?}",
+            header("x-frame-options"),
+            header("x-content-type-options")
+        );
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(header("x-frame-options"), "DENY", "{path}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        let body = response.text().await.unwrap();
+        if path.starts_with("/timeline") {
+            // Scripts and styles come from this origin only, none inline.
+            assert!(
+                !body.contains("<script>") && !body.contains("<style>"),
+                "{path}"
+            );
+            assert!(
+                !body.contains("http://") && !body.contains("https://"),
+                "{path}"
+            );
+        }
+        if path == "/assets/sessions.js" {
+            // The key is kept in the tab and sent as a header, never put
+            // into a link or the address.
+            assert!(body.contains("sessionStorage"), "{path}");
+            assert!(body.contains("Authorization"), "{path}");
+            assert!(!body.contains(r#""?token=""#), "{path}");
+            assert!(!body.contains(r#"query.set("token""#), "{path}");
+        }
+    }
+    for path in [
+        "/timeline/%zz",
+        "/timeline/a%2",
+        "/timeline/%E0%A4",
+        "/timeline/100%",
+    ] {
+        let response = api.http.get(api.url(path)).send().await.unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        println!("{path}: {status} {}", body.trim());
+        assert_eq!(status, 400, "{path}");
+        assert!(body.contains("malformed percent-escape"), "{path}: {body}");
+    }
+}
