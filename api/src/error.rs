@@ -54,6 +54,10 @@ pub enum ApiError {
         "the page is {bytes} bytes, over this api's limit of {limit} (API_MAX_DOCUMENT_BYTES); ask for fewer children"
     )]
     PageTooLarge { bytes: u64, limit: u64 },
+    #[error(
+        "finding sessions has used its share of Redis's time (API_SEARCH_BUDGET_MS per second); retry after {0} s, or narrow the query"
+    )]
+    SearchBusy(u64),
 }
 
 impl From<ReadError> for ApiError {
@@ -93,6 +97,7 @@ impl ApiError {
             Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             Self::SearchUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "search_unavailable"),
             Self::PageTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "page_too_large"),
+            Self::SearchBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "search_busy"),
         }
     }
 
@@ -105,7 +110,7 @@ impl ApiError {
     /// that pass.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::RateLimited(seconds) => Some(*seconds),
+            Self::RateLimited(seconds) | Self::SearchBusy(seconds) => Some(*seconds),
             Self::Unavailable(_)
             | Self::TooManyStreams { .. }
             | Self::LiveUnavailable(_)

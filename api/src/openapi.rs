@@ -405,8 +405,9 @@ pub enum SessionsResponses {
     )]
     RateLimited(ErrorBody),
     /// `search_unavailable` (this Redis has no query engine or no index of
-    /// sessions yet; every other route works) or `unavailable` (Redis could
-    /// not answer within the read deadline).
+    /// sessions yet; every other route works), `search_busy` (searches used
+    /// their share of Redis's time, `API_SEARCH_BUDGET_MS`) or `unavailable`
+    /// (Redis could not answer within `API_SEARCH_TIMEOUT_MS`).
     #[response(
         status = 503,
         headers(("Retry-After" = u64, description = "Seconds to wait"))
@@ -518,7 +519,8 @@ pub struct ErrorBody {
 #[allow(dead_code)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_session_id`, `invalid_query`,
-    /// `not_found`, `unavailable`, `search_unavailable`, `page_too_large`,
+    /// `not_found`, `unavailable`, `search_unavailable`, `search_busy`,
+    /// `page_too_large`,
     /// `unauthorized`, `invalid_token`, `token_expired`, `forbidden`,
     /// `rate_limited`, `too_many_streams`, `invalid_min_seq`,
     /// `invalid_wait_ms`, `not_yet_applied`, `too_many_waiters`.

@@ -84,11 +84,7 @@ impl Api {
                     updates_prefix: config.live.updates_subject_prefix.clone(),
                     ..sessionfold_core::Subjects::default()
                 },
-                search: SessionSearch::new(
-                    &config.redis,
-                    &config.limits.sessions,
-                    config.limits.reads.read_timeout(),
-                ),
+                search: SessionSearch::new(&config.redis, &config.limits.sessions),
                 children: config.limits.children.clone(),
             }),
         })

@@ -64,6 +64,67 @@ pub struct SessionsSettings {
     #[arg(long, env = "API_SEARCH_CONNECTIONS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub search_connections: u32,
+    /// Deadline of one `GET /sessions`, in milliseconds, which is also the
+    /// query engine's `TIMEOUT` for its search: a query that would run
+    /// longer on Redis's main thread gets 503 `unavailable`.
+    #[arg(long, env = "API_SEARCH_TIMEOUT_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub search_timeout_ms: u64,
+    /// Milliseconds of Redis time per second that `GET /sessions` may take,
+    /// shared by every client (a bucket holding at most one
+    /// `API_SEARCH_TIMEOUT_MS`); a search that finds it spent gets 503
+    /// `search_busy` with `Retry-After`. A search runs on Redis's main
+    /// thread, where every small read waits for it: this keeps their p99
+    /// whatever a looping client asks. 0: no budget.
+    #[arg(long, env = "API_SEARCH_BUDGET_MS", default_value_t = 5)]
+    pub search_budget_ms: u64,
+}
+
+/// The Redis time left to `GET /sessions`: a bucket of milliseconds that
+/// refills at `API_SEARCH_BUDGET_MS` a second, up to one search's deadline.
+/// A search may start while the bucket holds anything, and what it took
+/// (its round trips' time, which Redis's own time is part of) is taken
+/// out after; a bucket below zero refuses searches until it refills.
+pub struct SearchBudget {
+    rate_per_ms: f64,
+    capacity_ms: f64,
+    left: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl SearchBudget {
+    pub fn new(budget_ms_per_sec: u64, capacity_ms: u64) -> Self {
+        let capacity_ms = capacity_ms as f64;
+        Self {
+            rate_per_ms: budget_ms_per_sec as f64 / 1000.0,
+            capacity_ms,
+            left: std::sync::Mutex::new((capacity_ms, Instant::now())),
+        }
+    }
+
+    /// `Ok` when a search may start now, else the seconds until it may.
+    pub fn admit(&self) -> Result<(), u64> {
+        if self.rate_per_ms == 0.0 {
+            return Ok(());
+        }
+        let mut left = self.left.lock().expect("search budget lock");
+        let now = Instant::now();
+        let refilled = now.duration_since(left.1).as_secs_f64() * 1000.0 * self.rate_per_ms;
+        left.0 = (left.0 + refilled).min(self.capacity_ms);
+        left.1 = now;
+        if left.0 > 0.0 {
+            return Ok(());
+        }
+        let wait_ms = -left.0 / self.rate_per_ms;
+        Err(((wait_ms / 1000.0).ceil() as u64).max(1))
+    }
+
+    /// Takes what a search took out of the bucket.
+    pub fn spend(&self, took: Duration) {
+        if self.rate_per_ms == 0.0 {
+            return;
+        }
+        self.left.lock().expect("search budget lock").0 -= took.as_secs_f64() * 1000.0;
+    }
 }
 
 sessionfold_common::defaults_from_flags!(SessionsSettings);
@@ -438,6 +499,7 @@ pub struct SessionSearch {
     keys: Keys,
     settings: SessionsSettings,
     timeout: Duration,
+    budget: SearchBudget,
 }
 
 /// `redis` with RESP3 asked for on every URL.
@@ -457,7 +519,7 @@ fn resp3(redis: &RedisSettings) -> RedisSettings {
 }
 
 impl SessionSearch {
-    pub fn new(redis: &RedisSettings, settings: &SessionsSettings, timeout: Duration) -> Self {
+    pub fn new(redis: &RedisSettings, settings: &SessionsSettings) -> Self {
         Self {
             lane: Lane::new(
                 "search",
@@ -467,7 +529,8 @@ impl SessionSearch {
             cluster: redis.is_cluster(),
             keys: Keys::new(redis.key_prefix.as_str()),
             settings: settings.clone(),
-            timeout,
+            timeout: Duration::from_millis(settings.search_timeout_ms),
+            budget: SearchBudget::new(settings.search_budget_ms, settings.search_timeout_ms),
         }
     }
 
@@ -498,11 +561,23 @@ impl SessionSearch {
             .collect())
     }
 
-    /// One page: `{"sessions":[…],"next_cursor":…}`.
-    async fn page(&self, query: &SessionQuery) -> Result<serde_json::Value, SearchError> {
+    /// One page, `{"sessions":[…],"next_cursor":…}`, within the budget of
+    /// Redis time.
+    async fn page(&self, query: &SessionQuery) -> Result<serde_json::Value, ApiError> {
         if query.impossible {
             return Ok(json!({"sessions": [], "next_cursor": null}));
         }
+        self.budget.admit().map_err(ApiError::SearchBusy)?;
+        let started = Instant::now();
+        let page = self.page_unbudgeted(query).await;
+        self.budget.spend(started.elapsed());
+        Ok(page?)
+    }
+
+    async fn page_unbudgeted(
+        &self,
+        query: &SessionQuery,
+    ) -> Result<serde_json::Value, SearchError> {
         let deadline = Instant::now() + self.timeout;
         let searches = self
             .indexes(deadline)
@@ -596,7 +671,7 @@ pub(crate) async fn list(
         search.settings().sessions_max_limit,
         shared.max_session_id_bytes,
     )?;
-    let page = search.page(&parsed).await.map_err(ApiError::from)?;
+    let page = search.page(&parsed).await?;
     tracing::debug!(
         sessions = page["sessions"].as_array().map_or(0, Vec::len),
         "sessions listed"
@@ -679,5 +754,23 @@ mod tests {
             assert!(parse(&format!("cursor={forged}")).is_err(), "{forged}");
         }
         assert!(parse(&format!("cursor={}", "a".repeat(MAX_CURSOR_BYTES + 1))).is_err());
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::SearchBudget;
+    use std::time::Duration;
+
+    #[test]
+    fn a_spent_budget_refuses_until_it_refills_and_zero_is_no_budget() {
+        let budget = SearchBudget::new(10, 100);
+        assert!(budget.admit().is_ok());
+        budget.spend(Duration::from_millis(150));
+        // 50 ms below zero at 10 ms a second: about 5 s.
+        assert_eq!(budget.admit(), Err(5));
+        let off = SearchBudget::new(0, 100);
+        off.spend(Duration::from_secs(10));
+        assert!(off.admit().is_ok());
     }
 }
