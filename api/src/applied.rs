@@ -143,6 +143,10 @@ fn name_code(name: &str) -> &'static str {
 pub struct Applied {
     client: Option<async_nats::Client>,
     info_subject: String,
+    /// The highest stream sequence the consumer's info accounts for (its
+    /// delivered sequence and the messages pending after it), 0 before
+    /// one is known: a `min_seq` above it was never given to a producer.
+    last_seen: AtomicU64,
     /// The highest ack floor seen.
     known: AtomicU64,
     /// When the last finished lookup started; held while one runs, so
@@ -163,6 +167,7 @@ impl Applied {
                 "$JS.API.CONSUMER.INFO.{}.{}",
                 names.stream_name, names.consumer_name
             ),
+            last_seen: AtomicU64::new(0),
             known: AtomicU64::new(0),
             last_lookup: tokio::sync::Mutex::new(None),
             slots: Arc::new(WaitSlots::new(
@@ -225,6 +230,20 @@ impl Applied {
             if floor >= want.seq {
                 return Ok(());
             }
+            // The lookup started after this request: a sequence past the
+            // stream's messages then was never given to a producer (a
+            // session that does not exist, a made-up number), and no frame
+            // will be applied at it within the wait, so it ends now.
+            let last = self.last_seen.load(Ordering::Relaxed);
+            if last != 0 && want.seq > last {
+                return Err(ApiError::InvalidParameter(
+                    "invalid_min_seq",
+                    format!(
+                        "min_seq {} is past the stream's last sequence {last}: no frame was accepted at it",
+                        want.seq
+                    ),
+                ));
+            }
             let now = Instant::now();
             if now >= deadline {
                 tracing::debug!(session_id = %session, min_seq = want.seq, ack_floor = floor, "min_seq not reached in time");
@@ -285,12 +304,23 @@ impl Applied {
             }
         };
         *last = Some(started);
+        // Without a filter, every message after the delivered one is
+        // pending: together they reach the stream's last sequence (before
+        // a first delivery, messages aged out would be missing from it).
+        if info.delivered.stream_sequence > 0
+            && info.config.filter_subject.is_empty()
+            && info.config.filter_subjects.is_empty()
+        {
+            let accounted = info.delivered.stream_sequence + info.num_pending;
+            self.last_seen.fetch_max(accounted, Ordering::Relaxed);
+        }
         let floor = info.ack_floor.stream_sequence;
         Ok(self.known.fetch_max(floor, Ordering::Relaxed).max(floor))
     }
 }
 
-/// Counts waiters per client address (IPv6: per /64) and in all.
+/// Counts waiters per client address (IPv6: per /64) and in all, the
+/// api-wide cap shared fairly ([`crate::fair`]).
 struct WaitSlots {
     max_total: usize,
     max_per_ip: usize,
@@ -319,14 +349,13 @@ impl WaitSlots {
         let ip = IpKey::of(ip);
         let mut open = self.open.lock().expect("wait slots lock");
         let (total, per_ip) = &mut *open;
-        if self.max_total != 0 && *total >= self.max_total {
-            return Err(ApiError::TooManyWaiters { per_ip: false });
-        }
-        let mine = per_ip.entry(ip).or_insert(0);
-        if self.max_per_ip != 0 && *mine >= self.max_per_ip {
-            return Err(ApiError::TooManyWaiters { per_ip: true });
-        }
-        *mine += 1;
+        let held = per_ip.get(&ip).copied().unwrap_or(0);
+        crate::fair::admit(*total, self.max_total, held, self.max_per_ip).map_err(|refused| {
+            ApiError::TooManyWaiters {
+                per_ip: refused == crate::fair::Refused::PerAddress,
+            }
+        })?;
+        *per_ip.entry(ip).or_insert(0) += 1;
         *total += 1;
         Ok(WaitSlot {
             slots: self.clone(),

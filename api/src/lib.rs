@@ -16,6 +16,8 @@
 //! - [`children`]: `GET /data/children`, a session's children in pages, by
 //!   position or by timestamp.
 //! - [`error`]: JSON errors with their HTTP status.
+//! - [`fair`]: api-wide caps (streams, waiters) shared fairly between
+//!   client addresses.
 //! - [`conditional`]: `ETag` and `304` on a matching `If-None-Match`.
 //! - [`openapi`]: the OpenAPI document at `/openapi.json`.
 //! - [`pages`]: the HTML pages, their scripts and styles, with their
@@ -28,6 +30,7 @@ pub mod conditional;
 pub mod config;
 pub mod delta;
 pub mod error;
+pub mod fair;
 pub mod fanout;
 pub mod live;
 pub mod openapi;

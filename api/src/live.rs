@@ -19,8 +19,11 @@
 //! Streams are capped per client IP (`API_MAX_STREAMS_PER_IP`) and in all
 //! (`API_MAX_STREAMS`), and each ends by itself after
 //! `API_STREAM_MAX_SECS`, when the token that opened it expires, or when the
-//! api shuts down. The last event of an ending stream is `end`, with data
-//! `{"reason":"max_lifetime"|"token_expired"|"too_slow"|"shutdown"|"unavailable"}`;
+//! api shuts down; the streams of a session with no document end after
+//! `API_STREAM_ABSENT_SECS` if none comes. The caps are shared fairly
+//! between addresses ([`crate::fair`]). The last event of an ending stream
+//! is `end`, with data
+//! `{"reason":"max_lifetime"|"token_expired"|"too_slow"|"shutdown"|"unavailable"|"not_found"}`;
 //! for a document over `API_MAX_DOCUMENT_BYTES` (read, or grown so by
 //! deltas) it is `{"reason":"document_too_large","error":{…}}` with the
 //! `error` of `GET /data`'s 413. (Not an event named `error`: browsers'
@@ -85,6 +88,12 @@ pub struct StreamSettings {
     #[arg(long, env = "API_STREAM_BUFFER", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub stream_buffer: u32,
+    /// How long the streams of a session that has no document wait for
+    /// one, in seconds; then they end (`not_found`), so that streams on
+    /// sessions that do not exist do not hold their places. 0: they wait
+    /// as long as they live.
+    #[arg(long, env = "API_STREAM_ABSENT_SECS", default_value_t = 60)]
+    pub stream_absent_secs: u64,
 }
 
 sessionfold_common::defaults_from_flags!(StreamSettings);
@@ -353,6 +362,8 @@ impl Live {
         let (end_at, end_reason) = self.end_of(request.expires_at);
         let subject = self.subjects.update(&request.session);
         let feed = Feed {
+            absent_for: (self.settings.stream_absent_secs > 0)
+                .then(|| Duration::from_secs(self.settings.stream_absent_secs)),
             key: request.key.clone(),
             state_key: request.state_key.clone(),
             session: request.session.as_str().to_owned(),
@@ -484,6 +495,8 @@ impl WatcherState {
 
 /// The keys and the name of the session a feed follows.
 struct Feed {
+    /// How long the feed waits for a document that is not there.
+    absent_for: Option<Duration>,
     key: String,
     state_key: String,
     session: String,
@@ -543,20 +556,29 @@ async fn follow_notes(
     };
     let mut stale = true;
     let mut retry_at: Option<Instant> = None;
+    // Until when a session without a document is waited for.
+    let mut absent_until: Option<Instant> = None;
     loop {
         if stale && retry_at.is_none_or(|at| at <= Instant::now()) {
             retry_at = None;
             ::metrics::counter!(API_LIVE_READS_TOTAL).increment(1);
             match reads.read_with_revision(&feed.key, &feed.state_key).await {
                 Ok(Some(document)) => {
+                    absent_until = None;
                     follow.install(document).await;
                     match follow.advance() {
                         Ok(read_again) => stale = read_again,
                         Err(Ended) => return,
                     }
                 }
-                // No document yet: the note of its first apply brings it.
-                Ok(None) => stale = false,
+                // No document yet: the note of its first apply brings it,
+                // if it comes in time.
+                Ok(None) => {
+                    stale = false;
+                    if absent_until.is_none() && !follow.has_document() {
+                        absent_until = feed.absent_for.map(|wait| Instant::now() + wait);
+                    }
+                }
                 Err(ReadError::TooLarge { bytes, limit }) => {
                     follow.too_large(bytes, limit);
                     return;
@@ -579,7 +601,18 @@ async fn follow_notes(
                 _ => futures::future::pending().await,
             }
         };
+        let absent = async {
+            match absent_until {
+                Some(at) => sleep_until(at).await,
+                None => futures::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = absent => {
+                tracing::debug!("no document came; the session's streams end");
+                follow.not_found();
+                return;
+            }
             note = notes.next() => {
                 let Some(note) = note else { return };
                 let mut round = vec![note.payload];
@@ -645,6 +678,23 @@ impl Follow {
             n: known.n,
             feed: Some(self.state.clone()),
         });
+    }
+
+    /// Whether the feed has had a document.
+    fn has_document(&self) -> bool {
+        let known = self.state.known.lock().expect("feed lock");
+        known.document.is_some() || known.framed.is_some()
+    }
+
+    /// Ends the streams of a session whose document did not come.
+    fn not_found(&self) {
+        let mut known = self.state.known.lock().expect("feed lock");
+        self.publish(
+            &mut known,
+            EventKind::End,
+            sse_event("end", br#"{"reason":"not_found"}"#),
+            true,
+        );
     }
 
     fn too_large(&self, bytes: u64, limit: u64) {
@@ -836,7 +886,7 @@ impl Follow {
 }
 
 /// Counts open streams per client address (IPv6: per /64, as the rate
-/// limits do) and in all.
+/// limits do) and in all, the api-wide cap shared fairly ([`crate::fair`]).
 pub struct StreamSlots {
     max_total: usize,
     max_per_ip: usize,
@@ -870,16 +920,19 @@ impl StreamSlots {
         let refused = |limit: &'static str| {
             ::metrics::counter!(API_STREAMS_REFUSED_TOTAL, "limit" => limit).increment(1);
         };
-        if self.max_total != 0 && *total >= self.max_total {
-            refused("total");
-            return Err(ApiError::TooManyStreams { per_ip: false });
+        let held = per_ip.get(&ip).copied().unwrap_or(0);
+        match crate::fair::admit(*total, self.max_total, held, self.max_per_ip) {
+            Ok(()) => {}
+            Err(crate::fair::Refused::Total) => {
+                refused("total");
+                return Err(ApiError::TooManyStreams { per_ip: false });
+            }
+            Err(crate::fair::Refused::PerAddress) => {
+                refused("per_ip");
+                return Err(ApiError::TooManyStreams { per_ip: true });
+            }
         }
-        let mine = per_ip.entry(ip).or_insert(0);
-        if self.max_per_ip != 0 && *mine >= self.max_per_ip {
-            refused("per_ip");
-            return Err(ApiError::TooManyStreams { per_ip: true });
-        }
-        *mine += 1;
+        *per_ip.entry(ip).or_insert(0) += 1;
         *total += 1;
         ::metrics::gauge!(API_STREAMS_OPEN).increment(1.0);
         Ok(StreamSlot {

@@ -202,7 +202,8 @@ pub enum StreamResponses {
     /// of `max_lifetime` (open for `API_STREAM_MAX_SECS`; reconnect),
     /// `token_expired` (the token that opened it expired), `too_slow` (the
     /// client fell `API_STREAM_BUFFER` events behind; reconnect),
-    /// `shutdown`, `unavailable`, or `document_too_large` (over
+    /// `shutdown`, `unavailable`, `not_found` (the session had no document
+    /// for `API_STREAM_ABSENT_SECS`), or `document_too_large` (over
     /// `API_MAX_DOCUMENT_BYTES`; the data also holds the `error` of
     /// `GET /data`'s 413). Comment lines keep an idle stream open.
     #[response(

@@ -516,3 +516,173 @@ async fn redis_cpu(api: &Api) -> f64 {
     let sys: f64 = api.info("cpu", "used_cpu_sys").await.parse().unwrap();
     user + sys
 }
+
+/// Sends `path` on a new connection from `source` and waits up to
+/// `within` for the response's status line; `None` when none came (the
+/// request is waiting, or streaming with nothing read yet).
+async fn ask_from(
+    api: &Api,
+    source: &str,
+    path: &str,
+    within: Duration,
+) -> (tokio::net::TcpStream, Option<String>) {
+    let mut connection = raw_connection(source, api.addr, Some(4096)).await;
+    send_get(&mut connection, path, "").await;
+    let mut head = [0u8; 12];
+    let status = match tokio::time::timeout(within, connection.read_exact(&mut head)).await {
+        Ok(Ok(_)) => Some(String::from_utf8_lossy(&head[9..12]).into_owned()),
+        _ => None,
+    };
+    (connection, status)
+}
+
+/// Attack 6: streams on sessions that do not exist and `min_seq` waiters
+/// that never complete, from a few addresses, filling the api-wide caps.
+/// Before, 64 addresses × 16 streams gave everyone else 503
+/// `too_many_streams` for up to an hour, and 32 × 32 waiters made 18 of 20
+/// legitimate `min_seq` reads get 503. Now, past half of a cap an address
+/// gets more only while it holds fewer than 2, a stream on a session with
+/// no document ends after `API_STREAM_ABSENT_SECS` (`not_found`), and a
+/// `min_seq` past the stream's last sequence ends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_addresses_cannot_fill_the_global_caps_and_waits_on_nothing_end_early() {
+    const MAX: usize = 64;
+    let api = start_api(|config| {
+        config.limits.streams.max_streams = MAX;
+        config.limits.streams.max_streams_per_ip = 16;
+        config.limits.streams.stream_absent_secs = 3;
+        config.limits.waits.max_waiters = MAX;
+        config.limits.waits.max_waiters_per_ip = 16;
+    })
+    .await;
+    // Eight attacking addresses ask for 16 streams each, on sessions that
+    // do not exist: before, they took all 64 places.
+    let mut held = Vec::new();
+    for address in 0..8 {
+        for i in 0..16 {
+            let source = format!("127.0.1.{}", address + 1);
+            let path = format!("/data/stream?session_id=ghost-{address}-{i}");
+            let (connection, status) = ask_from(&api, &source, &path, Duration::from_secs(5)).await;
+            if status.as_deref() == Some("200") {
+                held.push(connection);
+            }
+        }
+    }
+    let (mut legit, status) = ask_from(
+        &api,
+        "127.0.2.1",
+        "/data/stream?session_id=someone-else",
+        Duration::from_secs(5),
+    )
+    .await;
+    println!(
+        "attack 6, 8 addresses x 16 streams on sessions that do not exist (cap {MAX}): the attacker holds {} \
+         (before the fix: all {MAX}); another address's stream: {status:?} (before: 503 too_many_streams)",
+        held.len()
+    );
+    assert!(held.len() <= MAX / 2 + 8 * sessionfold_api::fair::PAST_HALF_PER_ADDRESS);
+    assert_eq!(
+        status.as_deref(),
+        Some("200"),
+        "another address gets a stream"
+    );
+    // The streams on nothing end by themselves, saying why.
+    let started = std::time::Instant::now();
+    let ended = read_until_end(&mut held[0], Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    println!(
+        "a stream on a session that does not exist ended after {took:?} (API_STREAM_ABSENT_SECS 3; before: up to 3600 s)"
+    );
+    assert!(
+        count(&ended, br#""reason":"not_found""#) == 1,
+        "{}",
+        String::from_utf8_lossy(&ended)
+    );
+    assert!(took < Duration::from_secs(15));
+    drop(held);
+    let _ = read_until_end(&mut legit, Duration::from_secs(10)).await;
+
+    // A stream whose processors' consumer has delivered one message and
+    // acked none: `min_seq=1` waits.
+    let client = async_nats::connect(api.nats.url()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let names = sessionfold_api::applied::ConsumerNames::default();
+    let stream = jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: names.stream_name.clone(),
+            subjects: vec!["hardening.events.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    jetstream
+        .publish("hardening.events.one", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(names.consumer_name.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let _unacked = futures::StreamExt::next(&mut batch).await.unwrap().unwrap();
+
+    // All at once: each waits its whole wait_ms.
+    let asks = (0..8).flat_map(|address| {
+        let api = &api;
+        (0..16).map(move |_| async move {
+            let source = format!("127.0.3.{}", address + 1);
+            ask_from(
+                api,
+                &source,
+                "/data?session_id=ghost&min_seq=1&wait_ms=8000",
+                Duration::from_millis(1500),
+            )
+            .await
+        })
+    });
+    let waiting: Vec<_> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter(|(_, status)| status.is_none())
+        .map(|(connection, _)| connection)
+        .collect();
+    // Another address (the test's client, 127.0.0.1) still finds a place:
+    // it waits its wait_ms and says so, never too_many_waiters.
+    let response = api
+        .http
+        .get(api.url("/data?session_id=someone-else&min_seq=1&wait_ms=1000"))
+        .send()
+        .await
+        .unwrap();
+    let legit_status = response.status();
+    let legit_body: Value = response.json().await.unwrap();
+    let legit = format!("{legit_status} {}", legit_body["error"]["code"]);
+    // A sequence no producer was given ends at once.
+    let asked = std::time::Instant::now();
+    let response = api
+        .http
+        .get(api.url("/data?session_id=ghost&min_seq=1000000&wait_ms=8000"))
+        .send()
+        .await
+        .unwrap();
+    let answered = asked.elapsed();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    println!(
+        "8 addresses x 16 min_seq waiters (cap {MAX}): the attacker holds {} (before: all {MAX}); \
+         another address's waiter: {legit} after its wait (before: 503 too_many_waiters); \
+         min_seq past the stream's last sequence: {status} {} after {answered:?} (before: its whole wait_ms)",
+        waiting.len(),
+        body["error"]["code"]
+    );
+    assert!(waiting.len() <= MAX / 2 + 8 * sessionfold_api::fair::PAST_HALF_PER_ADDRESS);
+    assert_eq!(legit_body["error"]["code"], "not_yet_applied", "{legit}");
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_min_seq");
+    assert!(answered < Duration::from_secs(4), "{answered:?}");
+}
