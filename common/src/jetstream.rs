@@ -111,6 +111,7 @@ async fn try_ensure_stream_config(
     let drifted = current.subjects != wanted.subjects
         || current.max_age != wanted.max_age
         || current.max_bytes != wanted.max_bytes
+        || current.max_messages_per_subject != wanted.max_messages_per_subject
         || current.num_replicas != wanted.num_replicas
         || current.duplicate_window != wanted.duplicate_window
         || current.allow_atomic_publish != wanted.allow_atomic_publish

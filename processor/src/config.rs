@@ -118,6 +118,11 @@ pub struct LifecycleSettings {
     /// How long the finished-sessions stream keeps a message, in seconds.
     #[arg(long, env = "SESSIONS_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
     pub sessions_max_age_secs: u64,
+    /// Most bytes the finished-sessions stream holds; -1 for no limit. At
+    /// the limit the stream refuses new finished messages and the closes
+    /// wait, retried, until messages age out (docs/design.md §10.4).
+    #[arg(long, env = "SESSIONS_MAX_BYTES", default_value_t = 1 << 30, allow_hyphen_values = true)]
+    pub sessions_max_bytes: i64,
 }
 
 impl LifecycleSettings {
@@ -176,6 +181,16 @@ pub struct WorkerSettings {
         default_value = sessionfold_core::names::DEFAULT_DEAD_LETTERS_PREFIX
     )]
     pub dead_letter_subject_prefix: String,
+    /// How long the dead-letter stream keeps a letter, in seconds; 0 keeps
+    /// them forever.
+    #[arg(long, env = "DEAD_LETTER_MAX_AGE_SECS", default_value_t = 30 * 24 * 3600)]
+    pub dead_letter_max_age_secs: u64,
+    /// Most bytes the dead-letter stream holds; -1 for no limit. At the
+    /// limit it refuses new letters: their frames stay unacknowledged in
+    /// the event stream and are retried until letters age out or are
+    /// replayed (nothing is dropped to make room).
+    #[arg(long, env = "DEAD_LETTER_MAX_BYTES", default_value_t = 256 << 20, allow_hyphen_values = true)]
+    pub dead_letter_max_bytes: i64,
     /// Most children one session may hold; 0 for no limit. Past it the frame goes to the dead-letter stream.
     #[arg(long, env = "MAX_CHILDREN_PER_SESSION", default_value_t = 0)]
     pub max_children_per_session: u64,

@@ -35,9 +35,13 @@ impl DeadLetters {
             subjects: vec![subjects.dead_letters_filter()],
             storage: stream::StorageType::File,
             num_replicas: replicas,
-            // The server's defaults, spelled out so that the drift check of
+            // Letters age out, and a full stream refuses new ones (the
+            // frame is retried) rather than dropping old ones.
+            max_age: std::time::Duration::from_secs(settings.dead_letter_max_age_secs),
+            max_bytes: settings.dead_letter_max_bytes,
+            discard: stream::DiscardPolicy::New,
+            // The server's default, spelled out so that the drift check of
             // `ensure_stream_config` does not update the stream on every start.
-            max_bytes: -1,
             duplicate_window: std::time::Duration::from_secs(120),
             ..Default::default()
         };

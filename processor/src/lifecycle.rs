@@ -127,7 +127,13 @@ impl Lifecycle {
                 storage: stream::StorageType::File,
                 num_replicas: replicas,
                 max_age: Duration::from_secs(settings.sessions_max_age_secs),
-                max_bytes: -1,
+                // A session's latest close replaces its earlier ones: a
+                // re-close never stores a second copy of the document.
+                max_messages_per_subject: 1,
+                // Full, the stream refuses new closes (they are retried)
+                // rather than dropping ones not read yet.
+                max_bytes: settings.sessions_max_bytes,
+                discard: stream::DiscardPolicy::New,
                 duplicate_window: FINISHED_DUPLICATE_WINDOW,
                 // Closes publish their finished messages together.
                 allow_atomic_publish: true,
