@@ -82,9 +82,14 @@ pub struct SessionsSettings {
 
 /// The Redis time left to `GET /sessions`: a bucket of milliseconds that
 /// refills at `API_SEARCH_BUDGET_MS` a second, up to one search's deadline.
-/// A search may start while the bucket holds anything, and what it took
-/// (its round trips' time, which Redis's own time is part of) is taken
-/// out after; a bucket below zero refuses searches until it refills.
+/// A search may start while the bucket holds anything, and what its query
+/// took (the round trip, which Redis's own time is part of) beyond
+/// [`FREE_SEARCH`] is taken out after; a bucket below zero refuses
+/// searches until it refills. A query that short holds up a small read by
+/// no more than a small read's own time, so selective queries, which the
+/// index answers in well under a millisecond, are never refused.
+pub const FREE_SEARCH: Duration = Duration::from_millis(2);
+
 pub struct SearchBudget {
     rate_per_ms: f64,
     capacity_ms: f64,
@@ -118,9 +123,11 @@ impl SearchBudget {
         Err(((wait_ms / 1000.0).ceil() as u64).max(1))
     }
 
-    /// Takes what a search took out of the bucket.
+    /// Takes what a search's query took, beyond [`FREE_SEARCH`], out of
+    /// the bucket.
     pub fn spend(&self, took: Duration) {
-        if self.rate_per_ms == 0.0 {
+        let took = took.saturating_sub(FREE_SEARCH);
+        if self.rate_per_ms == 0.0 || took.is_zero() {
             return;
         }
         self.left.lock().expect("search budget lock").0 -= took.as_secs_f64() * 1000.0;
@@ -568,10 +575,7 @@ impl SessionSearch {
             return Ok(json!({"sessions": [], "next_cursor": null}));
         }
         self.budget.admit().map_err(ApiError::SearchBusy)?;
-        let started = Instant::now();
-        let page = self.page_unbudgeted(query).await;
-        self.budget.spend(started.elapsed());
-        Ok(page?)
+        Ok(self.page_unbudgeted(query).await?)
     }
 
     async fn page_unbudgeted(
@@ -585,14 +589,14 @@ impl SessionSearch {
             .into_iter()
             .map(|(slot, index)| (Some(slot), query.command(&index, self.timeout)))
             .collect();
-        let replies: Vec<Value> = self
-            .lane
-            .query(&Concurrent(searches), deadline)
-            .await
-            .map_err(|reason| match reason {
-                Unavailable::Redis(message) => refused(message),
-                other => SearchError::Unavailable(other),
-            })?;
+        let started = Instant::now();
+        let replies: Result<Vec<Value>, Unavailable> =
+            self.lane.query(&Concurrent(searches), deadline).await;
+        self.budget.spend(started.elapsed());
+        let replies = replies.map_err(|reason| match reason {
+            Unavailable::Redis(message) => refused(message),
+            other => SearchError::Unavailable(other),
+        })?;
         let mut found = Vec::new();
         for reply in &replies {
             found.extend(parse_reply(reply, query.sort)?);
@@ -766,9 +770,15 @@ mod budget_tests {
     fn a_spent_budget_refuses_until_it_refills_and_zero_is_no_budget() {
         let budget = SearchBudget::new(10, 100);
         assert!(budget.admit().is_ok());
-        budget.spend(Duration::from_millis(150));
+        budget.spend(Duration::from_millis(152));
         // 50 ms below zero at 10 ms a second: about 5 s.
         assert_eq!(budget.admit(), Err(5));
+        // A short query costs nothing.
+        let cheap = SearchBudget::new(10, 1);
+        for _ in 0..1000 {
+            cheap.spend(super::FREE_SEARCH);
+        }
+        assert!(cheap.admit().is_ok());
         let off = SearchBudget::new(0, 100);
         off.spend(Duration::from_secs(10));
         assert!(off.admit().is_ok());
