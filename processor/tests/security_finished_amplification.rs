@@ -8,7 +8,8 @@
 //! service store is a small multiple of what it sent, so a re-close
 //! replaces the session's earlier finished message instead of adding a
 //! copy. Prints what a stream keeping every close would hold beside what
-//! the finished-sessions stream holds.
+//! the finished-sessions stream holds. A second test fills the stream to
+//! its byte limit: the closes that do not fit wait and are stored later.
 
 #![allow(
     clippy::unwrap_used,
@@ -250,5 +251,102 @@ async fn tiny_late_frames_that_re_close_a_large_session_store_no_copy_of_its_doc
     shutdown.cancel();
     running.await.unwrap().unwrap();
     counting.abort();
+    drop(nats);
+}
+
+/// At `SESSIONS_MAX_BYTES` the finished stream refuses new closes; they
+/// wait, retried, and are stored once there is room: none is lost.
+#[tokio::test]
+async fn closes_wait_at_the_finished_streams_byte_limit_and_are_stored_once_there_is_room() {
+    const SESSIONS: usize = 4;
+    const LIMIT: i64 = 4 << 10;
+    init_test_tracing();
+    let nats = NatsServer::start().unwrap();
+    let redis = RedisServer::start().unwrap();
+    let names = RunNames::unique("FULLFIN", "fullfin", "ff");
+    let mut config = sessionfold_processor::Config::local(nats.url(), redis.url());
+    config.nats.stream_name = names.stream.clone();
+    config.nats.subject_prefix = names.subject_prefix.clone();
+    config.nats.stream_max_bytes = 256 << 20;
+    config.redis = RedisSettings {
+        key_prefix: names.key_prefix.clone(),
+        ..RedisSettings::local(redis.url())
+    };
+    config.worker.consumer_name = names.consumer.clone();
+    config.worker.dead_letter_stream = names.dead_stream.clone();
+    config.worker.dead_letter_subject_prefix = names.dead_subject_prefix.clone();
+    config.lifecycle.session_end_grace_secs = 1;
+    config.lifecycle.sessions_max_bytes = LIMIT;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let processor = Processor::build(config).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(processor.run(shutdown.clone()));
+    // Each document about 1.6 KB: two fit under the limit, not four.
+    let padding = "x".repeat(1500);
+    for index in 0..SESSIONS {
+        let frame = serde_json::json!([
+            {"type": "SESSION_START", "timestamp": 1},
+            {"type": "EVENT", "timestamp": 2, "name": "e", "padding": padding},
+            {"type": "SESSION_END", "timestamp": 3},
+        ]);
+        js.publish(
+            format!("{}.full-{index}", names.subject_prefix),
+            frame.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let (stored, bytes) = eventually_ok("the finished stream fills", DEADLINE, || async {
+        let (bytes, messages) = stream_bytes(&js, DEFAULT_SESSIONS_STREAM).await?;
+        // Two fit.
+        if messages >= 2 {
+            Ok((messages, bytes))
+        } else {
+            Err(format!("{messages} closes stored"))
+        }
+    })
+    .await;
+    // The others keep being retried, and stay refused while it is full.
+    let (bytes_later, stored_later) = stream_bytes(&js, DEFAULT_SESSIONS_STREAM).await.unwrap();
+    println!(
+        "finished stream at its limit ({LIMIT} B): {stored_later} of {SESSIONS} closes stored, \
+         {bytes_later} B (first seen: {stored}, {bytes} B)"
+    );
+    assert!(bytes_later <= LIMIT as u64);
+    assert!(stored_later < SESSIONS as u64);
+    // Room again (the limit raised): every close is stored, once.
+    let mut limits = js
+        .get_stream(DEFAULT_SESSIONS_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    limits.max_bytes = 1 << 20;
+    js.update_stream(limits).await.unwrap();
+    eventually_ok("every close is stored", DEADLINE, || async {
+        let mut stream = js
+            .get_stream(DEFAULT_SESSIONS_STREAM)
+            .await
+            .map_err(|err| err.to_string())?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|err| err.to_string())?
+            .state
+            .clone();
+        if (state.messages, state.last_sequence) == (SESSIONS as u64, SESSIONS as u64) {
+            Ok(())
+        } else {
+            Err(format!("{state:?}"))
+        }
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
     drop(nats);
 }
