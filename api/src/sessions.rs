@@ -76,7 +76,7 @@ pub struct SessionsSettings {
     /// `search_busy` with `Retry-After`. A search runs on Redis's main
     /// thread, where every small read waits for it: this keeps their p99
     /// whatever a looping client asks. 0: no budget.
-    #[arg(long, env = "API_SEARCH_BUDGET_MS", default_value_t = 5)]
+    #[arg(long, env = "API_SEARCH_BUDGET_MS", default_value_t = 2)]
     pub search_budget_ms: u64,
 }
 

