@@ -77,13 +77,17 @@ cluster-test: deps ## The cluster test: 3-node NATS (R3 stream) + 3-master Redis
 	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
 		$(CARGO) test -p sessionfold-cluster $(PROFILE_FLAGS) -- --nocapture
 
-security: deps ## Replay the hardening attacks (slowloris, label explosion, ping flood, half-sent messages, tokens, session ids, IPv6 rotation, sessions per address and prefix, refused frames holding a socket, a full stream, one stream per tenant; read amplification, unread streams) against a real ingest, api, nats-server and Redis, one at a time, printing what the attacker got; SECURITY_SCALE=N multiplies their size (make test runs them at 1)
+security: deps ## Replay the hardening attacks (slowloris, label explosion, ping flood, half-sent messages, tokens, session ids, IPv6 rotation, sessions per address and prefix, refused frames holding a socket, a full stream, one stream per tenant; read amplification, unread streams, children pages, SSE joiners, unselective searches, fair caps; finished-session amplification, a full dead-letter stream) against a real ingest, api, nats-server and Redis, one at a time, printing what the attacker got; SECURITY_SCALE=N multiplies their size (make test runs them at 1)
 	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
 		$(CARGO) test -p sessionfold-ingest --test servers security:: -- --nocapture --test-threads=1
 	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
 	SESSIONFOLD_REDIS_SERVER="$(SESSIONFOLD_REDIS_SERVER)" \
 	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
-		$(CARGO) test -p sessionfold-api --test limits -- --nocapture --test-threads=1
+		SECURITY_LATENCY_BOUNDS=1 $(CARGO) test -p sessionfold-api --test limits -- --nocapture --test-threads=1
+	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
+	SESSIONFOLD_REDIS_SERVER="$(SESSIONFOLD_REDIS_SERVER)" \
+	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
+		$(CARGO) test -p sessionfold-processor --test security_finished_amplification --test security_dead_letter_limits -- --nocapture --test-threads=1
 
 power-test: deps ## The power-cut scenarios with POWER_CUTS (default 4) cuts each under a longer load
 	$(CARGO) build -p sessionfold $(PROFILE_FLAGS)

@@ -519,14 +519,25 @@ async fn a_client_looping_over_unselective_session_queries_keeps_small_reads_p99
     );
     assert_eq!(failed, 0, "small reads failed under the search loop");
     assert!(busy > 0, "the budget refused none of the loop's searches");
-    // Twice the baseline, and at least 10 ms over it: a p99 of a few
-    // milliseconds moves by that much on a busy machine of two cores that
-    // also serves the loop's refused requests (without the budget it went
-    // 2.8 -> 28 ms here).
+    // What the budget bounds, whatever else the machine runs: the loop's
+    // share of Redis (73 % without it).
     assert!(
-        p99 <= (base_p99 * 2).max(base_p99 + Duration::from_millis(10)),
-        "small reads' p99 {base_p99:?} -> {p99:?}"
+        redis_share < 0.25,
+        "the search loop took {:.0} % of Redis",
+        redis_share * 100.0
     );
+    // The latency bound holds only where the test runs alone, as `make
+    // security` runs it (SECURITY_LATENCY_BOUNDS=1); under `make test` the
+    // other tests of this binary share the two cores. Twice the baseline,
+    // and at least 10 ms over it: a p99 of a few milliseconds moves by
+    // that much on two cores that also serve the loop's refused requests
+    // (without the budget it went 2.8 -> 28 ms here).
+    if std::env::var_os("SECURITY_LATENCY_BOUNDS").is_some() {
+        assert!(
+            p99 <= (base_p99 * 2).max(base_p99 + Duration::from_millis(10)),
+            "small reads' p99 {base_p99:?} -> {p99:?}"
+        );
+    }
 }
 
 /// Redis's CPU time so far (user and system), in seconds.
