@@ -58,13 +58,14 @@ check: ## The fast tier, no servers: rustfmt, clippy, every unit test (the seam 
 	$(CARGO) test --locked -p sessionfold --test commands
 	$(CARGO) test --locked -p sessionfold-testkit --test helpers
 
-test: test-deps check-deploy ## Every test (unit, integration against real servers incl. the cluster test, doc tests); checks compose.yaml and deploy/k8s
+test: test-deps check-deploy ## Every test (unit, integration against real servers incl. the cluster test, doc tests), then make security (the attacks one at a time, latency bounds included); checks compose.yaml and deploy/k8s
 	scripts/install-browser.sh
 	SESSIONFOLD_NATS_SERVER="$(SESSIONFOLD_NATS_SERVER)" \
 	SESSIONFOLD_REDIS_SERVER="$(SESSIONFOLD_REDIS_SERVER)" \
 	SESSIONFOLD_REJSON="$(SESSIONFOLD_REJSON)" \
 		$(CARGO) test --workspace --locked
 	$(MAKE) --no-print-directory sdk-test
+	$(MAKE) --no-print-directory security
 
 check-deploy: test-deps ## Validate compose.yaml (docker-compose config) and deploy/k8s (kustomize + Kubernetes schemas)
 	scripts/check-deploy.sh
