@@ -140,9 +140,14 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<Rebuilt> {
         .with_context(|| format!("opening the event stream {}", args.nats.stream_name))?;
     let stream_info = stream.info().await?.clone();
     let nats = matching_settings(&args.nats, &stream_info.config)?;
-    // Likewise the dead-letter stream: a wrong prefix must not re-point it.
+    // Likewise the dead-letter stream: a wrong prefix must not re-point it,
+    // and the limits it has are kept (the defaults could be lower, and
+    // lowering them drops letters).
+    let mut dead_limits = None;
     if let Ok(mut dead) = js.get_stream(&args.dead_letter_stream).await {
-        let subjects = dead.info().await?.config.subjects.clone();
+        let config = dead.info().await?.config.clone();
+        dead_limits = Some((config.max_age.as_secs(), config.max_bytes));
+        let subjects = config.subjects;
         let dead_letters = Subjects {
             dead_letters_prefix: args.dead_letter_subject_prefix.clone(),
             ..Subjects::default()
@@ -191,6 +196,14 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<Rebuilt> {
             dead_letter_subject_prefix: args.dead_letter_subject_prefix.clone(),
             max_children_per_session: args.max_children_per_session,
             document_ttl_secs: args.document_ttl_secs,
+            dead_letter_max_age_secs: dead_limits.map_or(
+                WorkerSettings::default().dead_letter_max_age_secs,
+                |(age, _)| age,
+            ),
+            dead_letter_max_bytes: dead_limits.map_or(
+                WorkerSettings::default().dead_letter_max_bytes,
+                |(_, bytes)| bytes,
+            ),
             ..WorkerSettings::default()
         },
         // The rebuild replays the whole stream itself; the live processors

@@ -200,3 +200,54 @@ async fn a_rebuild_refuses_settings_that_would_change_the_stream() {
         vec![format!("{}.*", app.names.subject_prefix)]
     );
 }
+
+/// A rebuild runs a processor of its own; it keeps the dead-letter
+/// stream's limits as the operator set them (lowering them would drop
+/// letters) instead of the defaults.
+#[tokio::test]
+async fn a_rebuild_keeps_the_dead_letter_streams_limits() {
+    let app = spawn_app().await;
+    let mut producer = app.connect("s").await;
+    producer.send_accepted(SESSIONS[0].1[0]).await;
+    app.wait_until_consumed().await;
+    let js = app.jetstream().await;
+    let raised = 512 << 20;
+    let mut config = js
+        .get_stream(&app.names.dead_stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_ne!(config.max_bytes, raised);
+    config.max_bytes = raised;
+    js.update_stream(config).await.unwrap();
+
+    let prefix = format!("{}:", unique_name("rebuilt"));
+    let output = rebuild(
+        &app,
+        &[
+            "--key-prefix",
+            &prefix,
+            "--consumer",
+            &unique_name("rebuild"),
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    let after = js
+        .get_stream(&app.names.dead_stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .max_bytes;
+    assert_eq!(
+        after, raised,
+        "the rebuild reset the dead-letter stream's byte limit"
+    );
+}
