@@ -233,16 +233,16 @@ impl Applied {
             // The lookup started after this request: a sequence past the
             // stream's messages then was never given to a producer (a
             // session that does not exist, a made-up number), and no frame
-            // will be applied at it within the wait, so it ends now.
+            // will be applied at it within the wait, so the wait ends now,
+            // answered as any `min_seq` not reached yet (the stream may
+            // still grow to it).
             let last = self.last_seen.load(Ordering::Relaxed);
             if last != 0 && want.seq > last {
-                return Err(ApiError::InvalidParameter(
-                    "invalid_min_seq",
-                    format!(
-                        "min_seq {} is past the stream's last sequence {last}: no frame was accepted at it",
-                        want.seq
-                    ),
-                ));
+                tracing::debug!(session_id = %session, min_seq = want.seq, last_sequence = last, "min_seq past the stream");
+                return Err(ApiError::NotYetApplied {
+                    min_seq: want.seq,
+                    ack_floor: floor,
+                });
             }
             let now = Instant::now();
             if now >= deadline {

@@ -712,7 +712,7 @@ async fn a_few_addresses_cannot_fill_the_global_caps_and_waits_on_nothing_end_ea
     );
     assert!(waiting.len() <= MAX / 2 + 8 * sessionfold_api::fair::PAST_HALF_PER_ADDRESS);
     assert_eq!(legit_body["error"]["code"], "not_yet_applied", "{legit}");
-    assert_eq!(status, 400);
-    assert_eq!(body["error"]["code"], "invalid_min_seq");
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "not_yet_applied");
     assert!(answered < Duration::from_secs(4), "{answered:?}");
 }
