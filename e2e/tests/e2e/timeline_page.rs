@@ -3,6 +3,7 @@
 //! installs them): the page shows a session fed by the test, applies its
 //! live deltas and shows its state.
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 
 use reqwest::StatusCode;
@@ -28,7 +29,10 @@ impl Browser {
             );
         }
         let port = free_port();
+        // Its own process group: the browser it starts is in it too, so
+        // that dropping the `Browser` ends both and leaves nothing running.
         let driver = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -118,7 +122,9 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // chromedriver and every browser process it started.
+        let group = nix::unistd::Pid::from_raw(self.driver.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.driver.wait();
     }
 }
