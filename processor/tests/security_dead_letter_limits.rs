@@ -10,10 +10,11 @@
     reason = "in a test, an unwrap that fails is the failure"
 )]
 
+mod run_config;
+
 use std::time::Duration;
 
 use async_nats::jetstream;
-use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::SessionId;
 use sessionfold_core::names::DEFAULT_CLOSED_BUCKET;
 use sessionfold_processor::Processor;
@@ -50,17 +51,7 @@ async fn late_frames_fill_the_dead_letter_stream_to_its_limit_and_the_rest_wait_
     let nats = NatsServer::start().unwrap();
     let redis = RedisServer::start().unwrap();
     let names = RunNames::unique("DEADLIMIT", "deadlimit", "dl");
-    let mut config = sessionfold_processor::Config::local(nats.url(), redis.url());
-    config.nats.stream_name = names.stream.clone();
-    config.nats.subject_prefix = names.subject_prefix.clone();
-    config.nats.stream_max_bytes = 256 << 20;
-    config.redis = RedisSettings {
-        key_prefix: names.key_prefix.clone(),
-        ..RedisSettings::local(redis.url())
-    };
-    config.worker.consumer_name = names.consumer.clone();
-    config.worker.dead_letter_stream = names.dead_stream.clone();
-    config.worker.dead_letter_subject_prefix = names.dead_subject_prefix.clone();
+    let mut config = run_config::processor_config(&nats, &redis, &names);
     config.worker.dead_letter_max_bytes = DEAD_MAX_BYTES;
     config.worker.dead_letter_max_age_secs = DEAD_MAX_AGE_SECS;
     // Closed 1 s after its SESSION_END, closed for good 1 s later.

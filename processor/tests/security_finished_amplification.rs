@@ -16,13 +16,14 @@
     reason = "in a test, an unwrap that fails is the failure"
 )]
 
+mod run_config;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::names::DEFAULT_SESSIONS_STREAM;
 use sessionfold_core::{LifecycleSubjects, SessionId};
 use sessionfold_processor::Processor;
@@ -72,17 +73,7 @@ async fn tiny_late_frames_that_re_close_a_large_session_store_no_copy_of_its_doc
     let nats = NatsServer::start().unwrap();
     let redis = RedisServer::start().unwrap();
     let names = RunNames::unique("AMPLIFY", "amplify", "am");
-    let mut config = sessionfold_processor::Config::local(nats.url(), redis.url());
-    config.nats.stream_name = names.stream.clone();
-    config.nats.subject_prefix = names.subject_prefix.clone();
-    config.nats.stream_max_bytes = 256 << 20;
-    config.redis = RedisSettings {
-        key_prefix: names.key_prefix.clone(),
-        ..RedisSettings::local(redis.url())
-    };
-    config.worker.consumer_name = names.consumer.clone();
-    config.worker.dead_letter_stream = names.dead_stream.clone();
-    config.worker.dead_letter_subject_prefix = names.dead_subject_prefix.clone();
+    let mut config = run_config::processor_config(&nats, &redis, &names);
     // Every late frame re-closes at once: the session is past its
     // maximum duration when the frame comes.
     config.lifecycle.session_max_duration_secs = 1;
@@ -264,17 +255,7 @@ async fn closes_wait_at_the_finished_streams_byte_limit_and_are_stored_once_ther
     let nats = NatsServer::start().unwrap();
     let redis = RedisServer::start().unwrap();
     let names = RunNames::unique("FULLFIN", "fullfin", "ff");
-    let mut config = sessionfold_processor::Config::local(nats.url(), redis.url());
-    config.nats.stream_name = names.stream.clone();
-    config.nats.subject_prefix = names.subject_prefix.clone();
-    config.nats.stream_max_bytes = 256 << 20;
-    config.redis = RedisSettings {
-        key_prefix: names.key_prefix.clone(),
-        ..RedisSettings::local(redis.url())
-    };
-    config.worker.consumer_name = names.consumer.clone();
-    config.worker.dead_letter_stream = names.dead_stream.clone();
-    config.worker.dead_letter_subject_prefix = names.dead_subject_prefix.clone();
+    let mut config = run_config::processor_config(&nats, &redis, &names);
     config.lifecycle.session_end_grace_secs = 1;
     config.lifecycle.sessions_max_bytes = LIMIT;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());

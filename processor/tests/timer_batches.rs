@@ -8,10 +8,11 @@
     reason = "in a test, an unwrap that fails is the failure"
 )]
 
+mod run_config;
+
 use std::time::Duration;
 
 use async_nats::jetstream;
-use sessionfold_common::settings::RedisSettings;
 use sessionfold_core::names::{DEFAULT_SESSIONS_STREAM, DEFAULT_TIMERS_STREAM};
 use sessionfold_core::{LifecycleSubjects, SessionId};
 use sessionfold_processor::Processor;
@@ -81,17 +82,7 @@ impl Rig {
         let nats = NatsServer::start().unwrap();
         let redis = RedisServer::start().unwrap();
         let names = RunNames::unique("BATCHED", "batched", "bt");
-        let mut config = sessionfold_processor::Config::local(nats.url(), redis.url());
-        config.nats.stream_name = names.stream.clone();
-        config.nats.subject_prefix = names.subject_prefix.clone();
-        config.nats.stream_max_bytes = 256 << 20;
-        config.redis = RedisSettings {
-            key_prefix: names.key_prefix.clone(),
-            ..RedisSettings::local(redis.url())
-        };
-        config.worker.consumer_name = names.consumer.clone();
-        config.worker.dead_letter_stream = names.dead_stream.clone();
-        config.worker.dead_letter_subject_prefix = names.dead_subject_prefix.clone();
+        let mut config = run_config::processor_config(&nats, &redis, &names);
         config.worker.batch_size = 512;
         config.lifecycle.session_end_grace_secs = 1;
         let client = async_nats::connect(nats.url()).await.unwrap();

@@ -18,6 +18,8 @@
     reason = "in a test, an unwrap that fails is the failure"
 )]
 
+mod run_config;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use futures::StreamExt as _;
 use sessionfold_common::batch_publish::{BatchMessage, BatchOutcome, publish_atomic};
-use sessionfold_common::settings::{NatsSettings, RedisSettings};
+use sessionfold_common::settings::NatsSettings;
 use sessionfold_core::SessionId;
 use sessionfold_core::names::{DEFAULT_SESSIONS_STREAM, DEFAULT_TIMERS_STREAM};
 use sessionfold_processor::Processor;
@@ -195,17 +197,7 @@ async fn fsyncs_per_frame_of_the_processor_on_the_web_mix() {
 
     // The same frames with the processor running.
     let names = RunNames::unique("WEB", "web", "wb");
-    let mut config = sessionfold_processor::Config::local(nats.url(), redis.url());
-    config.nats.stream_name = names.stream.clone();
-    config.nats.subject_prefix = names.subject_prefix.clone();
-    config.nats.stream_max_bytes = 256 << 20;
-    config.redis = RedisSettings {
-        key_prefix: names.key_prefix.clone(),
-        ..RedisSettings::local(redis.url())
-    };
-    config.worker.consumer_name = names.consumer.clone();
-    config.worker.dead_letter_stream = names.dead_stream.clone();
-    config.worker.dead_letter_subject_prefix = names.dead_subject_prefix.clone();
+    let mut config = run_config::processor_config(&nats, &redis, &names);
     config.sink.repair_check_interval_ms = 0;
     // RIG_LIFECYCLE=0: no timers at all, what the acks cost alone.
     let lifecycle = std::env::var("RIG_LIFECYCLE").map_or(true, |v| v != "0");
